@@ -1,0 +1,1 @@
+"""The ticket sale: vacancy (stock) and ticket (purchase)."""

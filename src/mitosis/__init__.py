@@ -1,0 +1,70 @@
+"""mitosis: write a system of services once; run it as a monolith or as
+microservices by configuration alone.
+
+Layout (one noun per module):
+
+    service.py   Service base, route decorators, @idempotent
+    spec.py      frozen descriptions of services/methods from type hints
+    errors.py    the error hierarchy (drawn in its docstring)
+    codec.py     wire encoding of arguments, results, errors (msgspec)
+    context.py   per-call deadline, trace and request id (ContextVars)
+    resource.py  the Resource ABC; data/ holds the Database resource
+    app.py       App: the list of an application's services
+    topology/    YAML model, loader, validation (no I/O but reading the file)
+    transport/   RPC framing, credentials, client pool, server, stubs
+    gateway/     HTTP protocol, router, edge binding, OpenAPI, docs page
+    runtime/     Host (one process), process runner, supervisor
+    testing.py   run one test body in every topology
+    cli.py       `mitosis run | check`
+"""
+
+from mitosis.app import App
+from mitosis.data import Database
+from mitosis.errors import (
+    BadRequest,
+    Conflict,
+    DeadlineExceeded,
+    Forbidden,
+    Internal,
+    Invalid,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from mitosis.resource import Resource, ResourceContext
+from mitosis.runtime.info import RuntimeInfo
+from mitosis.service import Service, delete, get, idempotent, patch, post, put
+
+__all__ = [
+    "App",
+    "BadRequest",
+    "Conflict",
+    "Database",
+    "DeadlineExceeded",
+    "Forbidden",
+    "Internal",
+    "Invalid",
+    "MethodNotAllowed",
+    "NotFound",
+    "PayloadTooLarge",
+    "Resource",
+    "ResourceContext",
+    "RuntimeInfo",
+    "Service",
+    "ServiceError",
+    "TooManyRequests",
+    "Unauthorized",
+    "Unavailable",
+    "UnsupportedMediaType",
+    "delete",
+    "get",
+    "idempotent",
+    "patch",
+    "post",
+    "put",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from mitosis.cli import main
+
+sys.exit(main())

@@ -1,0 +1,35 @@
+"""Per-call context that travels with every call: deadline, trace, request id.
+
+Held in ContextVars, so each request's task sees its own values and a remote
+call reads them without any parameter threading.  Deadlines are absolute
+``loop.time()`` values inside a process and *remaining seconds* on the wire
+(clocks of two hosts need not agree).
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+
+__all__ = ["deadline", "new_traceparent", "request_id", "trace_id", "traceparent"]
+
+#: Absolute deadline (event-loop clock) of the call being served, or None.
+deadline: ContextVar[float | None] = ContextVar("mitosis.deadline", default=None)
+#: W3C traceparent of the call being served ("00-<trace>-<span>-01"), or "".
+traceparent: ContextVar[str] = ContextVar("mitosis.traceparent", default="")
+#: Request id assigned at the edge, or "".
+request_id: ContextVar[str] = ContextVar("mitosis.request_id", default="")
+
+
+def new_traceparent(parent: str = "") -> str:
+    """A child span of ``parent`` (same trace id), or a new trace when there is none
+    or it is malformed."""
+    span = os.urandom(8).hex()
+    if len(parent) == 55 and parent[2] == "-" and parent[35] == "-":
+        return f"00-{parent[3:35]}-{span}-{parent[53:55]}"
+    return f"00-{os.urandom(16).hex()}-{span}-01"
+
+
+def trace_id() -> str:
+    tp = traceparent.get()
+    return tp[3:35] if tp else ""

@@ -1,0 +1,191 @@
+"""The HTTP face of one listener: bind a request to a service method, call it
+(locally or through a stub: the edge does not know), and encode the answer.
+
+Built-in endpoints on every listener: ``/healthz`` (alive), ``/readyz``
+(resources and remote dependencies reachable; 503 while draining),
+``/openapi.json`` and ``/docs`` (the routes this listener serves), and ``/``
+(app, topology name as ``mode``, process) unless a service claims it.
+On a private listener everything except the health endpoints requires the
+internal credential in the ``x-mitosis-token`` header.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote
+
+import msgspec
+
+from mitosis import context
+from mitosis.codec import MethodCodec, invalid_from, json_encoder
+from mitosis.errors import (
+    BadRequest,
+    Internal,
+    Invalid,
+    ServiceError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from mitosis.gateway.http import Request, Response, error_response
+from mitosis.gateway.openapi import openapi_document
+from mitosis.gateway.router import Router
+from mitosis.topology.model import Listener
+
+if TYPE_CHECKING:
+    from mitosis.runtime.host import Host
+
+__all__ = ["Edge", "RouteHandler"]
+
+log = logging.getLogger("mitosis.edge")
+_ids = itertools.count(1)
+_ID_PREFIX = os.urandom(4).hex()
+_ALLOWED_RID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+class RouteHandler:
+    """Turns a request into arguments for one method and calls it."""
+
+    def __init__(self, codec: MethodCodec, fn: Callable[..., Awaitable[Any]]):
+        self.codec = codec
+        self.fn = fn
+        route = codec.spec.route
+        assert route is not None
+        self.status = route.status
+        self.query_names = route.query_params
+        self.wants_query = bool(codec.query_type)
+        self.body_required = any(
+            p.required for p in codec.spec.params if p.name in route.body_params)
+        # Where each positional argument comes from: the query/path struct or the body struct.
+        self.sources = [(name in route.body_params, name) for name in codec.names]
+
+    def __repr__(self) -> str:
+        return f"<RouteHandler {self.codec.spec.qualname}>"
+
+    async def __call__(self, req: Request, path_params: dict[str, str]) -> Any:
+        codec = self.codec
+        q = b = None
+        if self.wants_query:
+            raw: dict[str, Any] = {k: unquote(v) for k, v in path_params.items()}
+            if self.query_names and req.query:
+                for k, v in parse_qsl(req.query, keep_blank_values=True):
+                    if k in self.query_names:
+                        raw[k] = v
+            try:
+                q = msgspec.convert(raw, codec.query_type, strict=False)
+            except msgspec.ValidationError as exc:
+                raise invalid_from(exc, "parameters") from None
+        if codec.body_decoder is not None:
+            ctype = req.headers.get("content-type")
+            if ctype is not None and "json" not in ctype:
+                raise UnsupportedMediaType(
+                    f"expected Content-Type: application/json, got {ctype.split(';')[0]!r}")
+            body = req.body
+            if not body.strip():
+                if self.body_required:
+                    raise Invalid("a JSON object body is required",
+                                  details=[{"path": "$", "reason": "missing body"}])
+                body = b"{}"
+            try:
+                b = codec.body_decoder.decode(body)
+            except msgspec.ValidationError as exc:
+                raise invalid_from(exc) from None
+            except msgspec.DecodeError as exc:
+                raise BadRequest(f"malformed JSON body: {exc}") from None
+        args = [getattr(b if in_body else q, name) for in_body, name in self.sources]
+        return await self.fn(*args)
+
+
+class Edge:
+    def __init__(self, host: Host, listener: Listener, handlers: list[RouteHandler]):
+        self.host = host
+        self.listener = listener
+        self.settings = host.topology.settings
+        self.private = not listener.public
+        self.router: Router[RouteHandler | Callable[[Request], Awaitable[Response]]] = Router()
+        self.handlers = handlers
+        for h in handlers:
+            route = h.codec.spec.route
+            assert route is not None
+            self.router.add(route.method, route.path, h)
+        app = host.app
+        builtins: dict[str, Callable[[Request], Awaitable[Response]]] = {
+            "/healthz": self._live, "/readyz": self._ready,
+            "/openapi.json": self._openapi, "/docs": self._docs, "/": self._index,
+        }
+        builtins.update({p: self._live for p in app.live_paths})
+        builtins.update({p: self._ready for p in app.ready_paths})
+        self.open_paths = {"/healthz", "/readyz", *app.live_paths, *app.ready_paths}
+        for path, fn in builtins.items():
+            if ("GET", path) not in self.router.static:
+                self.router.add("GET", path, fn)
+        self._openapi_body: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"<Edge {self.listener!r} {len(self.handlers)} routes>"
+
+    @staticmethod
+    def request_id(headers: dict[str, str]) -> str:
+        rid = headers.get("x-request-id")
+        if rid and len(rid) <= 128 and all(c in _ALLOWED_RID for c in rid):
+            return rid
+        return f"{_ID_PREFIX}-{next(_ids):x}"
+
+    async def handle(self, req: Request, rid: str) -> Response:
+        host = self.host
+        host.inflight += 1
+        try:
+            target, params = self.router.match(req.method, req.path)
+            if self.private and req.path not in self.open_paths:
+                token = req.headers.get("x-mitosis-token")
+                if not token:
+                    raise Unauthorized("this listener is private: internal credential required")
+                host.signer.verify(token, host.process.name)
+            if isinstance(target, RouteHandler):
+                context.request_id.set(rid)
+                context.traceparent.set(context.new_traceparent(req.headers.get("traceparent", "")))
+                context.deadline.set(host.loop_time() + self.settings.deadline)
+                result = await target(req, params)
+                return Response(target.status, json_encoder.encode(result))
+            return await target(req)
+        except ServiceError as exc:
+            return error_response(exc, rid)
+        except Exception:
+            log.exception("unexpected error serving %s %s (request %s)", req.method, req.path, rid)
+            return error_response(Internal(), rid)
+        finally:
+            host.inflight -= 1
+            host.maybe_idle()
+
+    # -- built-in endpoints ----------------------------------------------------
+    async def _live(self, req: Request) -> Response:
+        return Response(200, json_encoder.encode({
+            "status": "healthy", "service": self.host.process.name,
+            "services": list(self.host.process.services)}))
+
+    async def _ready(self, req: Request) -> Response:
+        ok, checks = await self.host.readiness()
+        status = "ready" if ok else ("draining" if self.host.draining else "not ready")
+        return Response(200 if ok else 503, json_encoder.encode(
+            {"status": status, "service": self.host.process.name, "checks": checks}))
+
+    async def _index(self, req: Request) -> Response:
+        return Response(200, json_encoder.encode({
+            "app": self.host.app.name, "mode": self.host.topology.name,
+            "process": self.host.process.name, "replica": self.host.replica,
+            "services": list(self.host.process.services), "docs": "/docs"}))
+
+    async def _openapi(self, req: Request) -> Response:
+        if self._openapi_body is None:
+            doc = openapi_document(self.host.app, [h.codec for h in self.handlers])
+            self._openapi_body = json_encoder.encode(doc)
+        return Response(200, self._openapi_body)
+
+    async def _docs(self, req: Request) -> Response:
+        page = resources.files("mitosis.gateway").joinpath("docs.html").read_text()
+        page = page.replace("{{TITLE}}", f"{self.host.app.title} — API docs")
+        return Response(200, page.encode(), b"text/html; charset=utf-8")

@@ -1,0 +1,236 @@
+"""``Host``: runs one process (one replica) of a topology.
+
+Startup, decided once from the topology and never per call:
+
+1. instantiate the process's services;
+2. wire each dependency: the co-located instance itself (a plain ``await``,
+   nothing in between), a strict stub in strict mode, or a remote stub
+   backed by a :class:`ProcessClient` of the callee's process;
+3. open resources, call ``start()`` in dependency order;
+4. open listeners (HTTP and RPC share each port).
+
+Shutdown (``drain``): ``/readyz`` answers 503, listeners close, in-flight
+requests finish (up to ``grace``), services ``stop()`` in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from mitosis.app import App
+from mitosis.codec import MethodCodec, codec_for
+from mitosis.gateway.edge import Edge, RouteHandler
+from mitosis.gateway.http import HttpProtocol
+from mitosis.resource import Resource, ResourceContext
+from mitosis.runtime.info import RuntimeInfo
+from mitosis.service import Service
+from mitosis.topology.check import find_cycle
+from mitosis.topology.model import Topology
+from mitosis.transport.client import ProcessClient
+from mitosis.transport.credential import TokenSigner, load_secret
+from mitosis.transport.stub import remote_stub, strict_stub
+
+__all__ = ["Host", "data_dir"]
+
+log = logging.getLogger("mitosis.host")
+
+
+class _Closable(Protocol):
+    def close_if_idle(self) -> None: ...
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("MITOSIS_DATA_DIR") or ".mitosis/data")
+
+
+def _start_order(app: App, local: list[str]) -> list[str]:
+    """Dependencies before dependents (the topology check rejects cycles)."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        for dep in app.specs[name].dependencies.values():
+            if dep in local:
+                visit(dep)
+        order.append(name)
+
+    for name in local:
+        visit(name)
+    return order
+
+
+class Host:
+    def __init__(self, app: App, topology: Topology, process: str, replica: int = 0, *,
+                 strict: bool = False, listen: bool = True, data: Path | None = None):
+        if process not in topology.processes:
+            raise KeyError(f"topology {topology.file} has no process {process!r}; "
+                           f"its processes are: {', '.join(topology.processes)}")
+        self.app = app
+        self.topology = topology
+        self.process = topology.processes[process]
+        if not 0 <= replica < self.process.replicas:
+            raise ValueError(f"process {process!r} has {self.process.replicas} replica(s); "
+                             f"--replica {replica} is out of range")
+        self.replica = replica
+        self.strict = strict
+        self.listen = listen
+        self.data_dir = data or data_dir()
+        self.signer = TokenSigner(load_secret(self.data_dir))
+        self.instances: dict[str, Service] = {}
+        self.codecs: dict[str, dict[str, MethodCodec]] = {
+            name: {m: codec_for(ms) for m, ms in spec.methods.items()}
+            for name, spec in app.specs.items()
+        }
+        self.clients: dict[str, ProcessClient] = {}
+        self.refs: dict[str, Any] = {}  # what a caller in this process holds for each service
+        self.rpc_handlers: dict[str, tuple[MethodCodec, Any]] = {}
+        self.resources: list[tuple[str, Resource]] = []
+        self.edges: list[Edge] = []
+        self.servers: list[asyncio.Server] = []
+        self.connections: set[_Closable] = set()
+        self.inflight = 0
+        self.draining = False
+        self._idle: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.started: list[Service] = []
+
+    def __repr__(self) -> str:
+        return (f"<Host {self.topology.name}/{self.process.name}[{self.replica}] "
+                f"services={list(self.process.services)}>")
+
+    def loop_time(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def maybe_idle(self) -> None:
+        if self.inflight == 0 and self._idle is not None:
+            self._idle.set()
+
+    # -- wiring --------------------------------------------------------------
+    def _ref(self, service: str) -> Any:
+        """The object a caller in this process uses for ``service``."""
+        if service in self.refs:
+            return self.refs[service]
+        spec = self.app.specs[service]
+        if service in self.instances:
+            inst = self.instances[service]
+            ref = strict_stub(spec, self.codecs[service], inst) if self.strict else inst
+        else:
+            proc = self.topology.process_of(service)
+            assert proc is not None, f"service {service!r} is not placed (topology not bound?)"
+            client = self.clients.get(proc.name)
+            if client is None:
+                client = self.clients[proc.name] = ProcessClient(
+                    process=proc.name, addresses=proc.rpc_addresses(),
+                    settings=self.topology.settings, signer=self.signer,
+                    caller_process=self.process.name)
+            ref = remote_stub(spec, self.codecs[service], client, caller=self.process.name)
+        self.refs[service] = ref
+        return ref
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        info = RuntimeInfo(self.topology.name, self.process.name, self.replica, self.data_dir,
+                           dict(self.topology.settings.extra))
+        local = list(self.process.services)
+        for name in local:
+            inst = self.app.specs[name].cls()
+            inst.runtime = info
+            self.instances[name] = inst
+        for name in local:
+            spec = self.app.specs[name]
+            inst = self.instances[name]
+            for attr, dep in spec.dependencies.items():
+                setattr(inst, attr, self._ref(dep))
+            for attr, rcls in spec.resources.items():
+                url = self.topology.resources.get(rcls.kind)
+                ctx = ResourceContext(name, url.replace("{service}", name) if url else None,
+                                      self.data_dir, dict(self.topology.settings.extra))
+                res = await rcls.open(ctx)
+                self.resources.append((f"{name}.{attr}", res))
+                setattr(inst, attr, res)
+            for m, codec in self.codecs[name].items():
+                self.rpc_handlers[codec.spec.qualname] = (codec, getattr(inst, m))
+        for name in _start_order(self.app, local):
+            await self.instances[name].start()
+            self.started.append(self.instances[name])
+        for lst in self.process.listeners:
+            served = self.process.services if lst.routes is None else lst.routes
+            handlers = []
+            for svc in served:
+                ref = self._ref(svc)
+                for m, codec in self.codecs[svc].items():
+                    if codec.spec.route is not None:
+                        handlers.append(RouteHandler(codec, getattr(ref, m)))
+            edge = Edge(self, lst, handlers)
+            self.edges.append(edge)
+            if self.listen:
+                server = await self._loop.create_server(
+                    lambda edge=edge: HttpProtocol(edge),  # type: ignore[misc]
+                    lst.host, lst.port_for(self.replica), reuse_address=True, backlog=2048)
+                self.servers.append(server)
+        log.info("%s ready: %s", self, ", ".join(
+            f"{'public' if e.listener.public else 'private'} http://{e.listener.host}:"
+            f"{s.sockets[0].getsockname()[1]}" for e, s in zip(self.edges, self.servers,
+                                                                strict=False)))
+
+    def bound_ports(self) -> list[int]:
+        return [int(s.sockets[0].getsockname()[1]) for s in self.servers]
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        checks: dict[str, str] = {}
+        ok = not self.draining
+        if self.draining:
+            checks["process"] = "draining"
+        for name, res in self.resources:
+            good = await res.ready()
+            checks[name] = "ok" if good else "failing"
+            ok = ok and good
+        results = await asyncio.gather(*(c.ready() for c in self.clients.values()))
+        for client, good in zip(self.clients.values(), results, strict=True):
+            checks[client.process] = "reachable" if good else "unreachable"
+            ok = ok and good
+        return ok, checks
+
+    async def drain(self) -> None:
+        """Stop taking work, finish what is in flight (up to ``grace``), stop."""
+        if self.draining:
+            return
+        self.draining = True
+        settings = self.topology.settings
+        if settings.drain_delay > 0:
+            await asyncio.sleep(settings.drain_delay)
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.close_if_idle()
+        if self._idle is not None and self.inflight:
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), settings.grace)
+            except TimeoutError:
+                log.warning("%s: %d request(s) still running after %.1fs grace; stopping anyway",
+                            self, self.inflight, settings.grace)
+        await self.stop()
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        for inst in reversed(self.started):
+            try:
+                await inst.stop()
+            except Exception:
+                log.exception("%s.stop() failed", inst.name)
+        self.started.clear()
+        for client in self.clients.values():
+            await client.aclose()
+        for _, res in self.resources:
+            await res.aclose()
+        self.resources.clear()

@@ -1,0 +1,250 @@
+"""Client side of RPC: a pool of multiplexed keep-alive connections to the
+replicas of one process.
+
+* Calls rotate over the live connections of every healthy replica.
+* A replica whose connection fails is ejected and probed back in the
+  background with doubling backoff (``eject_for`` up to 30 s).
+* A call that fails *before it was sent* (no connection could be made) is
+  tried on the next replica; one that fails after is retried only when the
+  method is idempotent.  Otherwise the caller gets ``Unavailable``.
+* Every call carries the remaining deadline, the trace and the caller's name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any, cast
+
+from mitosis import context
+from mitosis.codec import MethodCodec, decode_error, msgpack_encoder
+from mitosis.errors import DeadlineExceeded, ServiceError, Unavailable
+from mitosis.topology.model import Settings
+from mitosis.transport.credential import TokenSigner
+from mitosis.transport.wire import MAGIC, frame, frames, reply_decoder
+
+__all__ = ["ProcessClient"]
+
+log = logging.getLogger("mitosis.client")
+MAX_EJECT = 30.0
+
+
+class _Lost(Exception):
+    """The connection closed while the call was in flight (it may have run)."""
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, replica: _Replica):
+        self.replica = replica
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.pending: dict[int, asyncio.Future[tuple[bool, Any]]] = {}
+        self.ids = itertools.count(1)
+        self.hello: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        for chunk in frames(self.buf):
+            reply = reply_decoder.decode(chunk)
+            if reply.id == 0:
+                if not self.hello.done():
+                    self.hello.set_result((reply.ok, reply.body))
+                continue
+            fut = self.pending.pop(reply.id, None)
+            if fut is not None and not fut.done():
+                fut.set_result((reply.ok, reply.body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.hello.done():
+            self.hello.set_exception(_Lost())
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(_Lost())
+        self.pending.clear()
+        self.replica.lost(self)
+
+    def send(self, method: str, timeout: float, trace: str, caller: str,
+             args: Any) -> tuple[int, asyncio.Future[tuple[bool, Any]]]:
+        call_id = next(self.ids)
+        fut: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[call_id] = fut
+        assert self.transport is not None
+        self.transport.write(frame(msgpack_encoder.encode(
+            (call_id, method, timeout, trace, caller, args))))
+        return call_id, fut
+
+
+class _Replica:
+    def __init__(self, pool: ProcessClient, index: int, host: str, port: int):
+        self.pool = pool
+        self.index = index
+        self.host = host
+        self.port = port
+        self.conns: list[_Connection] = []
+        self.ejected = False
+        self.backoff = pool.settings.eject_for
+        self.probe: asyncio.TimerHandle | None = None
+        self.connecting: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def connect(self) -> None:
+        """Open the configured number of connections; eject on failure."""
+        loop = asyncio.get_running_loop()
+        want = self.pool.settings.connections - len(self.conns)
+        try:
+            for _ in range(want):
+                _, conn = await asyncio.wait_for(
+                    loop.create_connection(lambda: _Connection(self), self.host, self.port),
+                    self.pool.settings.connect_timeout,
+                )
+                assert conn.transport is not None
+                token = self.pool.signer.issue(self.pool.process, self.pool.caller_process)
+                conn.transport.write(MAGIC + frame(msgpack_encoder.encode(
+                    (token, self.pool.caller_process))))
+                ok, body = await asyncio.wait_for(conn.hello, self.pool.settings.connect_timeout)
+                if not ok:
+                    conn.transport.close()
+                    raise decode_error(body)
+                self.conns.append(conn)
+        except (OSError, TimeoutError, _Lost) as exc:
+            self.eject(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            return
+        self.ejected = False
+        self.backoff = self.pool.settings.eject_for
+        self.pool.refresh()
+
+    def lost(self, conn: _Connection) -> None:
+        if conn in self.conns:
+            self.conns.remove(conn)
+            self.pool.refresh()
+            if not self.pool.closed and self.probe is None:
+                # The peer may be restarting: try again soon, eject if it is gone.
+                loop = asyncio.get_running_loop()
+                self.probe = loop.call_later(0.05, self._probe)
+
+    def eject(self, why: str) -> None:
+        if not self.ejected:
+            log.warning("ejecting %s replica %d at %s: %s", self.pool.process, self.index,
+                        self.address, why)
+        self.ejected = True
+        for c in self.conns:
+            if c.transport is not None:
+                c.transport.close()
+        self.conns.clear()
+        self.pool.refresh()
+        if self.probe is None and not self.pool.closed:
+            loop = asyncio.get_running_loop()
+            self.probe = loop.call_later(self.backoff, self._probe)
+            self.backoff = min(self.backoff * 2, MAX_EJECT)
+
+    def _probe(self) -> None:
+        self.probe = None
+        if self.pool.closed or (self.connecting and not self.connecting.done()):
+            return
+        self.connecting = asyncio.get_running_loop().create_task(self.connect())
+
+
+class ProcessClient:
+    """Calls into one process of the topology (all of its replicas)."""
+
+    def __init__(self, *, process: str, addresses: list[tuple[str, int]], settings: Settings,
+                 signer: TokenSigner, caller_process: str):
+        self.process = process
+        self.settings = settings
+        self.signer = signer
+        self.caller_process = caller_process
+        self.replicas = [_Replica(self, i, h, p) for i, (h, p) in enumerate(addresses)]
+        self.live: list[_Connection] = []
+        self.rr = 0
+        self.closed = False
+        self._warm: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        addrs = ", ".join(r.address for r in self.replicas)
+        return f"<ProcessClient {self.process} [{addrs}] live={len(self.live)}>"
+
+    def refresh(self) -> None:
+        self.live = [c for r in self.replicas if not r.ejected for c in r.conns]
+
+    async def connect(self) -> None:
+        """Connect to every replica not connected yet (at most once at a time)."""
+        if self._warm is None or self._warm.done():
+            self._warm = asyncio.get_running_loop().create_task(self._connect_all())
+        await asyncio.shield(self._warm)
+
+    async def _connect_all(self) -> None:
+        todo = [r.connect() for r in self.replicas if not r.conns]
+        if todo:
+            await asyncio.gather(*todo)
+
+    async def ready(self) -> bool:
+        if not self.live:
+            await self.connect()
+        return bool(self.live)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        for r in self.replicas:
+            if r.probe is not None:
+                r.probe.cancel()
+            for c in r.conns:
+                if c.transport is not None:
+                    c.transport.close()
+        self.live = []
+
+    async def call(self, codec: MethodCodec, caller: str, args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        dl = context.deadline.get()
+        timeout = self.settings.deadline if dl is None else min(dl - now, self.settings.deadline)
+        method = codec.spec.qualname
+        if timeout <= 0:
+            raise DeadlineExceeded(f"deadline passed before calling {method}")
+        trace = context.new_traceparent(context.traceparent.get())
+        tries = len(self.replicas) + 1
+        last = ""
+        for _ in range(tries):
+            if not self.live:
+                await self.connect()
+                if not self.live:
+                    last = "; ".join(f"{r.address} unreachable" for r in self.replicas)
+                    break  # before sending: nothing ran, but no replica is reachable
+            conn = self.live[self.rr % len(self.live)]
+            self.rr += 1
+            call_id, fut = conn.send(method, timeout, trace, caller, args)
+            handle = loop.call_later(timeout, _expire, fut)
+            try:
+                ok, body = await fut
+            except _Lost:
+                last = f"connection to {conn.replica.address} lost during the call"
+                if codec.spec.idempotent:
+                    continue
+                raise Unavailable(
+                    f"{method}: {last}; not retried because {method} is not idempotent "
+                    f"(it may or may not have run)") from None
+            except TimeoutError:
+                conn.pending.pop(call_id, None)
+                raise DeadlineExceeded(
+                    f"{method} at {conn.replica.address} did not answer within {timeout:.3f}s"
+                ) from None
+            finally:
+                handle.cancel()
+            if ok:
+                return codec.decode_result(body)
+            err: ServiceError = decode_error(body)
+            raise err
+        addrs = ", ".join(r.address for r in self.replicas)
+        raise Unavailable(f"{method}: process {self.process!r} at {addrs} cannot be reached ({last})")
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())

@@ -1,0 +1,65 @@
+"""RPC framing.  Every frame is a 4-byte big-endian length and a msgpack body.
+
+A connection opens with the magic ``MTS1`` (so one port can serve HTTP and
+RPC: the server tells them apart by the first bytes) and a ``Hello`` frame
+carrying the internal credential; the server answers one ``Reply`` with
+id 0.  Then any number of ``Call`` frames, multiplexed by id, each answered
+by one ``Reply`` in any order.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["MAGIC", "Call", "Hello", "Reply", "frames"]
+
+MAGIC = b"MTS1"
+MAX_FRAME = 64 << 20
+
+
+class Hello(msgspec.Struct, array_like=True):
+    token: str
+    caller: str
+
+
+class Call(msgspec.Struct, array_like=True):
+    id: int
+    method: str  # "service.method"
+    timeout: float  # seconds left until the caller's deadline
+    trace: str  # W3C traceparent
+    caller: str  # calling service
+    args: msgspec.Raw
+
+
+class Reply(msgspec.Struct, array_like=True):
+    id: int
+    ok: bool
+    body: msgspec.Raw  # the result, or the error dict when not ok
+
+
+hello_decoder = msgspec.msgpack.Decoder(Hello)
+call_decoder = msgspec.msgpack.Decoder(Call)
+reply_decoder = msgspec.msgpack.Decoder(Reply)
+
+
+def frames(buf: bytearray) -> list[bytes]:
+    """Cut every complete frame off the front of ``buf``."""
+    out: list[bytes] = []
+    pos = 0
+    n = len(buf)
+    while n - pos >= 4:
+        size = int.from_bytes(buf[pos:pos + 4], "big")
+        if size > MAX_FRAME:
+            raise ValueError(f"frame of {size} bytes exceeds the {MAX_FRAME} byte limit")
+        end = pos + 4 + size
+        if end > n:
+            break
+        out.append(bytes(buf[pos + 4:end]))
+        pos = end
+    if pos:
+        del buf[:pos]
+    return out
+
+
+def frame(body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + body
