@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal, Protocol
@@ -217,6 +219,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--vacancy-url", default="http://127.0.0.1:8001")
     args = parser.parse_args(argv)
+    # anyio>=4.11 no longer pulls in sniffio, and without it httpcore retries a
+    # failing `import sniffio` on every pool lock (encode/httpcore#1103), which
+    # would make this baseline's remote calls needlessly slow.
+    if args.mode == "ticket" and importlib.util.find_spec("sniffio") is None:
+        print("warning: sniffio is not installed; httpx will be slower", file=sys.stderr)
     app = create_app(args.mode, vacancy_url=args.vacancy_url)
     uvicorn.run(
         app,

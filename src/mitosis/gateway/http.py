@@ -107,6 +107,10 @@ class HttpProtocol(asyncio.Protocol):
         self.edge.host.connections.discard(self)
         self.transport = None
 
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
     def close_if_idle(self) -> None:
         """Called when draining: close now if nothing is in flight, else after it."""
         self.closing = True

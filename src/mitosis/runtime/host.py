@@ -42,6 +42,8 @@ log = logging.getLogger("mitosis.host")
 class _Closable(Protocol):
     def close_if_idle(self) -> None: ...
 
+    def abort(self) -> None: ...
+
 
 def data_dir() -> Path:
     return Path(os.environ.get("MITOSIS_DATA_DIR") or ".mitosis/data")
@@ -223,6 +225,9 @@ class Host:
     async def stop(self) -> None:
         for server in self.servers:
             server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        self.connections.clear()
         for inst in reversed(self.started):
             try:
                 await inst.stop()

@@ -44,6 +44,10 @@ class RpcServerProtocol(asyncio.Protocol):
         self.host.connections.discard(self)
         self.transport = None
 
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
     def close_if_idle(self) -> None:
         if not self.tasks and self.transport is not None:
             self.transport.close()

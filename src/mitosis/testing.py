@@ -1,0 +1,324 @@
+"""Run one test body against an app in every topology.
+
+::
+
+    from mitosis.testing import app_fixture
+    from tickets.app import app
+
+    tickets = app_fixture(app, env={"INITIAL_STOCK": "1000"})
+
+    async def test_purchase(tickets):
+        r = await tickets.post("/api/v1/purchase", json={"qty": 1})
+        assert r.status == 200
+        reservation = await tickets.service("vacancy").reserve(1)
+
+The fixture is parametrized over three modes:
+
+``inprocess``
+    one process, calls are plain awaits, HTTP requests go straight to the
+    edge in memory (no socket);
+``strict``
+    the same, but every call between services goes through the wire codec,
+    so code that relies on sharing mutable objects fails here already;
+``processes``
+    one OS process per service, started with ``mitosis run`` on free ports,
+    talking RPC over real sockets; HTTP requests go over TCP (httpx).
+    Started once per test module (state carries over between its tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json as _json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mitosis.app import App
+from mitosis.gateway.http import Request
+from mitosis.gateway.router import Router
+from mitosis.runtime.host import Host
+from mitosis.topology.model import Listener, Process, Settings, Topology
+from mitosis.transport.client import ProcessClient
+from mitosis.transport.credential import TokenSigner
+from mitosis.transport.stub import remote_stub
+
+__all__ = ["MODES", "Harness", "HttpResult", "app_fixture", "free_port", "monolith_topology"]
+
+MODES = ("inprocess", "strict", "processes")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class HttpResult:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> Any:
+        return _json.loads(self.body)
+
+
+@contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def monolith_topology(app: App, name: str = "test", settings: Settings | None = None) -> Topology:
+    lst = Listener(0, "127.0.0.1", True, None, "processes.main.listeners[0]")
+    proc = Process("main", tuple(app.specs), 1, (lst,), False, None, {})
+    return Topology(name, "<test>", None, (), {"main": proc}, {}, settings or Settings())
+
+
+def split_topology(app: App, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One process per service on free ports, as a YAML-ready dict."""
+    module = app.module
+    attr = next((k for k, v in vars(sys.modules[module]).items() if v is app), "app")
+    return {
+        "name": "processes",
+        "app": f"{module}:{attr}",
+        "pythonpath": [p for p in sys.path if p and Path(p).is_dir()],
+        "settings": settings or {},
+        "processes": {
+            s: {"services": [s], "listeners": [{"port": free_port(), "host": "127.0.0.1"}]}
+            for s in app.specs
+        },
+    }
+
+
+class Harness:
+    """A running app in one mode: HTTP requests and direct service calls."""
+
+    mode: str
+
+    async def request(self, method: str, path: str, *, json: Any = None, content: bytes | None = None,
+                      headers: dict[str, str] | None = None) -> HttpResult:
+        raise NotImplementedError
+
+    def service(self, name: str) -> Any:
+        """The service as a caller sees it (instance, strict stub or remote stub)."""
+        raise NotImplementedError
+
+    async def get(self, path: str, **kw: Any) -> HttpResult:
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, **kw: Any) -> HttpResult:
+        return await self.request("POST", path, **kw)
+
+    async def aclose(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<Harness {self.mode}>"
+
+
+def _body(json: Any, content: bytes | None, headers: dict[str, str]) -> bytes:
+    if json is not None:
+        headers.setdefault("content-type", "application/json")
+        return _json.dumps(json).encode()
+    return content or b""
+
+
+class InProcessHarness(Harness):
+    def __init__(self, app: App, data: Path, *, strict: bool, env: dict[str, str]):
+        self.mode = "strict" if strict else "inprocess"
+        self.env = env
+        self.host = Host(app, monolith_topology(app, self.mode), "main", strict=strict,
+                         listen=False, data=data)
+
+    async def start(self) -> None:
+        with _environ(self.env):
+            await self.host.start()
+
+    async def request(self, method: str, path: str, *, json: Any = None, content: bytes | None = None,
+                      headers: dict[str, str] | None = None) -> HttpResult:
+        hdrs = {k.lower(): v for k, v in (headers or {}).items()}
+        body = _body(json, content, hdrs)
+        if len(body) > self.host.topology.settings.max_body:
+            return HttpResult(413, b'{"error": {"type": "PayloadTooLarge", "status": 413}}')
+        path, _, query = path.partition("?")
+        edge = self.host.edges[0]
+        rid = edge.request_id(hdrs)
+        # A task of its own, as the server gives each request: context stays per request.
+        resp = await asyncio.get_running_loop().create_task(
+            edge.handle(Request(method, path, query, hdrs, body, "127.0.0.1"), rid))
+        return HttpResult(resp.status, resp.body, {"x-request-id": rid,
+                                                   "content-type": resp.content_type.decode()})
+
+    def service(self, name: str) -> Any:
+        return self.host._ref(name)
+
+    async def aclose(self) -> None:
+        await self.host.stop()
+
+
+class ProcessGroup:
+    """Every service in its own OS process, started with ``mitosis run``."""
+
+    def __init__(self, app: App, env: dict[str, str], settings: dict[str, Any] | None = None):
+        self.app = app
+        self.dir = Path(tempfile.mkdtemp(prefix="mitosis-test-"))
+        self.topo = split_topology(app, settings)
+        self.file = self.dir / "topology.yaml"
+        self.file.write_text(yaml.safe_dump(self.topo, sort_keys=False))
+        self.secret = secrets.token_hex(16)
+        self.env = {**os.environ, **env, "MITOSIS_SECRET": self.secret,
+                    "MITOSIS_DATA_DIR": str(self.dir / "data"),
+                    "PYTHONPATH": os.pathsep.join(self.topo["pythonpath"])}
+        self.log = self.dir / "output.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.router: Router[int] = Router()
+        for s, pdata in self.topo["processes"].items():
+            port = pdata["listeners"][0]["port"]
+            for m in app.specs[s].methods.values():
+                if m.route is not None:
+                    self.router.add(m.route.method, m.route.path, port)
+
+    def ports(self) -> dict[str, int]:
+        return {s: p["listeners"][0]["port"] for s, p in self.topo["processes"].items()}
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.proc is not None:
+            return
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mitosis", "run", str(self.file)],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_ready(list(self.ports().values()), timeout, self.proc, self.log)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+
+def wait_ready(ports: list[int], timeout: float, proc: subprocess.Popen[bytes] | None = None,
+               log: Path | None = None) -> None:
+    """Wait until every port answers ``/readyz`` with 200."""
+    import httpx
+
+    end = time.monotonic() + timeout
+    pending = list(ports)
+    while pending:
+        if proc is not None and proc.poll() is not None:
+            out = log.read_text() if log else ""
+            raise RuntimeError(f"mitosis run exited with {proc.returncode}:\n{out}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{pending[0]}/readyz", timeout=1.0).status_code == 200:
+                pending.pop(0)
+                continue
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > end:
+            out = log.read_text() if log else ""
+            raise TimeoutError(f"ports {pending} not ready after {timeout}s:\n{out}")
+        time.sleep(0.05)
+
+
+class ProcessHarness(Harness):
+    mode = "processes"
+
+    def __init__(self, group: ProcessGroup):
+        import httpx
+
+        self.group = group
+        self.http = httpx.AsyncClient(timeout=30.0)
+        self.clients: list[ProcessClient] = []
+        self.stubs: dict[str, Any] = {}
+
+    async def request(self, method: str, path: str, *, json: Any = None, content: bytes | None = None,
+                      headers: dict[str, str] | None = None) -> HttpResult:
+        hdrs = {k.lower(): v for k, v in (headers or {}).items()}
+        body = _body(json, content, hdrs)
+        bare = path.partition("?")[0]
+        try:
+            port, _ = self.group.router.match(method, bare)
+        except Exception:
+            port = next(iter(self.group.ports().values()))
+        r = await self.http.request(method, f"http://127.0.0.1:{port}{path}", content=body,
+                                    headers=hdrs)
+        return HttpResult(r.status_code, r.content, dict(r.headers))
+
+    def service(self, name: str) -> Any:
+        if name not in self.stubs:
+            from mitosis.codec import codec_for
+
+            spec = self.group.app.specs[name]
+            port = self.group.ports()[name]
+            client = ProcessClient(process=name, addresses=[("127.0.0.1", port)],
+                                   settings=Settings(), signer=TokenSigner(self.group.secret.encode()),
+                                   caller_process="test")
+            self.clients.append(client)
+            codecs = {m: codec_for(ms) for m, ms in spec.methods.items()}
+            self.stubs[name] = remote_stub(spec, codecs, client, caller="test")
+        return self.stubs[name]
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        for c in self.clients:
+            await c.aclose()
+
+
+def app_fixture(app: App, *, modes: tuple[str, ...] = MODES, env: dict[str, str] | None = None,
+                settings: dict[str, Any] | None = None) -> Any:
+    """A pytest fixture yielding a :class:`Harness` for each mode in ``modes``."""
+    import pytest
+    import pytest_asyncio
+
+    env = dict(env or {})
+    groups: dict[str, ProcessGroup] = {}
+
+    @pytest_asyncio.fixture(params=modes)
+    async def fixture(request: Any, tmp_path: Path) -> AsyncIterator[Harness]:
+        harness: Harness
+        if request.param == "processes":
+            key = request.module.__name__
+            if key not in groups:
+                group = groups[key] = ProcessGroup(app, env, settings)
+                request.session.config.add_cleanup(group.stop)
+                group.start()
+            harness = ProcessHarness(groups[key])
+        else:
+            harness = InProcessHarness(app, tmp_path / "data", strict=request.param == "strict",
+                                       env=env)
+            await harness.start()
+        try:
+            yield harness
+        finally:
+            await harness.aclose()
+
+    _ = pytest  # imported for the error message when pytest is missing
+    return fixture

@@ -1,0 +1,175 @@
+"""Remote call behaviour over real sockets: two hosts in this event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from demo.app import app
+
+from mitosis import DeadlineExceeded, Unauthorized, Unavailable, context
+from mitosis.runtime.host import Host
+from mitosis.testing import free_port
+from mitosis.topology import Listener, Process, Settings, Topology, bind
+from mitosis.transport.credential import TokenSigner
+
+
+def split(store_ports: list[int], *, replicas: int = 1, private: bool = True,
+          **settings: float) -> Topology:
+    store = Process("store", ("store",), replicas,
+                    (Listener(store_ports[0], "127.0.0.1", not private, None, "l0"),),
+                    private, None, {})
+    front = Process("front", ("front",), 1,
+                    (Listener(free_port(), "127.0.0.1", True, None, "l1"),), False, None, {})
+    s = Settings(**settings)  # type: ignore[arg-type]
+    return bind(Topology("split", "<test>", None, (), {"store": store, "front": front}, {}, s), app)
+
+
+@pytest.fixture
+def secret(monkeypatch, tmp_path):
+    monkeypatch.setenv("MITOSIS_SECRET", "test-secret")
+    return tmp_path
+
+
+async def start(topo: Topology, process: str, data: Path, replica: int = 0) -> Host:
+    h = Host(app, topo, process, replica, data=data)
+    await h.start()
+    return h
+
+
+async def test_unreachable_callee_names_service_method_and_address(secret):
+    port = free_port()
+    front = await start(split([port]), "front", secret)
+    try:
+        with pytest.raises(Unavailable) as info:
+            await front.instances["front"].store.echo_int(1)
+        msg = str(info.value)
+        assert "store.echo_int" in msg and f"127.0.0.1:{port}" in msg and "'store'" in msg
+        ok, checks = await front.readiness()
+        assert not ok and checks["store"] == "unreachable"
+    finally:
+        await front.stop()
+
+
+async def test_deadline_is_enforced_and_shrinks(secret):
+    port = free_port()
+    topo = split([port], deadline=0.3)
+    store = await start(topo, "store", secret)
+    front = await start(topo, "front", secret)
+    try:
+        with pytest.raises(DeadlineExceeded):
+            await front.instances["front"].store.slow(1.0)
+        assert await front.instances["front"].store.slow(0.01) == 0.01
+        # A caller with 0.2 s left hands the callee less than that.
+        loop = asyncio.get_running_loop()
+        context.deadline.set(loop.time() + 0.2)
+        info = await front.instances["front"].store.info()
+        assert info.remaining is not None and 0 < info.remaining < 0.2
+        context.deadline.set(loop.time() - 1)
+        with pytest.raises(DeadlineExceeded, match="before calling"):
+            await front.instances["front"].store.echo_int(1)
+        context.deadline.set(None)
+    finally:
+        await front.stop()
+        await store.stop()
+
+
+async def test_replicas_share_load_failing_one_is_ejected_and_probed_back(secret):
+    base = free_port()
+    while True:  # two consecutive free ports for two replicas
+        try:
+            import socket
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", base + 1))
+            break
+        except OSError:
+            base = free_port()
+    topo = split([base], replicas=2, eject_for=0.2)
+    r0 = await start(topo, "store", secret, 0)
+    r1 = await start(topo, "store", secret, 1)
+    front = await start(topo, "front", secret)
+    stub = front.instances["front"].store
+    try:
+        for _ in range(20):
+            await stub.counted()
+        assert r0.instances["store"].calls > 0 and r1.instances["store"].calls > 0
+        await r1.stop()  # replica 1 goes away
+        await asyncio.sleep(0.05)
+        before = r0.instances["store"].calls
+        for _ in range(20):
+            await stub.echo_int(1)  # not idempotent: must never hit the dead replica
+            await stub.counted()
+        assert r0.instances["store"].calls == before + 20
+        r1 = await start(topo, "store", secret, 1)  # back on the same port
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if any(r.index == 1 and r.conns for r in front.clients["store"].replicas):
+                break
+        for _ in range(20):
+            await stub.counted()
+        assert r1.instances["store"].calls > 0, "replica 1 was not taken back into rotation"
+    finally:
+        await front.stop()
+        await r0.stop()
+        await r1.stop()
+
+
+async def test_lost_connection_retries_only_idempotent_methods(secret):
+    port = free_port()
+    topo = split([port])
+    store = await start(topo, "store", secret)
+    front = await start(topo, "front", secret)
+    stub = front.instances["front"].store
+    try:
+        await stub.echo_int(1)
+        # The callee dies mid-call: a non-idempotent call is not retried.
+        task = asyncio.ensure_future(stub.slow(5.0))
+        await asyncio.sleep(0.1)
+        for conn in list(store.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        with pytest.raises(Unavailable, match="not idempotent"):
+            await task
+    finally:
+        await front.stop()
+        await store.stop()
+
+
+async def test_private_listener_refuses_bad_credentials(secret, monkeypatch):
+    import httpx
+
+    port = free_port()
+    topo = split([port])
+    store = await start(topo, "store", secret)
+    try:
+        async with httpx.AsyncClient() as http:
+            url = f"http://127.0.0.1:{port}/store/items/0"
+            r = await http.get(url)
+            assert r.status_code == 401
+            assert r.json()["error"]["type"] == "Unauthorized"
+            wrong = TokenSigner(b"another-secret").issue("store", "intruder")
+            assert (await http.get(url, headers={"x-mitosis-token": wrong})).status_code == 401
+            other = TokenSigner(b"test-secret").issue("front", "x")  # valid, wrong audience
+            assert (await http.get(url, headers={"x-mitosis-token": other})).status_code == 401
+            good = TokenSigner(b"test-secret").issue("store", "ops")
+            assert (await http.get(url, headers={"x-mitosis-token": good})).status_code == 200
+            assert (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+        # An RPC caller with the wrong secret is refused at the handshake.
+        monkeypatch.setenv("MITOSIS_SECRET", "wrong")
+        front = await start(topo, "front", secret)
+        try:
+            with pytest.raises((Unauthorized, Unavailable)):
+                await front.instances["front"].store.echo_int(1)
+        finally:
+            await front.stop()
+    finally:
+        await store.stop()
+
+
+def test_tokens_expire():
+    s = TokenSigner(b"k")
+    tok = s.issue("a", "b", ttl=-1)
+    with pytest.raises(Unauthorized, match="expired"):
+        s.verify(tok, "a")
+    assert s.verify(s.issue("a", "b"), "a") == "b"
