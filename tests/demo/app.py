@@ -100,6 +100,11 @@ class Store(Service):
         await asyncio.sleep(seconds)
         return seconds
 
+    @post("/store/slow")
+    async def slow_http(self, seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return seconds
+
     @idempotent
     async def counted(self) -> int:
         self.calls += 1

@@ -176,7 +176,7 @@ class Edge:
     async def _index(self, req: Request) -> Response:
         return Response(200, json_encoder.encode({
             "app": self.host.app.name, "mode": self.host.topology.name,
-            "process": self.host.process.name, "replica": self.host.replica,
+            "process": self.host.process.name, "replica": self.host.replica, "pid": os.getpid(),
             "services": list(self.host.process.services), "docs": "/docs"}))
 
     async def _openapi(self, req: Request) -> Response:

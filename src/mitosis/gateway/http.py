@@ -171,6 +171,8 @@ class HttpProtocol(asyncio.Protocol):
         self.size += len(body)
         if self.size > self.max_body:
             self._refuse_large()
+            if self.size > 16 * self.max_body and self.transport is not None:
+                self.transport.close()  # enough discarding: let the client see a reset
         elif not self.too_large:
             self.body.append(body)
 
@@ -181,10 +183,15 @@ class HttpProtocol(asyncio.Protocol):
         exc = PayloadTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
         rid = self.edge.request_id(self.headers)
         self.transport.write(error_response(exc, rid).encode(rid, keep_alive=False))
-        self.transport.close()
+        # Closing with unread upload bytes makes the kernel send a reset and the
+        # client may never read the 413: discard the rest of the body first
+        # (bounded in size above and in time here), then close.
+        asyncio.get_running_loop().call_later(5.0, self.transport.close)
 
     def on_message_complete(self) -> None:
         if self.too_large:
+            if self.transport is not None:
+                self.transport.close()
             return
         url = httptools.parse_url(self.url)
         path = url.path.decode("latin-1")
