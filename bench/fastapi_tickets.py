@@ -171,6 +171,7 @@ def create_app(
     *,
     initial_stock: int | None = None,
     vacancy_url: str = "http://127.0.0.1:8001",
+    pool_size: int = 100,
 ) -> FastAPI:
     if initial_stock is None:
         initial_stock = int(os.environ.get("INITIAL_STOCK", "1000"))
@@ -182,7 +183,7 @@ def create_app(
         if mode == "monolith":
             app.state.vacancy = LocalVacancyClient(app.state.stock)
         elif mode == "ticket":
-            app.state.vacancy = RemoteVacancyClient(vacancy_url)
+            app.state.vacancy = RemoteVacancyClient(vacancy_url, pool_size)
         yield
         if mode != "vacancy":
             await app.state.vacancy.aclose()
@@ -218,13 +219,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--vacancy-url", default="http://127.0.0.1:8001")
+    parser.add_argument("--pool-size", type=int, default=100, help="httpx max connections")
     args = parser.parse_args(argv)
     # anyio>=4.11 no longer pulls in sniffio, and without it httpcore retries a
     # failing `import sniffio` on every pool lock (encode/httpcore#1103), which
     # would make this baseline's remote calls needlessly slow.
     if args.mode == "ticket" and importlib.util.find_spec("sniffio") is None:
         print("warning: sniffio is not installed; httpx will be slower", file=sys.stderr)
-    app = create_app(args.mode, vacancy_url=args.vacancy_url)
+    app = create_app(args.mode, vacancy_url=args.vacancy_url, pool_size=args.pool_size)
     uvicorn.run(
         app,
         host=args.host,

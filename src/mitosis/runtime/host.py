@@ -28,7 +28,6 @@ from mitosis.gateway.http import HttpProtocol
 from mitosis.resource import Resource, ResourceContext
 from mitosis.runtime.info import RuntimeInfo
 from mitosis.service import Service
-from mitosis.topology.check import find_cycle
 from mitosis.topology.model import Topology
 from mitosis.transport.client import ProcessClient
 from mitosis.transport.credential import TokenSigner, load_secret

@@ -103,7 +103,9 @@ def bind(topo: Topology, app: App) -> Topology:
             owner: dict[tuple[str, str], str] = {}
             for s in served:
                 if s not in known:
-                    add(f"{lst.key}.routes", f"unknown service {s!r}", f"the app's services are: {names}")
+                    if lst.routes is not None:  # implicit routes: already reported above
+                        add(f"{lst.key}.routes", f"unknown service {s!r}",
+                            f"the app's services are: {names}")
                     continue
                 if lst.public and s in private:
                     add(f"{lst.key}.routes",
