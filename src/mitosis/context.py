@@ -8,7 +8,7 @@ call reads them without any parameter threading.  Deadlines are absolute
 
 from __future__ import annotations
 
-import os
+import random
 from contextvars import ContextVar
 
 __all__ = ["deadline", "new_traceparent", "request_id", "trace_id", "traceparent"]
@@ -21,13 +21,17 @@ traceparent: ContextVar[str] = ContextVar("mitosis.traceparent", default="")
 request_id: ContextVar[str] = ContextVar("mitosis.request_id", default="")
 
 
+_bits = random.Random().getrandbits
+
+
 def new_traceparent(parent: str = "") -> str:
     """A child span of ``parent`` (same trace id), or a new trace when there is none
     or it is malformed."""
-    span = os.urandom(8).hex()
+    # Ids need to be unique, not secret: a PRNG, not a getrandom() syscall per id.
+    span = f"{_bits(64):016x}"
     if len(parent) == 55 and parent[2] == "-" and parent[35] == "-":
         return f"00-{parent[3:35]}-{span}-{parent[53:55]}"
-    return f"00-{os.urandom(16).hex()}-{span}-01"
+    return f"00-{_bits(128):032x}-{span}-01"
 
 
 def trace_id() -> str:
