@@ -129,7 +129,7 @@ async def remote(rtt: int, seconds: float) -> None:
                            "--process", "echo"], cpu=SERVER_CPU, env=env)
     try:
         wait_ready([eport], 30.0)
-        time.sleep(0.5)
+        await asyncio.sleep(0.5)
         loop = asyncio.get_running_loop()
         _, fc = await loop.create_connection(_FloorClient, "127.0.0.1", fport)
         payload = b"\x93\x01\xa4ping\x01"  # about the size of a small call
