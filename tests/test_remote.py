@@ -131,6 +131,13 @@ async def test_lost_connection_retries_only_idempotent_methods(secret):
                 conn.transport.abort()
         with pytest.raises(Unavailable, match="not idempotent"):
             await task
+        # The same loss during an idempotent call: sent again, and it succeeds.
+        task = asyncio.ensure_future(stub.slow_lookup(0.3))
+        await asyncio.sleep(0.1)
+        for conn in list(store.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        assert await task == 2  # ran twice: once cut off, once answered
     finally:
         await front.stop()
         await store.stop()

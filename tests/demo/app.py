@@ -106,6 +106,12 @@ class Store(Service):
         return seconds
 
     @idempotent
+    async def slow_lookup(self, seconds: float) -> int:
+        self.calls += 1
+        await asyncio.sleep(seconds)
+        return self.calls
+
+    @idempotent
     async def counted(self) -> int:
         self.calls += 1
         return self.calls
