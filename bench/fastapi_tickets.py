@@ -94,9 +94,14 @@ class LocalVacancyClient:
 
 
 class RemoteVacancyClient:
-    """Microservices: the ticket service talks to vacancy over pooled HTTP/1.1."""
+    """Microservices: the ticket service talks to vacancy over pooled HTTP/1.1.
 
-    def __init__(self, base_url: str, max_connections: int = 100) -> None:
+    The pool is small on purpose: httpcore rescans every pooled connection for
+    every queued request on each pool change, so under 50 concurrent requests a
+    10-connection pool is ~2.5x faster than a 50-100 one.
+    """
+
+    def __init__(self, base_url: str, max_connections: int = 10) -> None:
         self._http = httpx.AsyncClient(
             base_url=base_url,
             limits=httpx.Limits(
@@ -129,11 +134,13 @@ class RemoteVacancyClient:
 # Dependencies are `async def` on purpose: FastAPI runs plain `def` dependencies
 # in a threadpool, which would cost more than the handlers themselves.
 async def get_stock(request: Request) -> Stock:
-    return request.app.state.stock
+    stock: Stock = request.app.state.stock
+    return stock
 
 
 async def get_vacancy(request: Request) -> VacancyClient:
-    return request.app.state.vacancy
+    vacancy: VacancyClient = request.app.state.vacancy
+    return vacancy
 
 
 StockDep = Annotated[Stock, Depends(get_stock)]
@@ -171,7 +178,7 @@ def create_app(
     *,
     initial_stock: int | None = None,
     vacancy_url: str = "http://127.0.0.1:8001",
-    pool_size: int = 100,
+    pool_size: int = 10,
 ) -> FastAPI:
     if initial_stock is None:
         initial_stock = int(os.environ.get("INITIAL_STOCK", "1000"))
@@ -219,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--vacancy-url", default="http://127.0.0.1:8001")
-    parser.add_argument("--pool-size", type=int, default=100, help="httpx max connections")
+    parser.add_argument("--pool-size", type=int, default=10, help="httpx max connections")
     args = parser.parse_args(argv)
     # anyio>=4.11 no longer pulls in sniffio, and without it httpcore retries a
     # failing `import sniffio` on every pool lock (encode/httpcore#1103), which

@@ -44,7 +44,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 30.0, *, proc: subprocess.Popen | None = None) -> None:
+def wait_http(url: str, timeout: float = 30.0, *, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Poll `url` with GET until it answers with a status below 500.
 
     Pass the server's `proc` to fail fast (with its log) if it dies while starting.
@@ -54,8 +54,7 @@ def wait_http(url: str, timeout: float = 30.0, *, proc: subprocess.Popen | None 
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(
-                f"server exited with code {proc.returncode} before answering {url}\n"
-                f"{server_log(proc)}"
+                f"server exited with code {proc.returncode} before answering {url}\n{server_log(proc)}"
             )
         try:
             with urllib.request.urlopen(url, timeout=2.0):
@@ -89,7 +88,7 @@ def start_server(
     cpu: int | None,
     env: dict[str, str] | None,
     cwd: str | os.PathLike[str] | None = None,
-) -> subprocess.Popen:
+) -> subprocess.Popen[bytes]:
     """Start a server pinned to `cpu` in its own session; output goes to a log file.
 
     `env` entries are layered over the current environment.
@@ -110,7 +109,7 @@ def start_server(
     return proc
 
 
-def server_log(proc: subprocess.Popen) -> str:
+def server_log(proc: subprocess.Popen[bytes]) -> str:
     """The captured stdout/stderr of a process started by `start_server`."""
     path = _LOGS.get(proc.pid)
     if path is None or not path.exists():
@@ -118,7 +117,7 @@ def server_log(proc: subprocess.Popen) -> str:
     return path.read_text(errors="replace")
 
 
-def stop_server(proc: subprocess.Popen, timeout: float = 10) -> None:
+def stop_server(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
     """SIGTERM the server's process group, escalating to SIGKILL after `timeout`."""
     if proc.poll() is not None:
         return
@@ -164,7 +163,7 @@ def _duration_ms(text: str) -> float:
     match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
     if match is None:
         raise ValueError(f"unrecognised wrk duration {text!r}")
-    return float(match[1]) * _DURATION_MS[match[2]]
+    return round(float(match[1]) * _DURATION_MS[match[2]], 6)
 
 
 def _count(text: str) -> int:
@@ -230,9 +229,7 @@ def run_wrk(
             ],
             cpu,
         )
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=duration + 60, check=False
-        )
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
     if done.returncode != 0:
         raise RuntimeError(
             f"wrk failed (exit {done.returncode}): {' '.join(argv)}\n{done.stdout}{done.stderr}"

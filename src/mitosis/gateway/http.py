@@ -18,7 +18,6 @@ import httptools
 
 from mitosis.codec import json_encoder
 from mitosis.errors import PayloadTooLarge, ServiceError
-from mitosis.runtime.eager import start_eagerly
 from mitosis.transport.server import MAGIC, RpcServerProtocol
 
 if TYPE_CHECKING:
@@ -202,7 +201,7 @@ class HttpProtocol(asyncio.Protocol):
         self.queue.append((req, bool(self.parser.should_keep_alive())))
         if not self.busy:
             self.busy = True
-            start_eagerly(self._serve())
+            asyncio.get_running_loop().create_task(self._serve())
 
     async def _serve(self) -> None:
         while self.queue:
