@@ -1,5 +1,5 @@
 """Database resources.  ``sqlite`` is the embedded default."""
 
-from mitosis.data.sqlite import Database
+from mitosis.data.sqlite import Database, Transaction
 
-__all__ = ["Database"]
+__all__ = ["Database", "Transaction"]
