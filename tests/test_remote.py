@@ -180,3 +180,35 @@ def test_tokens_expire():
     with pytest.raises(Unauthorized, match="expired"):
         s.verify(tok, "a")
     assert s.verify(s.issue("a", "b"), "a") == "b"
+
+
+async def test_draining_answers_readyz_503_while_still_serving(secret):
+    import httpx
+
+    port = free_port()
+    topo = split([port], private=False, drain_delay=0.5)
+    store = await start(topo, "store", secret)
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
+        drain = asyncio.ensure_future(store.drain())
+        await asyncio.sleep(0.1)
+        r = await http.get(f"http://127.0.0.1:{port}/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "draining"
+        assert (await http.get(f"http://127.0.0.1:{port}/store/items/0")).status_code == 200
+        await drain
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient() as http:
+            await http.get(f"http://127.0.0.1:{port}/readyz")
+
+
+async def test_port_in_use_is_a_clear_error(secret):
+    import socket
+
+    from mitosis.runtime.host import ListenError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ListenError, match=rf"l0: process 'store' cannot listen on 127.0.0.1:{port}"):
+            await start(split([port]), "store", secret)

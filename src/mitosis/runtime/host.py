@@ -33,9 +33,13 @@ from mitosis.transport.client import ProcessClient
 from mitosis.transport.credential import TokenSigner, load_secret
 from mitosis.transport.stub import remote_stub, strict_stub
 
-__all__ = ["Host", "data_dir"]
+__all__ = ["Host", "ListenError", "data_dir"]
 
 log = logging.getLogger("mitosis.host")
+
+
+class ListenError(OSError):
+    """A listener could not bind; the message names the topology key and the fix."""
 
 
 class _Closable(Protocol):
@@ -173,9 +177,17 @@ class Host:
             edge = Edge(self, lst, handlers)
             self.edges.append(edge)
             if self.listen:
-                server = await self._loop.create_server(
-                    lambda edge=edge: HttpProtocol(edge),  # type: ignore[misc]
-                    lst.host, lst.port_for(self.replica), reuse_address=True, backlog=2048)
+                port = lst.port_for(self.replica)
+                try:
+                    server = await self._loop.create_server(
+                        lambda edge=edge: HttpProtocol(edge),  # type: ignore[misc]
+                        lst.host, port, reuse_address=True, backlog=2048)
+                except OSError as exc:
+                    await self.stop()
+                    raise ListenError(
+                        f"{self.topology.file}: {lst.key}: process {self.process.name!r} cannot "
+                        f"listen on {lst.host}:{port}: {exc.strerror or exc}\n    fix: stop what "
+                        f"holds the port (ss -ltnp 'sport = {port}'), or change the port") from None
                 self.servers.append(server)
         log.info("%s ready: %s", self, ", ".join(
             f"{'public' if e.listener.public else 'private'} http://{e.listener.host}:"

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from mitosis.app import App
-from mitosis.runtime.host import Host
+from mitosis.runtime.host import Host, ListenError
 from mitosis.spec import SpecError
 from mitosis.topology import Problem, Topology, TopologyError, bind, load_topology
 
@@ -85,7 +85,12 @@ def run_process(path: str, process: str, replica: int = 0, *, strict: bool = Fal
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
-        asyncio.run(serve(host))
+        runner = asyncio.run
     else:
-        uvloop.run(serve(host))
+        runner = uvloop.run
+    try:
+        runner(serve(host))
+    except ListenError as exc:
+        print(f"mitosis run: {exc}", file=sys.stderr)
+        return 1
     return 0
