@@ -27,6 +27,7 @@ import uvloop
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "src")]
 
+from echo_floor import take_frames  # noqa: E402
 from load import free_port, start_server, stop_server  # noqa: E402
 from rpcapp import Echo, app  # noqa: E402
 
@@ -79,13 +80,8 @@ class _FloorClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        while len(self.buf) >= 4:
-            n = int.from_bytes(self.buf[:4], "big")
-            if len(self.buf) < 4 + n:
-                break
-            msg = bytes(self.buf[4:4 + n])
-            del self.buf[:4 + n]
-            self.waiters.pop(0).set_result(msg)
+        for frame in take_frames(self.buf):
+            self.waiters.pop(0).set_result(frame[4:])
 
     async def call(self, payload: bytes) -> bytes:
         fut = asyncio.get_running_loop().create_future()

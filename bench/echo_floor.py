@@ -10,6 +10,18 @@ from typing import cast
 import uvloop
 
 
+def take_frames(buf: bytearray) -> list[bytes]:
+    """Cut every complete length-prefixed frame (prefix included) off ``buf``."""
+    out = []
+    while len(buf) >= 4:
+        n = int.from_bytes(buf[:4], "big")
+        if len(buf) < 4 + n:
+            break
+        out.append(bytes(buf[: 4 + n]))
+        del buf[: 4 + n]
+    return out
+
+
 class Echo(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.t = cast(asyncio.Transport, transport)
@@ -17,12 +29,8 @@ class Echo(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        while len(self.buf) >= 4:
-            n = int.from_bytes(self.buf[:4], "big")
-            if len(self.buf) < 4 + n:
-                break
-            self.t.write(bytes(self.buf[: 4 + n]))
-            del self.buf[: 4 + n]
+        for frame in take_frames(self.buf):
+            self.t.write(frame)
 
 
 async def main(port: int) -> None:

@@ -212,3 +212,29 @@ async def test_port_in_use_is_a_clear_error(secret):
         port = busy.getsockname()[1]
         with pytest.raises(ListenError, match=rf"l0: process 'store' cannot listen on 127.0.0.1:{port}"):
             await start(split([port]), "store", secret)
+
+
+async def test_pipelined_requests_are_answered_in_order(secret):
+    port = free_port()
+    store = await start(split([port], private=False), "store", secret)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        n = 100  # more than the pipelining window: reading pauses and resumes
+        def req(i: int) -> bytes:
+            body = f'{{"x": {i}, "y": 0}}'.encode()
+            return (f"POST /store/items HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                    f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+        writer.write(b"".join(req(i) for i in range(n)))
+        await writer.drain()
+        seen = []
+        for _ in range(n):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+            seen.append(await reader.readexactly(length))
+        import json
+
+        assert [json.loads(b)["x"] for b in seen] == list(range(n))
+        writer.close()
+    finally:
+        await store.stop()

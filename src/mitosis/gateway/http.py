@@ -27,6 +27,7 @@ __all__ = ["HttpProtocol", "Request", "Response", "error_response"]
 
 log = logging.getLogger("mitosis.http")
 
+MAX_PIPELINED = 32  # requests queued on one connection before it stops reading
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
@@ -88,6 +89,7 @@ class HttpProtocol(asyncio.Protocol):
         self.queue: deque[tuple[Request, bool]] = deque()
         self.busy = False
         self.closing = False
+        self.paused = False
         # per-message state
         self.url = b""
         self.headers: dict[str, str] = {}
@@ -199,6 +201,9 @@ class HttpProtocol(asyncio.Protocol):
         method = self.parser.get_method().decode("ascii")
         req = Request(method, path, query, self.headers, b"".join(self.body), self.client)
         self.queue.append((req, bool(self.parser.should_keep_alive())))
+        if len(self.queue) >= MAX_PIPELINED and self.transport is not None:
+            self.transport.pause_reading()  # a pipelining client waits for its answers
+            self.paused = True
         if not self.busy:
             self.busy = True
             asyncio.get_running_loop().create_task(self._serve())
@@ -215,4 +220,7 @@ class HttpProtocol(asyncio.Protocol):
             if not keep_alive:
                 self.transport.close()
                 break
+            if self.paused and len(self.queue) < MAX_PIPELINED // 2:
+                self.paused = False
+                self.transport.resume_reading()
         self.busy = False
