@@ -105,6 +105,8 @@ async def test_body_over_the_limit_is_413(tickets):
     r = await tickets.post("/api/v1/purchase", content=big,
                            headers={"content-type": "application/json"})
     assert r.status == 413
+    assert r.json()["error"]["type"] == "PayloadTooLarge"
+    assert r.json()["error"]["request_id"] == r.headers["x-request-id"]
     assert await available(tickets) == before
 
 

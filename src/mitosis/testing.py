@@ -46,7 +46,8 @@ from typing import Any
 import yaml
 
 from mitosis.app import App
-from mitosis.gateway.http import Request
+from mitosis.errors import PayloadTooLarge
+from mitosis.gateway.http import Request, error_response
 from mitosis.gateway.router import Router
 from mitosis.runtime.host import Host
 from mitosis.topology.model import Listener, Process, Settings, Topology
@@ -161,11 +162,13 @@ class InProcessHarness(Harness):
                       headers: dict[str, str] | None = None) -> HttpResult:
         hdrs = {k.lower(): v for k, v in (headers or {}).items()}
         body = _body(json, content, hdrs)
-        if len(body) > self.host.topology.settings.max_body:
-            return HttpResult(413, b'{"error": {"type": "PayloadTooLarge", "status": 413}}')
         path, _, query = path.partition("?")
         edge = self.host.edges[0]
         rid = edge.request_id(hdrs)
+        limit = self.host.topology.settings.max_body
+        if len(body) > limit:  # what the HTTP server answers before reading the body
+            resp = error_response(PayloadTooLarge(f"request body exceeds the limit of {limit} bytes"), rid)
+            return HttpResult(resp.status, resp.body, {"x-request-id": rid})
         # A task of its own, as the server gives each request: context stays per request.
         resp = await asyncio.get_running_loop().create_task(
             edge.handle(Request(method, path, query, hdrs, body, "127.0.0.1"), rid))
