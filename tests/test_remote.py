@@ -166,7 +166,7 @@ async def test_private_listener_refuses_bad_credentials(secret, monkeypatch):
         monkeypatch.setenv("MITOSIS_SECRET", "wrong")
         front = await start(topo, "front", secret)
         try:
-            with pytest.raises((Unauthorized, Unavailable)):
+            with pytest.raises(Unavailable, match="same MITOSIS_SECRET"):
                 await front.instances["front"].store.echo_int(1)
         finally:
             await front.stop()

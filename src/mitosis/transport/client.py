@@ -30,6 +30,10 @@ log = logging.getLogger("mitosis.client")
 MAX_EJECT = 30.0
 
 
+class _Refused(Exception):
+    """The callee refused our credential at the handshake."""
+
+
 class _Lost(Exception):
     """The connection closed while the call was in flight (it may have run)."""
 
@@ -90,6 +94,7 @@ class _Replica:
         self.backoff = pool.settings.eject_for
         self.probe: asyncio.TimerHandle | None = None
         self.connecting: asyncio.Task[None] | None = None
+        self.last_error = ""
 
     @property
     def address(self) -> str:
@@ -99,23 +104,30 @@ class _Replica:
         """Open the configured number of connections; eject on failure."""
         loop = asyncio.get_running_loop()
         want = self.pool.settings.connections - len(self.conns)
+        conn: _Connection | None = None
         try:
             for _ in range(want):
-                _, conn = await asyncio.wait_for(
+                conn = None
+                _, new = await asyncio.wait_for(
                     loop.create_connection(lambda: _Connection(self), self.host, self.port),
                     self.pool.settings.connect_timeout,
                 )
-                assert conn.transport is not None
+                conn = new
+                assert new.transport is not None
                 token = self.pool.signer.issue(self.pool.process, self.pool.caller_process)
-                conn.transport.write(MAGIC + frame(msgpack_encoder.encode(
+                new.transport.write(MAGIC + frame(msgpack_encoder.encode(
                     (token, self.pool.caller_process))))
-                ok, body = await asyncio.wait_for(conn.hello, self.pool.settings.connect_timeout)
+                ok, body = await asyncio.wait_for(new.hello, self.pool.settings.connect_timeout)
                 if not ok:
-                    conn.transport.close()
-                    raise decode_error(body)
-                self.conns.append(conn)
-        except (OSError, TimeoutError, _Lost) as exc:
-            self.eject(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                    err = decode_error(body)
+                    raise _Refused(f"{err.message} (do both processes have the same "
+                                   f"MITOSIS_SECRET?)")
+                self.conns.append(new)
+        except (OSError, TimeoutError, _Lost, _Refused) as exc:
+            if conn is not None and conn not in self.conns and conn.transport is not None:
+                conn.transport.close()
+            self.last_error = str(exc) or type(exc).__name__
+            self.eject(self.last_error)
             return
         self.ejected = False
         self.backoff = self.pool.settings.eject_for
@@ -215,7 +227,8 @@ class ProcessClient:
             if not self.live:
                 await self.connect()
                 if not self.live:
-                    last = "; ".join(f"{r.address} unreachable" for r in self.replicas)
+                    last = "; ".join(f"{r.address}: {r.last_error or 'unreachable'}"
+                                     for r in self.replicas)
                     break  # before sending: nothing ran, but no replica is reachable
             conn = self.live[self.rr % len(self.live)]
             self.rr += 1
