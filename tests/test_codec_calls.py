@@ -111,3 +111,17 @@ async def test_wrong_arguments_are_rejected_by_the_callee(demo):
 
     with pytest.raises(Invalid, match=r"\$\[0\]"):
         await demo.service("store").echo_int("not an int")
+
+
+async def test_put_patch_delete(demo):
+    idx = await demo.service("store").keep(Point(1, 1)) - 1  # the new item's index
+    r = await demo.request("PUT", f"/store/items/{idx}", json={"x": 5, "y": 6})
+    assert r.status == 200 and (r.json()["x"], r.json()["y"]) == (5, 6)
+    r = await demo.request("PATCH", f"/store/items/{idx}", json={"y": 9})
+    assert r.status == 200 and (r.json()["x"], r.json()["y"]) == (5, 9)
+    r = await demo.request("PUT", f"/store/items/{idx}", json={"x": 5})
+    assert r.status == 422 and r.json()["error"]["details"][0]["path"] == "$"
+    r = await demo.request("PATCH", "/store/items/99999", json={})
+    assert r.status == 404 and r.json()["error"]["message"] == "no item 99999"
+    r = await demo.request("DELETE", f"/store/items/{idx}?reason=cleanup")
+    assert r.status == 200 and r.json() == idx  # items left

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import msgspec
 
-from mitosis import App, Conflict, Service, context, get, idempotent, post
+from mitosis import App, Conflict, NotFound, Service, context, delete, get, idempotent, patch, post, put
 
 
 class Color(enum.Enum):
@@ -131,6 +131,31 @@ class Store(Service):
         p = Point(x, y, list(tags))
         self.items.append(p)
         return p
+
+
+    @put("/store/items/{index}")
+    async def replace(self, index: int, x: int, y: int) -> Point:
+        self._at(index)
+        self.items[index] = Point(x, y)
+        return self.items[index]
+
+    @patch("/store/items/{index}")
+    async def move(self, index: int, x: int | None = None, y: int | None = None) -> Point:
+        p = self._at(index)
+        p.x = p.x if x is None else x
+        p.y = p.y if y is None else y
+        return p
+
+    @delete("/store/items/{index}")
+    async def remove(self, index: int, reason: str = "") -> int:
+        self._at(index)
+        del self.items[index]
+        return len(self.items)
+
+    def _at(self, index: int) -> Point:
+        if not 0 <= index < len(self.items):
+            raise NotFound(f"no item {index}")
+        return self.items[index]
 
 
 class Front(Service):
