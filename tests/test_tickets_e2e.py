@@ -24,6 +24,14 @@ def two_ports() -> tuple[int, int]:
     return a, b
 
 
+def start_pair(topology: str, env: dict[str, str], tmp_path) -> tuple[Run, int, int]:
+    """A topology with vacancy on one port and ticket on another; both ready."""
+    vp, tp = two_ports()
+    run = Run(TOPOS / topology, {**env, "VACANCY_PORT": str(vp), "TICKET_PORT": str(tp)},
+              [vp, tp], tmp_path)
+    return run, vp, tp
+
+
 @pytest.fixture
 def env(tmp_path):
     return {"MITOSIS_DATA_DIR": str(tmp_path / "data"), "INITIAL_STOCK": "50"}
@@ -43,9 +51,7 @@ def test_monolith_single_port(env, tmp_path):
 
 
 def test_monolith_several_ports(env, tmp_path):
-    vp, tp = two_ports()
-    run = Run(TOPOS / "monolith-multi.yaml", {**env, "VACANCY_PORT": str(vp), "TICKET_PORT": str(tp)},
-              [vp, tp], tmp_path)
+    run, vp, tp = start_pair("monolith-multi.yaml", env, tmp_path)
     try:
         assert get(tp, "/").json()["mode"] == "monolith-multi"
         assert post(tp, "/api/v1/purchase", {"qty": 1}).json()["remaining"] == 49
@@ -57,9 +63,7 @@ def test_monolith_several_ports(env, tmp_path):
 
 
 def test_microservices(env, tmp_path):
-    vp, tp = two_ports()
-    run = Run(TOPOS / "microservices.yaml", {**env, "VACANCY_PORT": str(vp), "TICKET_PORT": str(tp)},
-              [vp, tp], tmp_path)
+    run, vp, tp = start_pair("microservices.yaml", env, tmp_path)
     try:
         assert get(tp, "/").json()["process"] == "ticket"
         assert get(vp, "/").json()["process"] == "vacancy"
@@ -124,9 +128,7 @@ def test_two_replicas_never_oversell_and_a_restart_keeps_the_stock(env, tmp_path
 
 
 def test_crashed_process_is_restarted(env, tmp_path):
-    vp, tp = two_ports()
-    run = Run(TOPOS / "microservices.yaml", {**env, "VACANCY_PORT": str(vp), "TICKET_PORT": str(tp)},
-              [vp, tp], tmp_path)
+    run, vp, tp = start_pair("microservices.yaml", env, tmp_path)
     try:
         pid = get(vp, "/").json()["pid"]
         os.kill(pid, signal.SIGKILL)
