@@ -1,4 +1,4 @@
-"""The SQLite Database resource: group commit, errors, transactions, durability."""
+"""The raw SQLite resource: group commit, errors, transactions, durability."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import sqlite3
 
 import pytest
 
-from mitosis.data import Database
+from mitosis.data import SQLite
 from mitosis.resource import ResourceContext
 
 
 @pytest.fixture
 async def db(tmp_path):
-    d = await Database.open(ResourceContext("svc", None, tmp_path, {}))
+    d = await SQLite.open(ResourceContext("svc", None, tmp_path, {}))
     await d.executescript("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
     yield d
     await d.aclose()
@@ -70,11 +70,11 @@ async def test_transaction_is_atomic_and_does_not_deadlock_with_batches(db):
 
 async def test_committed_before_answered_survives_reopen(tmp_path):
     ctx = ResourceContext("svc", None, tmp_path, {})
-    d = await Database.open(ctx)
+    d = await SQLite.open(ctx)
     await d.executescript("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)")
     await asyncio.gather(*(d.execute("INSERT INTO t VALUES (?, 1)", (str(i),)) for i in range(50)))
     await d.aclose()
-    again = await Database.open(ctx)
+    again = await SQLite.open(ctx)
     assert not again.created
     assert await again.fetchone("SELECT count(*) FROM t") == (50,)
     await again.aclose()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import msgspec
 
-from mitosis import Database, Service, get, post
+from mitosis import Service, SQLite, get, post
 
 # A quantity a client may ask for: positive and not absurd.
 Qty = Annotated[int, msgspec.Meta(gt=0, le=1_000_000)]
@@ -24,7 +24,7 @@ class Reservation(msgspec.Struct):
 
 
 class Vacancy(Service):
-    db: Database
+    db: SQLite
 
     async def start(self) -> None:
         await self.db.executescript(

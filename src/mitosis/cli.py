@@ -1,4 +1,4 @@
-"""``mitosis run | check``."""
+"""``mitosis run | check | db``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 
+from mitosis.resource import ResourceContext
 from mitosis.topology import TopologyError
 
 __all__ = ["main"]
@@ -46,6 +47,71 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(Supervisor(args.topology, topo, strict=args.strict).run())
 
 
+def _db(args: argparse.Namespace) -> int:
+    """``mitosis db upgrade | current | downgrade``: the migrations of every
+    service with a ``Database``, on the URL and settings the topology gives."""
+    from mitosis.data import Database
+    from mitosis.runtime.host import data_dir
+    from mitosis.runtime.process import load_bound
+
+    try:
+        app, topo = load_bound(args.topology)
+    except TopologyError as exc:
+        print(f"{args.topology}: {len(exc.problems)} problem(s)\n{exc}", file=sys.stderr)
+        return 1
+    targets = {name: spec for name, spec in app.specs.items()
+               if any(issubclass(r, Database) for r in spec.resources.values())}
+    wanted = getattr(args, "service", None)
+    if wanted is not None:
+        if wanted not in targets:
+            print(f"mitosis db: app {app.name!r} has no service {wanted!r} with a Database; "
+                  f"those with one: {', '.join(targets) or '(none)'}", file=sys.stderr)
+            return 2
+        targets = {wanted: targets[wanted]}
+    if not targets:
+        print(f"mitosis db: no service of app {app.name!r} has a Database resource")
+        return 0
+    settings = dict(topo.settings.extra)
+    database = dict(settings.get("database") or {})
+    database["migrate"] = False  # the command migrates, not open()
+    settings["database"] = database
+    url = topo.resources.get(Database.kind)
+
+    async def apply() -> int:
+        failed = 0
+        for name, spec in targets.items():
+            ctx = ResourceContext(name, url.replace("{service}", name) if url else None,
+                                  data_dir(), settings, owner=spec.cls)
+            try:
+                print(await _db_one(args, ctx), flush=True)
+            except Exception as exc:
+                failed += 1
+                print(f"{name}: {args.action} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1 if failed else 0
+
+    return asyncio.run(apply())
+
+
+async def _db_one(args: argparse.Namespace, ctx: ResourceContext) -> str:
+    from mitosis.data import Database, migrate
+
+    db = await Database.open(ctx)
+    try:
+        where = f"({db.dialect} {db.path or db.safe_url})"
+        if db.migrations is None:
+            return f"{ctx.service}: no migrations {where}"
+        if args.action == "current":
+            return f"{ctx.service}: {await migrate.current(db) or 'base'} {where}"
+        if args.action == "upgrade":
+            old, new = await migrate.upgrade(db, args.to or "head")
+        else:
+            old, new = await migrate.downgrade(db, args.to)
+        verb = "upgraded" if args.action == "upgrade" else "downgraded"
+        return f"{ctx.service}: {verb} {old or 'base'} -> {new or 'base'} {where}"
+    finally:
+        await db.aclose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mitosis", description="Run a system of services as a monolith or as microservices.")
@@ -58,9 +124,23 @@ def main(argv: list[str] | None = None) -> int:
                      help="send every local call through the wire codec (catches shared state)")
     check = sub.add_parser("check", help="validate a topology without starting anything")
     check.add_argument("topology")
+    db = sub.add_parser("db", help="database migrations of the services (Alembic)")
+    db_sub = db.add_subparsers(dest="action", required=True)
+    up = db_sub.add_parser("upgrade", help="upgrade every service's schema (to head)")
+    up.add_argument("topology")
+    up.add_argument("--service", help="only this service")
+    up.add_argument("--to", help="target revision (default: head)")
+    cur = db_sub.add_parser("current", help="print each service's revision")
+    cur.add_argument("topology")
+    down = db_sub.add_parser("downgrade", help="downgrade one service's schema")
+    down.add_argument("topology")
+    down.add_argument("--service", required=True)
+    down.add_argument("--to", required=True, help="target revision (base: empty)")
     args = parser.parse_args(argv)
     if args.command == "check":
         return _check(args.topology)
+    if args.command == "db":
+        return _db(args)
     return _run(args)
 
 

@@ -23,6 +23,9 @@ class ResourceContext:
     url: str | None
     data_dir: Path
     settings: dict[str, Any]
+    # The service class the resource is opened for (a resource may read
+    # class attributes, e.g. ``Database`` reads ``migrations``).
+    owner: type | None = None
 
 
 class Resource(ABC):

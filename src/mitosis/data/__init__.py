@@ -1,5 +1,12 @@
-"""Database resources.  ``sqlite`` is the embedded default."""
+"""Database resources.
 
-from mitosis.data.sqlite import Database, Transaction
+    database.py   ``Database``: SQLAlchemy 2 (async) on SQLite, PostgreSQL or
+                  MySQL/MariaDB; one schema/database/file per service
+    migrate.py    Alembic migrations of a ``Database``, run without an env.py
+    sqlite.py     ``SQLite``: raw SQLite with group commit (the lightest path)
+"""
 
-__all__ = ["Database", "Transaction"]
+from mitosis.data.database import Database
+from mitosis.data.sqlite import SQLite, Transaction
+
+__all__ = ["Database", "SQLite", "Transaction"]

@@ -1,5 +1,6 @@
-"""The ``Database`` resource on SQLite: one file per service under the data
-directory unless the topology's ``resources.database`` names another.
+"""The ``SQLite`` resource: raw SQLite, one file per service under the data
+directory unless the topology's ``resources.sqlite`` names another.  (The
+SQLAlchemy-based, multi-dialect resource is ``Database`` in ``database.py``.)
 
 **Group commit.**  ``execute`` / ``fetchone`` / ``fetchall`` are single
 statements, each atomic on its own.  Statements submitted during one turn of
@@ -31,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 from mitosis.errors import Unavailable
 from mitosis.resource import Resource, ResourceContext
 
-__all__ = ["Database", "Transaction"]
+__all__ = ["SQLite", "Transaction"]
 
 Params = Iterable[Any] | dict[str, Any]
 _ROWCOUNT, _ONE, _ALL = 0, 1, 2
@@ -77,8 +78,8 @@ class Transaction:
             raise _error(exc) from exc
 
 
-class Database(Resource):
-    kind = "database"
+class SQLite(Resource):
+    kind = "sqlite"
 
     def __init__(self, path: Path, synchronous: str = "normal"):
         self.path = path
@@ -94,14 +95,14 @@ class Database(Resource):
         self._tx_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
-        return f"<Database sqlite {self.path}>"
+        return f"<SQLite {self.path}>"
 
     @classmethod
-    async def open(cls, ctx: ResourceContext) -> Database:
+    async def open(cls, ctx: ResourceContext) -> SQLite:
         url = ctx.url or f"sqlite:///{ctx.data_dir}/{ctx.service}.db"
         parts = urlsplit(url)
         if parts.scheme != "sqlite":
-            raise ValueError(f"resources.database: {url!r}: only sqlite:/// URLs are supported "
+            raise ValueError(f"resources.sqlite: {url!r}: only sqlite:/// URLs are supported "
                              f"by this version of mitosis")
         # As SQLAlchemy spells them: sqlite:///relative.db, sqlite:////absolute.db
         path = Path(parts.netloc + parts.path) if parts.netloc else Path(parts.path[1:])

@@ -1,0 +1,70 @@
+"""Real servers the tests talk to, and what to do when one is not running.
+
+Each function returns the base URL of a server after checking, with a plain
+socket connect, that something listens there.  When nothing does, the test
+is skipped, or fails when ``MITOSIS_REQUIRE_SERVICES=1`` (CI sets it, so a
+missing server can never pass as a green run).  Hosts and ports come from
+the environment, defaulting to the local servers::
+
+    MITOSIS_TEST_POSTGRES   postgresql://postgres@127.0.0.1:5432
+    MITOSIS_TEST_MYSQL      mysql://root@127.0.0.1:3306
+    MITOSIS_TEST_REDIS      redis://127.0.0.1:6379
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+
+__all__ = ["mysql_url", "postgres_url", "redis_url", "require"]
+
+DEFAULTS = {
+    "PostgreSQL": ("MITOSIS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432", 5432),
+    "MySQL": ("MITOSIS_TEST_MYSQL", "mysql://root@127.0.0.1:3306", 3306),
+    "Redis": ("MITOSIS_TEST_REDIS", "redis://127.0.0.1:6379", 6379),
+}
+_reachable: dict[tuple[str, int], bool] = {}
+
+
+def reachable(host: str, port: int, timeout: float = 0.5) -> bool:
+    key = (host, port)
+    if key not in _reachable:
+        try:
+            with socket.create_connection(key, timeout=timeout):
+                _reachable[key] = True
+        except OSError:
+            _reachable[key] = False
+    return _reachable[key]
+
+
+def require(server: str) -> str:
+    """The base URL of ``server`` ("PostgreSQL", "MySQL", "Redis"), or skip/fail."""
+    env, default, default_port = DEFAULTS[server]
+    url = os.environ.get(env) or default
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or default_port
+    if reachable(host, port):
+        return url.rstrip("/")
+    message = (f"{server} not reachable on {host}:{port}; start it, point {env} at one, "
+               f"or unset MITOSIS_REQUIRE_SERVICES to skip")
+    if os.environ.get("MITOSIS_REQUIRE_SERVICES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def postgres_url() -> str:
+    """``postgresql://user@host:port`` (no database: append ``/name``)."""
+    return require("PostgreSQL")
+
+
+def mysql_url() -> str:
+    """``mysql://user@host:port`` (no database: append ``/name``)."""
+    return require("MySQL")
+
+
+def redis_url() -> str:
+    """``redis://host:port`` (no database number: append ``/n``)."""
+    return require("Redis")
