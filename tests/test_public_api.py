@@ -3,11 +3,11 @@ import mitosis
 
 def test_public_api_is_pinned():
     assert sorted(mitosis.__all__) == [
-        "App", "BadRequest", "Conflict", "Database", "DeadlineExceeded", "Forbidden",
-        "Internal", "Invalid", "MethodNotAllowed", "NotFound", "PayloadTooLarge", "Resource",
-        "ResourceContext", "RuntimeInfo", "Service", "ServiceError", "TooManyRequests",
-        "Unauthorized", "Unavailable", "UnsupportedMediaType", "delete", "get", "idempotent",
-        "patch", "post", "put",
+        "App", "BadRequest", "Cache", "Conflict", "Database", "DeadlineExceeded", "Forbidden",
+        "Header", "Internal", "Invalid", "MethodNotAllowed", "NotFound", "PayloadTooLarge",
+        "Principal", "Resource", "ResourceContext", "RuntimeInfo", "SQLite", "Service",
+        "ServiceError", "Tokens", "TooManyRequests", "Unauthorized", "Unavailable",
+        "UnsupportedMediaType", "delete", "get", "idempotent", "patch", "post", "put",
     ]
     for name in mitosis.__all__:
         assert getattr(mitosis, name) is not None

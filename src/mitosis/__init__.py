@@ -8,18 +8,23 @@ Layout (one noun per module):
     errors.py    the error hierarchy (drawn in its docstring)
     codec.py     wire encoding of arguments, results, errors (msgspec)
     context.py   per-call deadline, trace and request id (ContextVars)
-    resource.py  the Resource ABC; data/ holds the Database resource
+    resource.py  the Resource ABC; data/ holds the Database (SQLAlchemy) and
+                 SQLite (raw, group commit) resources, and Cache
     app.py       App: the list of an application's services
     topology/    YAML model, loader, validation (no I/O but reading the file)
     transport/   RPC framing, credentials, client pool, server, stubs
-    gateway/     HTTP protocol, router, edge binding, OpenAPI, docs page
+    auth/        Principal, access tokens (JWT, key rotation), password hashing
+    gateway/     HTTP protocol, router, edge binding, OpenAPI, docs page,
+                 edge policy: token check, rate limits, CORS, access log
     runtime/     Host (one process), process runner, supervisor
     testing.py   run one test body in every topology
-    cli.py       `mitosis run | check`
+    cli.py       `mitosis run | check | db`
 """
 
 from mitosis.app import App
-from mitosis.data import Database
+from mitosis.auth import Principal, Tokens
+from mitosis.data import Database, SQLite
+from mitosis.data.cache import Cache
 from mitosis.errors import (
     BadRequest,
     Conflict,
@@ -38,25 +43,30 @@ from mitosis.errors import (
 )
 from mitosis.resource import Resource, ResourceContext
 from mitosis.runtime.info import RuntimeInfo
-from mitosis.service import Service, delete, get, idempotent, patch, post, put
+from mitosis.service import Header, Service, delete, get, idempotent, patch, post, put
 
 __all__ = [
     "App",
     "BadRequest",
+    "Cache",
     "Conflict",
     "Database",
     "DeadlineExceeded",
     "Forbidden",
+    "Header",
     "Internal",
     "Invalid",
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
+    "Principal",
     "Resource",
     "ResourceContext",
     "RuntimeInfo",
+    "SQLite",
     "Service",
     "ServiceError",
+    "Tokens",
     "TooManyRequests",
     "Unauthorized",
     "Unavailable",

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 
 from mitosis.runtime.info import RuntimeInfo
 
-__all__ = ["Service", "delete", "get", "idempotent", "patch", "post", "put"]
+__all__ = ["Header", "Service", "delete", "get", "idempotent", "patch", "post", "put"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,6 +36,22 @@ class RouteDecl:
     status: int
     summary: str | None
     tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Header:
+    """Bind a route parameter to a request header instead of the body or query::
+
+        key: Annotated[str | None, Header("Idempotency-Key")] = None
+
+    The name is matched case-insensitively; the value is converted to the
+    annotated type.  Called between services, it is an ordinary argument."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in " :\r\n"):
+            raise ValueError(f"Header({self.name!r}): not a valid header name")
 
 
 def _snake(name: str) -> str:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import inspect
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from mitosis.auth.principal import Principal
 from mitosis.resource import Resource
-from mitosis.service import IDEMPOTENT_ATTR, LIFECYCLE, ROUTE_ATTR, RouteDecl, Service
+from mitosis.service import IDEMPOTENT_ATTR, LIFECYCLE, ROUTE_ATTR, Header, RouteDecl, Service
 
 __all__ = ["MISSING", "MethodSpec", "Param", "RouteSpec", "ServiceSpec", "SpecError", "spec_of"]
 
@@ -47,6 +49,10 @@ class RouteSpec:
     path_params: tuple[str, ...]
     query_params: tuple[str, ...]
     body_params: tuple[str, ...]
+    # Bound by the edge, never from path/query/body: (parameter, required).
+    principal_params: tuple[tuple[str, bool], ...] = ()
+    # (parameter, lower-case header name)
+    header_params: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,10 +158,41 @@ def _method(service: str, cls: type, attr: str, func: Any) -> MethodSpec:
     )
 
 
+def principal_kind(annotation: Any) -> bool | None:
+    """True: ``Principal`` (required); False: ``Principal | None``; None: neither."""
+    if annotation is Principal:
+        return True
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and Principal in args:
+        return False if type(None) in args and len(args) == 2 else None
+    return None
+
+
+def header_of(annotation: Any) -> Header | None:
+    if typing.get_origin(annotation) is typing.Annotated:
+        return next((m for m in annotation.__metadata__ if isinstance(m, Header)), None)
+    return None
+
+
 def _route(where: str, decl: RouteDecl, params: list[Param]) -> RouteSpec:
-    names = [p.name for p in params]
+    principals: list[tuple[str, bool]] = []
+    headers: list[tuple[str, str]] = []
+    for p in params:
+        kind = principal_kind(p.annotation)
+        if kind is not None:
+            principals.append((p.name, kind and p.required))
+        elif (h := header_of(p.annotation)) is not None:
+            headers.append((p.name, h.name.lower()))
+        elif Principal in typing.get_args(p.annotation):
+            raise SpecError(f"{where}: parameter {p.name!r}: annotate it `Principal` or "
+                            f"`Principal | None`; the edge fills it from the access token")
+    special = {n for n, _ in principals} | {n for n, _ in headers}
+    names = [p.name for p in params if p.name not in special]
     in_path = tuple(_PATH_PARAM.findall(decl.path))
     for n in in_path:
+        if n in special:
+            raise SpecError(f"{where}: {{{n}}} in route {decl.path} names a parameter bound by the "
+                            f"edge (Principal or Header); rename one of them")
         if n not in names:
             raise SpecError(
                 f"{where}: route {decl.method} {decl.path} has {{{n}}} but the method has no "
@@ -172,4 +209,6 @@ def _route(where: str, decl: RouteDecl, params: list[Param]) -> RouteSpec:
         path_params=in_path,
         query_params=rest if from_query else (),
         body_params=() if from_query else rest,
+        principal_params=tuple(principals),
+        header_params=tuple(headers),
     )

@@ -147,12 +147,25 @@ def _body(json: Any, content: bytes | None, headers: dict[str, str]) -> bytes:
     return content or b""
 
 
+def settings_from(raw: dict[str, Any] | None) -> Settings:
+    """``settings:`` as a topology file would give them (same parsing and checks)."""
+    from mitosis.topology.loader import _Reader, _settings
+    from mitosis.topology.model import TopologyError
+
+    reader = _Reader("<test settings>", dict(os.environ))
+    settings = _settings(reader, raw or {})
+    if reader.problems:
+        raise TopologyError(reader.problems)
+    return settings
+
+
 class InProcessHarness(Harness):
-    def __init__(self, app: App, data: Path, *, strict: bool, env: dict[str, str]):
+    def __init__(self, app: App, data: Path, *, strict: bool, env: dict[str, str],
+                 settings: dict[str, Any] | None = None):
         self.mode = "strict" if strict else "inprocess"
         self.env = env
-        self.host = Host(app, monolith_topology(app, self.mode), "main", strict=strict,
-                         listen=False, data=data)
+        self.host = Host(app, monolith_topology(app, self.mode, settings_from(settings)), "main",
+                         strict=strict, listen=False, data=data)
 
     async def start(self) -> None:
         with _environ(self.env):
@@ -173,7 +186,8 @@ class InProcessHarness(Harness):
         resp = await asyncio.get_running_loop().create_task(
             edge.handle(Request(method, path, query, hdrs, body, "127.0.0.1"), rid))
         return HttpResult(resp.status, resp.body, {"x-request-id": rid,
-                                                   "content-type": resp.content_type.decode()})
+                                                   "content-type": resp.content_type.decode(),
+                                                   **dict(resp.headers or ())})
 
     def service(self, name: str) -> Any:
         return self.host._ref(name)
@@ -317,7 +331,7 @@ def app_fixture(app: App, *, modes: tuple[str, ...] = MODES, env: dict[str, str]
             harness = ProcessHarness(groups[key])
         else:
             harness = InProcessHarness(app, tmp_path / "data", strict=request.param == "strict",
-                                       env=env)
+                                       env=env, settings=settings)
             await harness.start()
         try:
             yield harness

@@ -7,13 +7,20 @@ Built-in endpoints on every listener: ``/healthz`` (alive), ``/readyz``
 (app, topology name as ``mode``, process) unless a service claims it.
 On a private listener everything except the health endpoints requires the
 internal credential in the ``x-mitosis-token`` header.
+
+A public listener applies the process's :class:`~.policy.EdgePolicy`: it
+verifies ``Authorization: Bearer`` access tokens once (the result fills
+``Principal`` parameters), applies rate limits (health endpoints exempt),
+answers CORS preflights, and writes the access log.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -22,12 +29,14 @@ from urllib.parse import parse_qsl, unquote
 import msgspec
 
 from mitosis import context
+from mitosis.auth.tokens import INVALID
 from mitosis.codec import MethodCodec, invalid_from, json_encoder
 from mitosis.errors import (
     BadRequest,
     Internal,
     Invalid,
     ServiceError,
+    TooManyRequests,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -37,6 +46,7 @@ from mitosis.gateway.router import Router
 from mitosis.topology.model import Listener
 
 if TYPE_CHECKING:
+    from mitosis.gateway.policy import EdgePolicy
     from mitosis.runtime.host import Host
 
 __all__ = ["Edge", "RouteHandler"]
@@ -60,13 +70,23 @@ class RouteHandler:
         self.wants_query = bool(codec.query_type)
         self.body_required = any(
             p.required for p in codec.spec.params if p.name in route.body_params)
-        # Where each positional argument comes from: the query/path struct or the body struct.
-        self.sources = [(name in route.body_params, name) for name in codec.names]
+        # Where each positional argument comes from: the query/path struct or the body struct;
+        # parameters the edge binds (Principal, Header) are filled in afterwards by position.
+        bound = {n for n, _ in route.principal_params} | {n for n, _ in route.header_params}
+        self.sources = [(name in route.body_params, name if name not in bound else "__class__")
+                        for name in codec.names]
+        index = {n: i for i, n in enumerate(codec.names)}
+        self.principals = [(index[n], required) for n, required in route.principal_params]
+        self.wants_principal = bool(self.principals)
+        by_name = {p.name: p for p in codec.spec.params}
+        self.headers = [(index[n], h, by_name[n]) for n, h in route.header_params]
+        self.plain = not self.principals and not self.headers
 
     def __repr__(self) -> str:
         return f"<RouteHandler {self.codec.spec.qualname}>"
 
-    async def __call__(self, req: Request, path_params: dict[str, str]) -> Any:
+    async def __call__(self, req: Request, path_params: dict[str, str],
+                       auth_error: Unauthorized | None = None) -> Any:
         codec = self.codec
         q = b = None
         if self.wants_query:
@@ -97,15 +117,44 @@ class RouteHandler:
             except msgspec.DecodeError as exc:
                 raise BadRequest(f"malformed JSON body: {exc}") from None
         args = [getattr(b if in_body else q, name) for in_body, name in self.sources]
+        if not self.plain:
+            self._bind_edge_params(req, args, auth_error)
         return await self.fn(*args)
+
+    def _bind_edge_params(self, req: Request, args: list[Any], auth_error: Unauthorized | None) -> None:
+        for i, required in self.principals:
+            if auth_error is not None:  # a token was presented and is not valid: never anonymous
+                raise auth_error
+            if req.principal is None and required:
+                raise Unauthorized("authentication required: send Authorization: Bearer <token>")
+            args[i] = req.principal
+        for i, header, param in self.headers:
+            value = req.headers.get(header)
+            if value is None:
+                if param.required:
+                    raise Invalid(f"header {header!r} is required",
+                                  details=[{"path": f"header.{header}", "reason": "missing"}])
+                args[i] = param.default
+                continue
+            try:
+                args[i] = msgspec.convert(value, param.annotation, strict=False)
+            except msgspec.ValidationError as exc:
+                raise Invalid(f"invalid header {header!r}: {exc}",
+                              details=[{"path": f"header.{header}", "reason": str(exc)}]) from None
 
 
 class Edge:
-    def __init__(self, host: Host, listener: Listener, handlers: list[RouteHandler]):
+    def __init__(self, host: Host, listener: Listener, handlers: list[RouteHandler],
+                 policy: EdgePolicy | None = None):
         self.host = host
         self.listener = listener
         self.settings = host.topology.settings
         self.private = not listener.public
+        # Public listeners only: private ones are reached by other processes, not users.
+        self.policy = policy if listener.public else None
+        self.access = self.policy.access if self.policy else None
+        self.cors = self.policy.cors if self.policy else None
+        self.limiter = self.policy.limiter if self.policy else None
         self.router: Router[RouteHandler | Callable[[Request], Awaitable[Response]]] = Router()
         self.handlers = handlers
         for h in handlers:
@@ -136,9 +185,55 @@ class Edge:
         return f"{_ID_PREFIX}-{next(_ids):x}"
 
     async def handle(self, req: Request, rid: str) -> Response:
+        access = self.access
+        if access is None or not access.active():
+            resp = await self._serve(req, rid)
+        else:
+            started = time.perf_counter()
+            resp = await self._serve(req, rid)
+            assert self.policy is not None
+            access.write(req.method, req.path, resp.status, (time.perf_counter() - started) * 1e3,
+                         rid, req.principal.subject if req.principal else None,
+                         self.policy.client_ip(req))
+        if self.cors is not None and "origin" in req.headers:
+            self.cors.decorate(req, resp)
+        return resp
+
+    def _authenticate(self, req: Request) -> Unauthorized | None:
+        """Sets ``req.principal`` from a valid bearer token; the error for an invalid one."""
+        assert self.policy is not None
+        auth = req.headers.get("authorization")
+        if auth is None:
+            return None
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return Unauthorized(INVALID)
+        try:
+            req.principal = self.policy.verifier.verify_access(token.strip())
+        except Unauthorized as exc:
+            return exc
+        return None
+
+    async def _serve(self, req: Request, rid: str) -> Response:
         host = self.host
         host.inflight += 1
         try:
+            policy = self.policy
+            auth_error: Unauthorized | None = None
+            if policy is not None:
+                if self.cors is not None and req.method == "OPTIONS":
+                    pre = self.cors.preflight(req)
+                    if pre is not None:
+                        return pre
+                if "authorization" in req.headers:
+                    auth_error = self._authenticate(req)
+                if self.limiter is not None and req.path not in self.open_paths:
+                    wait = await self.limiter.check(
+                        req.principal.subject if req.principal else None, policy.client_ip(req))
+                    if wait:
+                        resp = error_response(TooManyRequests("rate limit exceeded; retry later"), rid)
+                        resp.headers = [("retry-after", str(max(1, math.ceil(wait))))]
+                        return resp
             target, params = self.router.match(req.method, req.path)
             if self.private and req.path not in self.open_paths:
                 token = req.headers.get("x-mitosis-token")
@@ -149,9 +244,15 @@ class Edge:
                 context.request_id.set(rid)
                 context.traceparent.set(context.new_traceparent(req.headers.get("traceparent", "")))
                 context.deadline.set(host.loop_time() + self.settings.deadline)
-                result = await target(req, params)
+                result = await target(req, params, auth_error)
                 return Response(target.status, json_encoder.encode(result))
             return await target(req)
+        except Unauthorized as exc:
+            resp = error_response(exc, rid)
+            if policy is not None:
+                resp.headers = [("www-authenticate", 'Bearer error="invalid_token"'
+                                 if "authorization" in req.headers else "Bearer")]
+            return resp
         except ServiceError as exc:
             return error_response(exc, rid)
         except Exception:
@@ -181,7 +282,8 @@ class Edge:
 
     async def _openapi(self, req: Request) -> Response:
         if self._openapi_body is None:
-            doc = openapi_document(self.host.app, [h.codec for h in self.handlers])
+            doc = openapi_document(self.host.app, [h.codec for h in self.handlers],
+                                   bearer=self.policy is not None)
             self._openapi_body = json_encoder.encode(doc)
         return Response(200, self._openapi_body)
 

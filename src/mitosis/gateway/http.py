@@ -21,6 +21,7 @@ from mitosis.errors import PayloadTooLarge, ServiceError
 from mitosis.transport.server import MAGIC, RpcServerProtocol
 
 if TYPE_CHECKING:
+    from mitosis.auth.principal import Principal
     from mitosis.gateway.edge import Edge
 
 __all__ = ["HttpProtocol", "Request", "Response", "error_response"]
@@ -32,7 +33,8 @@ _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
 class Request:
-    __slots__ = ("body", "client", "headers", "method", "path", "query")
+    # ``principal``: set by the edge from a verified access token.
+    __slots__ = ("body", "client", "headers", "method", "path", "principal", "query")
 
     def __init__(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
                  client: str = ""):
@@ -42,6 +44,7 @@ class Request:
         self.headers = headers
         self.body = body
         self.client = client
+        self.principal: Principal | None = None
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.path}>"

@@ -31,7 +31,9 @@ def _clean(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
-def openapi_document(app: App, codecs: list[MethodCodec]) -> dict[str, Any]:
+def openapi_document(app: App, codecs: list[MethodCodec], *, bearer: bool = True) -> dict[str, Any]:
+    """``bearer``: routes with a ``Principal`` parameter declare the bearer
+    scheme (public listeners; a private one never verifies user tokens)."""
     types: list[Any] = []
     for c in codecs:
         types.append(c.spec.returns)
@@ -40,6 +42,7 @@ def openapi_document(app: App, codecs: list[MethodCodec]) -> dict[str, Any]:
     schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
     by_type = iter(schemas)
     paths: dict[str, dict[str, Any]] = {}
+    secured = False
     for c in codecs:
         route = c.spec.route
         assert route is not None
@@ -51,6 +54,10 @@ def openapi_document(app: App, codecs: list[MethodCodec]) -> dict[str, Any]:
             (schema,), _ = msgspec.json.schema_components([by_name[n].annotation], ref_template=_REF)
             params.append({"name": n, "in": "path" if n in route.path_params else "query",
                            "required": n in route.path_params or by_name[n].required,
+                           "schema": schema})
+        for n, header in route.header_params:
+            (schema,), _ = msgspec.json.schema_components([by_name[n].annotation], ref_template=_REF)
+            params.append({"name": header, "in": "header", "required": by_name[n].required,
                            "schema": schema})
         op: dict[str, Any] = {
             "operationId": c.spec.qualname.replace(".", "_"),
@@ -65,15 +72,24 @@ def openapi_document(app: App, codecs: list[MethodCodec]) -> dict[str, Any]:
         }
         if c.spec.doc:
             op["description"] = c.spec.doc
+        if route.principal_params and bearer:
+            required = any(req for _, req in route.principal_params)
+            # An optional principal also accepts anonymous calls: the empty requirement.
+            op["security"] = [{"bearer": []}] if required else [{"bearer": []}, {}]
+            secured = True
         if params:
             op["parameters"] = params
         if body_schema is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": body_schema}}}
         paths.setdefault(route.path, {})[route.method.lower()] = op
+    comp: dict[str, Any] = {"schemas": {_clean(k): v for k, v in components.items()}}
+    if secured:
+        comp["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
+                                              "bearerFormat": "JWT"}}
     return {
         "openapi": "3.1.0",
         "info": {"title": app.title, "version": app.version},
         "paths": paths,
-        "components": {"schemas": {_clean(k): v for k, v in components.items()}},
+        "components": comp,
     }

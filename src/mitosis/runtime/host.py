@@ -25,6 +25,7 @@ from mitosis.app import App
 from mitosis.codec import MethodCodec, codec_for
 from mitosis.gateway.edge import Edge, RouteHandler
 from mitosis.gateway.http import HttpProtocol
+from mitosis.gateway.policy import EdgePolicy
 from mitosis.resource import Resource, ResourceContext
 from mitosis.runtime.info import RuntimeInfo
 from mitosis.service import Service
@@ -96,6 +97,7 @@ class Host:
         self.rpc_handlers: dict[str, tuple[MethodCodec, Any]] = {}
         self.resources: list[tuple[str, Resource]] = []
         self.edges: list[Edge] = []
+        self.policy: EdgePolicy | None = None  # built at start when a listener is public
         self.servers: list[asyncio.Server] = []
         self.connections: set[_Closable] = set()
         self.inflight = 0
@@ -157,7 +159,8 @@ class Host:
             for attr, rcls in spec.resources.items():
                 url = self.topology.resources.get(rcls.kind)
                 ctx = ResourceContext(name, url.replace("{service}", name) if url else None,
-                                      self.data_dir, dict(self.topology.settings.extra))
+                                      self.data_dir, dict(self.topology.settings.extra),
+                                      owner=spec.cls)
                 res = await rcls.open(ctx)
                 self.resources.append((f"{name}.{attr}", res))
                 setattr(inst, attr, res)
@@ -166,6 +169,8 @@ class Host:
         for name in _start_order(self.app, local):
             await self.instances[name].start()
             self.started.append(self.instances[name])
+        if any(lst.public for lst in self.process.listeners):
+            self.policy = EdgePolicy.from_topology(self.topology, self.app.name, self.data_dir)
         for lst in self.process.listeners:
             served = self.process.services if lst.routes is None else lst.routes
             handlers = []
@@ -174,7 +179,7 @@ class Host:
                 for m, codec in self.codecs[svc].items():
                     if codec.spec.route is not None:
                         handlers.append(RouteHandler(codec, getattr(ref, m)))
-            edge = Edge(self, lst, handlers)
+            edge = Edge(self, lst, handlers, self.policy)
             self.edges.append(edge)
             if self.listen:
                 port = lst.port_for(self.replica)
@@ -193,6 +198,15 @@ class Host:
             f"{'public' if e.listener.public else 'private'} http://{e.listener.host}:"
             f"{s.sockets[0].getsockname()[1]}" for e, s in zip(self.edges, self.servers,
                                                                 strict=False)))
+
+    def _resource_settings(self) -> dict[str, Any]:
+        """The extra settings a resource sees; ``auth`` gets the app's name as its
+        default issuer and audience, so the Tokens resource and the edge agree."""
+        extra = dict(self.topology.settings.extra)
+        auth = extra.get("auth")
+        if auth is None or isinstance(auth, dict):
+            extra["auth"] = {"issuer": self.app.name, "audience": self.app.name, **(auth or {})}
+        return extra
 
     def bound_ports(self) -> list[int]:
         return [int(s.sockets[0].getsockname()[1]) for s in self.servers]
@@ -250,3 +264,6 @@ class Host:
         for _, res in self.resources:
             await res.aclose()
         self.resources.clear()
+        if self.policy is not None:
+            await self.policy.aclose()
+            self.policy = None

@@ -1,0 +1,203 @@
+"""Edge policy: rate limits (in-process and Redis), CORS, access log, proxies."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any
+
+import pytest
+from authapp.app import app
+from test_auth import SETTINGS, bearer, claims, sign
+
+from mitosis.gateway.limits import Bucket, MemoryBuckets, RateLimiter, RedisBuckets, parse_rate_limit
+from mitosis.testing import InProcessHarness
+from mitosis.topology.model import TopologyError
+
+
+def redis_url() -> str:
+    try:
+        from servers import redis_url as shared
+    except ImportError:  # pragma: no cover - the shared helper is optional
+        import socket
+
+        try:
+            socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+        except OSError:
+            import os
+
+            msg = "Redis not reachable on 127.0.0.1:6379; start redis-server"
+            if os.environ.get("MITOSIS_REQUIRE_SERVICES") == "1":
+                pytest.fail(msg)
+            pytest.skip(msg)
+        return "redis://127.0.0.1:6379"
+    return shared()
+
+
+async def harness(tmp_path: Any, **settings: Any) -> InProcessHarness:
+    h = InProcessHarness(app, tmp_path / "data", strict=False, env={},
+                         settings={**SETTINGS, **settings})
+    await h.start()
+    return h
+
+
+async def test_ip_bucket_bursts_then_429_with_retry_after_then_refills(tmp_path):
+    h = await harness(tmp_path, rate_limit={"ip": {"burst": 3, "rate": 4}})
+    try:
+        assert [(await h.get("/api/open")).status for _ in range(3)] == [200, 200, 200]
+        r = await h.get("/api/open")
+        assert r.status == 429
+        assert r.json()["error"]["type"] == "TooManyRequests"
+        assert r.headers["retry-after"] == "1"
+        assert r.headers["x-request-id"]
+        assert (await h.get("/healthz")).status == 200  # probes are never limited
+        await asyncio.sleep(0.3)  # 4/s: one token back after 0.25 s
+        assert (await h.get("/api/open")).status == 200
+        assert (await h.get("/api/open")).status == 429
+    finally:
+        await h.aclose()
+
+
+async def test_user_bucket_is_per_subject(tmp_path):
+    h = await harness(tmp_path, rate_limit={"user": {"burst": 2, "rate": 0.1}})
+    try:
+        alice, bob = bearer(sign(claims(sub="alice"))), bearer(sign(claims(sub="bob")))
+        assert [(await h.get("/api/me", headers=alice)).status for _ in range(3)] == [200, 200, 429]
+        r = await h.get("/api/me", headers=alice)
+        assert r.status == 429 and int(r.headers["retry-after"]) >= 9
+        assert (await h.get("/api/me", headers=bob)).status == 200
+        assert (await h.get("/api/open")).status == 200  # anonymous: no user bucket
+    finally:
+        await h.aclose()
+
+
+async def test_memory_bucket_arithmetic():
+    now = [100.0]
+    store = MemoryBuckets(clock=lambda: now[0])
+    b = Bucket(burst=2, rate=0.5)
+    assert [store.take_now("k", b) for _ in range(2)] == [0.0, 0.0]
+    assert store.take_now("k", b) == pytest.approx(2.0)
+    now[0] += 1.0
+    assert store.take_now("k", b) == pytest.approx(1.0)
+    now[0] += 1.0
+    assert store.take_now("k", b) == 0.0
+    assert store.take_now("other", b) == 0.0
+
+
+@pytest.mark.parametrize(("raw", "key"), [
+    ({"ip": {"burst": 0, "rate": 1}}, "settings.rate_limit.ip.burst"),
+    ({"user": {"burst": 5, "rate": -1}}, "settings.rate_limit.user.rate"),
+    ({"ip": {"burst": 5, "rate": 1, "extra": 1}}, "settings.rate_limit.ip"),
+    ({"host": {"burst": 5, "rate": 1}}, "settings.rate_limit.host"),
+])
+async def test_bad_rate_limit_settings_name_the_key(tmp_path, raw, key):
+    with pytest.raises(TopologyError, match=key.replace(".", r"\.")):
+        await harness(tmp_path, rate_limit=raw)
+    assert parse_rate_limit({"ip": None}) == {}
+
+
+async def test_redis_buckets_are_shared_between_limiters():
+    url = redis_url()
+    prefix = f"mitosis:test-{secrets.token_hex(6)}:rl:"
+    one = RateLimiter({"ip": Bucket(3, 1.0)}, RedisBuckets(url, prefix))
+    two = RateLimiter({"ip": Bucket(3, 1.0)}, RedisBuckets(url, prefix))
+    try:
+        waits = [await lim.check(None, "10.0.0.1") for lim in (one, two, one, two)]
+        assert waits[:3] == [0.0, 0.0, 0.0]
+        assert 0.5 < waits[3] <= 1.0  # the fourth request, from either replica, waits
+        assert await two.check(None, "10.0.0.2") == 0.0
+        ttl = await one.store.client.pttl(prefix + "ip:10.0.0.1")  # type: ignore[attr-defined]
+        assert 0 < ttl <= 4000
+    finally:
+        await one.store.client.delete(prefix + "ip:10.0.0.1", prefix + "ip:10.0.0.2")  # type: ignore[attr-defined]
+        await one.aclose()
+        await two.aclose()
+
+
+async def test_redis_down_fails_open_and_warns_once(caplog):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    store = RedisBuckets(f"redis://127.0.0.1:{port}/0", "mitosis:x:rl:")
+    try:
+        with caplog.at_level(logging.WARNING, logger="mitosis.limits"):
+            assert [await store.take("k", Bucket(1, 1.0)) for _ in range(3)] == [0.0, 0.0, 0.0]
+        assert len([r for r in caplog.records if "not enforced" in r.getMessage()]) == 1
+    finally:
+        await store.aclose()
+
+
+async def test_cors_preflight_and_response_headers(tmp_path):
+    h = await harness(tmp_path, cors={"origins": ["https://a.example"], "max_age": 60,
+                                      "credentials": True})
+    try:
+        pre = {"Origin": "https://a.example", "Access-Control-Request-Method": "POST",
+               "Access-Control-Request-Headers": "authorization, content-type"}
+        r = await h.request("OPTIONS", "/api/orders", headers=pre)
+        assert r.status == 204
+        assert r.headers["access-control-allow-origin"] == "https://a.example"
+        assert "POST" in r.headers["access-control-allow-methods"]
+        assert r.headers["access-control-allow-headers"] == "authorization, content-type"
+        assert r.headers["access-control-max-age"] == "60"
+        assert r.headers["access-control-allow-credentials"] == "true"
+        r = await h.get("/api/open", headers={"Origin": "https://a.example"})
+        assert r.headers["access-control-allow-origin"] == "https://a.example"
+        assert r.headers["vary"] == "Origin"
+        r = await h.get("/api/open", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+        r = await h.request("OPTIONS", "/api/orders", headers={**pre, "Origin": "https://evil.example"})
+        assert r.status == 405 and "access-control-allow-origin" not in r.headers
+    finally:
+        await h.aclose()
+
+
+async def test_no_cors_settings_no_cors_headers(tmp_path):
+    h = await harness(tmp_path)
+    try:
+        r = await h.get("/api/open", headers={"Origin": "https://a.example"})
+        assert not any(k.startswith("access-control") for k in r.headers)
+    finally:
+        await h.aclose()
+
+
+async def test_access_log_line(tmp_path, caplog):
+    h = await harness(tmp_path, trusted_proxies=["127.0.0.0/8"])
+    try:
+        with caplog.at_level(logging.INFO, logger="mitosis.access"):
+            await h.get("/api/me", headers={**bearer(sign(claims(sub="dave"))),
+                                            "X-Request-Id": "req-1",
+                                            "X-Forwarded-For": "203.0.113.9, 127.0.0.2"})
+            await h.get("/api/me")
+        lines = [r for r in caplog.records if r.name == "mitosis.access"]
+        assert len(lines) == 2
+        msg = lines[0].getMessage()
+        assert msg.startswith("method=GET path=/api/me status=200 duration_ms=")
+        assert msg.endswith("request_id=req-1 user=dave ip=203.0.113.9")
+        assert lines[0].status == 200 and lines[0].user == "dave"  # type: ignore[attr-defined]
+        assert " status=401 " in lines[1].getMessage() and " user=- " in lines[1].getMessage()
+    finally:
+        await h.aclose()
+
+
+async def test_forwarded_for_ignored_from_untrusted_peer_and_log_can_be_off(tmp_path, caplog):
+    h = await harness(tmp_path, access_log=False, rate_limit={"ip": {"burst": 1, "rate": 0.01}})
+    try:
+        with caplog.at_level(logging.INFO, logger="mitosis.access"):
+            assert (await h.get("/api/open", headers={"X-Forwarded-For": "1.1.1.1"})).status == 200
+            # Spoofing another address does not buy a fresh bucket.
+            assert (await h.get("/api/open", headers={"X-Forwarded-For": "2.2.2.2"})).status == 429
+        assert not [r for r in caplog.records if r.name == "mitosis.access"]
+    finally:
+        await h.aclose()
+
+
+def test_bucket_refill_timing_is_wall_clock_independent():
+    store = MemoryBuckets()
+    b = Bucket(1, 1000.0)
+    assert store.take_now("k", b) == 0.0
+    time.sleep(0.005)
+    assert store.take_now("k", b) == 0.0
