@@ -68,3 +68,78 @@ def mysql_url() -> str:
 def redis_url() -> str:
     """``redis://host:port`` (no database number: append ``/n``)."""
     return require("Redis")
+
+
+def _run(coro_fn, *args):  # type: ignore[no-untyped-def]
+    """Run a coroutine to completion from sync or async code (own loop, own thread)."""
+    import asyncio
+    import threading
+
+    out: list[object] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            out.append(asyncio.run(coro_fn(*args)))
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+    return out[0] if out else None
+
+
+async def _pg_admin(base: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(base + "/postgres")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _redis_clean(base: str, prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(base)
+    try:
+        keys = [k async for k in client.scan_iter(match=prefix + "*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+def fresh_postgres_database(request: pytest.FixtureRequest | None = None) -> str:
+    """A new, empty database of our own: its URL.  Dropped at session end."""
+    import uuid
+
+    base = postgres_url()
+    name = f"mitosis_t_{uuid.uuid4().hex[:12]}"
+    _run(_pg_admin, base, f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        _run(_pg_admin, base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    if request is not None:
+        request.session.config.add_cleanup(drop)
+    return f"{base}/{name}"
+
+
+def distributed_env(mode: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """Environment for a topology on the real parts: a PostgreSQL database and a
+    Redis key prefix of its own, both removed at session end.  In-process
+    modes run on the embedded defaults and need nothing."""
+    import uuid
+
+    if mode in ("inprocess", "strict"):
+        return {}
+    db = fresh_postgres_database(request)
+    base = redis_url()
+    prefix = f"mitosis-test-{uuid.uuid4().hex[:8]}:"
+    request.session.config.add_cleanup(lambda: _run(_redis_clean, base, prefix))
+    return {"DATABASE_URL": db, "REDIS_URL": f"{base}/0?prefix={prefix}"}

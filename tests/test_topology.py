@@ -98,20 +98,38 @@ def test_port_used_twice_including_replicas(tmp_path):
     assert "port 8002 is used twice" in msg and "replica 1" in msg and "port + N" in msg
 
 
-def test_private_service_on_public_listener(tmp_path):
+def test_private_process_with_public_listener(tmp_path):
     p = write(tmp_path, """
         processes:
           edge:
             services: [ticket]
-            listeners: [{port: 8000, routes: [ticket, vacancy]}]
+            listeners: [{port: 8000, public: true}]
+          internal:
+            services: [vacancy]
+            private: true
+            listeners: [{port: 8001, public: true}]
+        """)
+    (msg,) = problems(p)
+    assert "process 'internal' is private but this listener is public" in msg
+    assert "processes.internal.listeners[0].public" in msg and "topo.yaml:" in msg
+
+
+def test_gateway_publishes_private_routes(tmp_path):
+    """Naming a private service in a public listener's routes is the gateway's
+    deliberate publication of it, not a leak: accepted."""
+    p = write(tmp_path, """
+        processes:
+          edge:
+            services: [ticket]
+            listeners: [{port: 8000, public: true, routes: [ticket, vacancy]}]
           internal:
             services: [vacancy]
             private: true
             listeners: [{port: 8001}]
         """)
-    (msg,) = problems(p)
-    assert "'vacancy' is private" in msg and "public listener" in msg
-    assert "processes.edge.listeners[0].routes" in msg and "topo.yaml:" in msg
+    topo = bind(load_topology(p, {}), app)
+    assert topo.processes["edge"].listeners[0].routes == ("ticket", "vacancy")
+    assert topo.processes["internal"].private
 
 
 def test_unknown_keys_and_bad_values(tmp_path):

@@ -29,15 +29,17 @@ The fixture is parametrized over three modes:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json as _json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,8 @@ from mitosis.errors import PayloadTooLarge
 from mitosis.gateway.http import Request, error_response
 from mitosis.gateway.router import Router
 from mitosis.runtime.host import Host
+from mitosis.topology.check import bind
+from mitosis.topology.loader import load_topology
 from mitosis.topology.model import Listener, Process, Settings, Topology
 from mitosis.transport.client import ProcessClient
 from mitosis.transport.credential import TokenSigner
@@ -161,11 +165,14 @@ def settings_from(raw: dict[str, Any] | None) -> Settings:
 
 class InProcessHarness(Harness):
     def __init__(self, app: App, data: Path, *, strict: bool, env: dict[str, str],
-                 settings: dict[str, Any] | None = None):
+                 settings: dict[str, Any] | None = None, topology: Path | None = None):
         self.mode = "strict" if strict else "inprocess"
         self.env = env
-        self.host = Host(app, monolith_topology(app, self.mode, settings_from(settings)), "main",
-                         strict=strict, listen=False, data=data)
+        if topology is None:
+            topo, process = monolith_topology(app, self.mode, settings_from(settings)), "main"
+        else:
+            topo, process = _single_process(app, topology, {**os.environ, **env})
+        self.host = Host(app, topo, process, strict=strict, listen=False, data=data)
 
     async def start(self) -> None:
         with _environ(self.env):
@@ -194,6 +201,137 @@ class InProcessHarness(Harness):
 
     async def aclose(self) -> None:
         await self.host.stop()
+
+
+def _single_process(app: App, path: Path, env: dict[str, str]) -> tuple[Topology, str]:
+    """A topology file of one process, bound to ``app``: what the in-process
+    modes run when the test names the app's monolith file."""
+    topo = bind(load_topology(path, env), app)
+    if len(topo.processes) != 1:
+        raise ValueError(f"{path}: the in-process modes need a topology of one process; this one "
+                         f"has {', '.join(topo.processes)} (pass it in topologies= instead)")
+    return topo, next(iter(topo.processes))
+
+
+def _free_run(n: int) -> int:
+    """A port p such that p .. p+n-1 are all free (replica N listens on port + N)."""
+    while True:
+        base = free_port()
+        if base + n > 65535:
+            continue
+        ok = True
+        for port in range(base + 1, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+
+
+class TopologyGroup:
+    """A topology file started with ``mitosis run``, every listener moved to
+    free ports, ``pythonpath`` made absolute.  HTTP requests go to the public
+    listener that serves the most routes (the gateway), spread over its
+    replicas; ``service()`` calls over RPC like any other process would."""
+
+    def __init__(self, app: App, name: str, path: Path, env: dict[str, str]):
+        self.app = app
+        self.name = name
+        self.dir = Path(tempfile.mkdtemp(prefix=f"mitosis-{name}-"))
+        raw = yaml.safe_load(path.read_text())
+        pp = raw.get("pythonpath") or []
+        raw["pythonpath"] = [str((path.parent / p).resolve()) for p in ([pp] if isinstance(pp, str) else pp)]
+        for pdata in raw["processes"].values():
+            try:
+                replicas = int(pdata.get("replicas", 1))
+            except (TypeError, ValueError):
+                replicas = 1
+            for lst in pdata.get("listeners") or []:
+                lst["port"] = _free_run(replicas)
+        self.file = self.dir / path.name
+        self.file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        self.secret = secrets.token_hex(16)
+        self.env = {**os.environ, **env, "MITOSIS_SECRET": self.secret,
+                    "MITOSIS_DATA_DIR": str(self.dir / "data")}
+        self.topo = bind(load_topology(self.file, self.env), app)
+        self.log = self.dir / "output.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        entry: tuple[int, list[int]] | None = None
+        for proc in self.topo.processes.values():
+            for lst in proc.listeners:
+                if lst.public:
+                    served = proc.services if lst.routes is None else lst.routes
+                    n = sum(1 for s in served for m in app.specs[s].methods.values() if m.route)
+                    if entry is None or n > entry[0]:
+                        entry = (n, [lst.port_for(i) for i in range(proc.replicas)])
+        if entry is None:
+            raise ValueError(f"{path}: no public listener to send test requests to")
+        self.entry = entry[1]
+        self._next = itertools.count()
+
+    def all_ports(self) -> list[int]:
+        return [lst.port_for(i) for proc in self.topo.processes.values()
+                for lst in proc.listeners for i in range(proc.replicas)]
+
+    def start(self, timeout: float = 60.0) -> None:
+        if self.proc is not None:
+            return
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mitosis", "run", str(self.file)],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_ready(self.all_ports(), timeout, self.proc, self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        ProcessGroup.stop(self)  # type: ignore[arg-type]
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.entry[next(self._next) % len(self.entry)]}"
+
+
+class TopologyHarness(Harness):
+    def __init__(self, group: TopologyGroup):
+        import httpx
+
+        self.group = group
+        self.mode = group.name
+        self.http = httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_connections=200))
+        self.clients: list[ProcessClient] = []
+        self.stubs: dict[str, Any] = {}
+
+    async def request(self, method: str, path: str, *, json: Any = None, content: bytes | None = None,
+                      headers: dict[str, str] | None = None) -> HttpResult:
+        hdrs = {k.lower(): v for k, v in (headers or {}).items()}
+        body = _body(json, content, hdrs)
+        r = await self.http.request(method, self.group.url() + path, content=body, headers=hdrs)
+        return HttpResult(r.status_code, r.content, dict(r.headers))
+
+    def service(self, name: str) -> Any:
+        if name not in self.stubs:
+            from mitosis.codec import codec_for
+
+            proc = self.group.topo.process_of(name)
+            assert proc is not None
+            spec = self.group.app.specs[name]
+            client = ProcessClient(process=proc.name, addresses=proc.rpc_addresses(),
+                                   settings=Settings(), signer=TokenSigner(self.group.secret.encode()),
+                                   caller_process="test")
+            self.clients.append(client)
+            codecs = {m: codec_for(ms) for m, ms in spec.methods.items()}
+            self.stubs[name] = remote_stub(spec, codecs, client, caller="test")
+        return self.stubs[name]
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        for c in self.clients:
+            await c.aclose()
 
 
 class ProcessGroup:
@@ -311,27 +449,49 @@ class ProcessHarness(Harness):
 
 
 def app_fixture(app: App, *, modes: tuple[str, ...] = MODES, env: dict[str, str] | None = None,
-                settings: dict[str, Any] | None = None) -> Any:
-    """A pytest fixture yielding a :class:`Harness` for each mode in ``modes``."""
+                settings: dict[str, Any] | None = None, topology: str | Path | None = None,
+                topologies: dict[str, str | Path] | None = None,
+                setup: Callable[[str, Any], dict[str, str]] | None = None) -> Any:
+    """A pytest fixture yielding a :class:`Harness` for each mode in ``modes``,
+    then one per entry of ``topologies``.
+
+    ``topology``: a one-process topology file the in-process modes run (its
+    settings and resources) instead of a generated monolith.
+    ``topologies``: name -> topology file, each started with ``mitosis run``
+    on free ports once per test module.
+    ``setup(mode, request)``: extra environment for a mode (a database of its
+    own, say), called when that mode's app is created; it may skip the test.
+    """
     import pytest
     import pytest_asyncio
 
     env = dict(env or {})
-    groups: dict[str, ProcessGroup] = {}
+    files = {k: Path(v) for k, v in (topologies or {}).items()}
+    one = Path(topology) if topology is not None else None
+    if one is not None and settings is not None:
+        raise ValueError("app_fixture: give settings= or topology=, not both (the file has settings)")
+    groups: dict[tuple[str, str], ProcessGroup | TopologyGroup] = {}
 
-    @pytest_asyncio.fixture(params=modes)
+    @pytest_asyncio.fixture(params=[*modes, *files])
     async def fixture(request: Any, tmp_path: Path) -> AsyncIterator[Harness]:
+        mode = request.param
         harness: Harness
-        if request.param == "processes":
-            key = request.module.__name__
-            if key not in groups:
-                group = groups[key] = ProcessGroup(app, env, settings)
+        key = (request.module.__name__, mode)
+        if mode in files or mode == "processes":
+            group = groups.get(key)
+            if group is None:
+                extra = {**env, **(setup(mode, request) if setup else {})}
+                group = (TopologyGroup(app, mode, files[mode], extra) if mode in files
+                         else ProcessGroup(app, extra, settings))
+                groups[key] = group
                 request.session.config.add_cleanup(group.stop)
                 group.start()
-            harness = ProcessHarness(groups[key])
+            harness = (TopologyHarness(group) if isinstance(group, TopologyGroup)
+                       else ProcessHarness(group))
         else:
-            harness = InProcessHarness(app, tmp_path / "data", strict=request.param == "strict",
-                                       env=env, settings=settings)
+            extra = {**env, **(setup(mode, request) if setup else {})}
+            harness = InProcessHarness(app, tmp_path / "data", strict=mode == "strict",
+                                       env=extra, settings=settings, topology=one)
             await harness.start()
         try:
             yield harness

@@ -72,11 +72,17 @@ class AuthConfig:
             return v
 
         def number(key: str, default: float, low: float) -> float:
+            from mitosis.topology.loader import parse_duration
+
             v = raw.get(key, default)
-            if isinstance(v, bool) or not isinstance(v, int | float) or v < low:
-                raise AuthConfigError(f"settings.auth.{key}: {v!r} is not a number >= {low:g}; "
-                                      f"fix: {key}: {default:g}")
-            return float(v)
+            try:
+                seconds = parse_duration(v) if not isinstance(v, bool) else -1.0
+            except ValueError:
+                seconds = -1.0
+            if seconds < low:
+                raise AuthConfigError(f"settings.auth.{key}: {v!r} is not a duration >= {low:g}s; "
+                                      f"fix: {key}: {default:g} (seconds) or like 15m")
+            return seconds
 
         algs = raw.get("algorithms", ["EdDSA"])
         if isinstance(algs, str):

@@ -11,14 +11,28 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mitosis.resource import Resource, ResourceContext
 
 __all__ = ["Cache", "redis_client"]
 
 
+def split_prefix(url: str) -> tuple[str, str]:
+    """``redis://h:6379/0?prefix=staging:`` -> (the URL without it, ``"staging:"``).
+
+    A key prefix in the URL lets several deployments (or test runs) share one
+    Redis without sharing keys."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = "".join(v for k, v in query if k == "prefix")
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
 def redis_client(url: str, *, timeout: float | None = None) -> Any:
     """A ``redis.asyncio.Redis`` for ``url`` (redis-py imported on demand)."""
+    url = split_prefix(url)[0]
     try:
         import redis.asyncio as aioredis
     except ImportError:
@@ -57,6 +71,7 @@ class Cache(Resource):
         prefix = f"mitosis:{ctx.service}:"
         if ctx.url is None:
             return cls(prefix)
+        prefix = split_prefix(ctx.url)[1] + prefix
         if not ctx.url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"resources.cache: {ctx.url!r} is not a redis:// URL; fix: "
                              f"cache: redis://127.0.0.1:6379/0, or remove it for an in-memory cache")

@@ -14,6 +14,7 @@ import ipaddress
 from pathlib import Path
 
 from mitosis.auth.tokens import AuthConfig, AuthConfigError, TokenVerifier
+from mitosis.data.cache import split_prefix
 from mitosis.gateway.access import AccessLog
 from mitosis.gateway.cors import Cors, CorsConfigError
 from mitosis.gateway.http import Request
@@ -65,8 +66,8 @@ class EdgePolicy:
         limiter = None
         if buckets:
             url = topology.resources.get("cache")
-            store = (RedisBuckets(url, f"mitosis:{app}:rl:") if url and url.startswith("redis")
-                     else MemoryBuckets())
+            store = (RedisBuckets(url, f"{split_prefix(url)[1]}mitosis:{app}:rl:")
+                     if url and url.startswith("redis") else MemoryBuckets())
             limiter = RateLimiter(buckets, store)
         try:
             cors = Cors.from_settings(extra.get("cors"))

@@ -151,26 +151,11 @@ class Host:
             inst = self.app.specs[name].cls()
             inst.runtime = info
             self.instances[name] = inst
-        for name in local:
-            spec = self.app.specs[name]
-            inst = self.instances[name]
-            for attr, dep in spec.dependencies.items():
-                setattr(inst, attr, self._ref(dep))
-            for attr, rcls in spec.resources.items():
-                url = self.topology.resources.get(rcls.kind)
-                ctx = ResourceContext(name, url.replace("{service}", name) if url else None,
-                                      self.data_dir, dict(self.topology.settings.extra),
-                                      owner=spec.cls)
-                res = await rcls.open(ctx)
-                self.resources.append((f"{name}.{attr}", res))
-                setattr(inst, attr, res)
-            for m, codec in self.codecs[name].items():
-                self.rpc_handlers[codec.spec.qualname] = (codec, getattr(inst, m))
-        for name in _start_order(self.app, local):
-            await self.instances[name].start()
-            self.started.append(self.instances[name])
-        if any(lst.public for lst in self.process.listeners):
-            self.policy = EdgePolicy.from_topology(self.topology, self.app.name, self.data_dir)
+        try:
+            await self._open(local)
+        except BaseException:
+            await self.stop()  # what opened before the failure is closed again
+            raise
         for lst in self.process.listeners:
             served = self.process.services if lst.routes is None else lst.routes
             handlers = []
@@ -207,6 +192,29 @@ class Host:
         if auth is None or isinstance(auth, dict):
             extra["auth"] = {"issuer": self.app.name, "audience": self.app.name, **(auth or {})}
         return extra
+
+    async def _open(self, local: list[str]) -> None:
+        """Wire dependencies, open resources, run ``start()`` hooks, build the edge policy."""
+        for name in local:
+            spec = self.app.specs[name]
+            inst = self.instances[name]
+            for attr, dep in spec.dependencies.items():
+                setattr(inst, attr, self._ref(dep))
+            for attr, rcls in spec.resources.items():
+                url = self.topology.resources.get(rcls.kind)
+                ctx = ResourceContext(name, url.replace("{service}", name) if url else None,
+                                      self.data_dir, dict(self.topology.settings.extra),
+                                      owner=spec.cls)
+                res = await rcls.open(ctx)
+                self.resources.append((f"{name}.{attr}", res))
+                setattr(inst, attr, res)
+            for m, codec in self.codecs[name].items():
+                self.rpc_handlers[codec.spec.qualname] = (codec, getattr(inst, m))
+        for name in _start_order(self.app, local):
+            await self.instances[name].start()
+            self.started.append(self.instances[name])
+        if any(lst.public for lst in self.process.listeners):
+            self.policy = EdgePolicy.from_topology(self.topology, self.app.name, self.data_dir)
 
     def bound_ports(self) -> list[int]:
         return [int(s.sockets[0].getsockname()[1]) for s in self.servers]

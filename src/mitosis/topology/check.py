@@ -95,8 +95,18 @@ def bind(topo: Topology, app: App) -> Topology:
                 else:
                     seen[port] = who
 
-    # Routes served by each listener must exist, not collide, and stay private.
-    private = {s for p in processes.values() if p.private for s in p.services}
+    # A private process is reached only with the internal credential.  Its
+    # routes may still be published, deliberately, by naming its services in
+    # the ``routes:`` of a public listener elsewhere (a gateway): the edge
+    # there calls them like any caller, with the credential.
+    for proc in processes.values():
+        for lst in proc.listeners:
+            if proc.private and lst.public:
+                add(f"{lst.key}.public",
+                    f"process {proc.name!r} is private but this listener is public",
+                    "remove `public: true` (a private process listens privately), or publish its "
+                    "routes through a public listener of another process: routes: [...]")
+    # Routes served by each listener must exist and not collide.
     for proc in processes.values():
         for lst in proc.listeners:
             served = proc.services if lst.routes is None else lst.routes
@@ -107,12 +117,6 @@ def bind(topo: Topology, app: App) -> Topology:
                         add(f"{lst.key}.routes", f"unknown service {s!r}",
                             f"the app's services are: {names}")
                     continue
-                if lst.public and s in private:
-                    add(f"{lst.key}.routes",
-                        f"service {s!r} is private (process {placed.get(s)!r} is private) but its "
-                        f"routes are on a public listener",
-                        f"remove {s!r} from this listener's routes, or make the listener "
-                        f"public: false")
                 for m in known[s].methods.values():
                     if m.route is None:
                         continue

@@ -88,7 +88,10 @@ class _Reader:
             return text
         if text == "":
             return None if raw == "" else ""
-        return yaml.safe_load(text)  # plain scalar: let YAML type it (int, bool, null, ...)
+        typed = yaml.safe_load(text)  # plain scalar: let YAML type it (int, bool, null, ...)
+        # A value from the environment stays one scalar: "redis://h/0?prefix=a:" is a
+        # string, not the mapping YAML would read from it.
+        return text if isinstance(typed, dict | list) else typed
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

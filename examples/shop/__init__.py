@@ -1,0 +1,1 @@
+"""The shop: gateway, accounts, catalog, orders.  One file per service."""

@@ -1,0 +1,199 @@
+"""Accounts: register, log in, refresh, log out.
+
+Passwords are hashed with argon2id.  Login hands out a short-lived access
+JWT (verified by the gateway at the edge) and an opaque refresh token
+``<session>.<generation>.<secret>``.  Refreshing rotates it; presenting an
+older generation again means it was stolen or replayed, so the whole session
+is revoked.  Sessions live in Redis or the accounts database (see
+``sessions.py``), shared by every replica.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+from datetime import UTC, datetime
+from typing import Annotated
+
+import msgspec
+import sqlalchemy as sa
+
+from mitosis import Cache, Conflict, Database, Invalid, Principal, Service, Tokens, Unauthorized, get, post
+from mitosis.auth.passwords import hash_password, verify_password
+from shop.sessions import Session, SessionStore, expiry, session_store
+
+log = logging.getLogger("shop.accounts")
+
+metadata = sa.MetaData()
+users = sa.Table(
+    "users", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("email", sa.String(320), nullable=False, unique=True),
+    sa.Column("password_hash", sa.String(200), nullable=False),
+    sa.Column("roles", sa.String(200), nullable=False, server_default=""),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+REFRESH_DAYS = 14
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
+Password = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
+LoginPassword = Annotated[str, msgspec.Meta(max_length=256)]
+
+
+class User(msgspec.Struct):
+    id: str
+    email: str
+    roles: list[str]
+    created_at: datetime
+
+
+class TokenPair(msgspec.Struct):
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    token_type: str = "bearer"
+
+
+class LoggedOut(msgspec.Struct):
+    logged_out: bool
+
+
+class EmailTaken(Conflict):
+    """An account with this email exists."""
+
+
+class InvalidCredentials(Unauthorized):
+    """Wrong email or password, or a refresh token that is not valid."""
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _user(row: sa.Row[tuple[str, str, str, str, datetime]]) -> User:
+    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    return User(id=row.id, email=row.email, roles=[r for r in row.roles.split(",") if r],
+                created_at=created)
+
+
+def _normal_email(email: str) -> str:
+    email = email.strip().lower()
+    if not _EMAIL.match(email):
+        raise Invalid("email is not a valid address",
+                      details=[{"path": "$.email", "reason": "expected name@domain"}])
+    return email
+
+
+class Accounts(Service):
+    db: Database
+    cache: Cache
+    tokens: Tokens
+    migrations = "migrations/accounts"
+
+    async def start(self) -> None:
+        self.sessions: SessionStore = session_store(self.db, self.cache)
+        # Unknown emails still pay for one hash check: login time does not
+        # tell an attacker which emails have accounts.
+        self._dummy_hash = await hash_password(secrets.token_urlsafe(16))
+        email, password = os.environ.get("SHOP_ADMIN_EMAIL"), os.environ.get("SHOP_ADMIN_PASSWORD")
+        if email and password:
+            await self._ensure_admin(email, password)
+
+    async def _ensure_admin(self, email: str, password: str) -> None:
+        email = _normal_email(email)
+        if await self.db.fetchone(sa.select(users.c.id).where(users.c.email == email)):
+            return
+        try:
+            await self._create(email, password, roles="admin")
+            log.info("created admin account %s (from SHOP_ADMIN_EMAIL)", email)
+        except EmailTaken:
+            pass  # another replica created it at the same moment
+
+    async def _create(self, email: str, password: str, roles: str = "") -> User:
+        uid = "u_" + secrets.token_hex(8)
+        now = datetime.now(UTC)
+        pw_hash = await hash_password(password)
+        try:
+            await self.db.execute(users.insert().values(
+                id=uid, email=email, password_hash=pw_hash, roles=roles, created_at=now))
+        except sa.exc.IntegrityError:
+            raise EmailTaken(f"an account with email {email} exists") from None
+        return User(id=uid, email=email, roles=[r for r in roles.split(",") if r], created_at=now)
+
+    @post("/api/auth/register", status=201, tags=("accounts",))
+    async def register(self, email: Email, password: Password) -> User:
+        """Create an account.  Passwords need at least 8 characters."""
+        return await self._create(_normal_email(email), password)
+
+    @post("/api/auth/login", tags=("accounts",))
+    async def login(self, email: Email, password: LoginPassword) -> TokenPair:
+        """Exchange email and password for an access token and a refresh token."""
+        row = await self.db.fetchone(sa.select(users).where(users.c.email == email.strip().lower()))
+        ok = await verify_password(row.password_hash if row else self._dummy_hash, password)
+        if row is None or not ok:
+            raise InvalidCredentials("invalid email or password")
+        sid = secrets.token_hex(16)
+        secret = secrets.token_urlsafe(32)
+        await self.sessions.create(Session(sid=sid, user_id=row.id, generation=1,
+                                           refresh_hash=_hash(secret), revoked=False,
+                                           expires_at=expiry(REFRESH_DAYS)))
+        return self._pair(row.id, row.roles, sid, 1, secret)
+
+    def _pair(self, uid: str, roles: str, sid: str, generation: int, secret: str) -> TokenPair:
+        access, expires_in = self.tokens.issue_access(
+            uid, roles=tuple(r for r in roles.split(",") if r), session=sid)
+        return TokenPair(access_token=access, refresh_token=f"{sid}.{generation}.{secret}",
+                         expires_in=expires_in)
+
+    @post("/api/auth/refresh", tags=("accounts",))
+    async def refresh(self, refresh_token: Annotated[str, msgspec.Meta(max_length=512)]) -> TokenPair:
+        """Trade a refresh token for a new pair; the old refresh token stops working."""
+        sid, _, rest = refresh_token.partition(".")
+        gen_text, _, secret = rest.partition(".")
+        if not (sid and gen_text.isdigit() and secret):
+            raise InvalidCredentials("invalid refresh token")
+        generation = int(gen_text)
+        s = await self.sessions.get(sid)
+        if s is None or s.revoked or s.expires_at < datetime.now(UTC).timestamp():
+            raise InvalidCredentials("invalid refresh token")
+        if generation < s.generation:
+            # An old token again: whoever holds the family now is not to be
+            # trusted, so nobody keeps it.
+            await self.sessions.revoke(sid)
+            log.warning("refresh token reuse for session %s of user %s: session revoked",
+                        sid, s.user_id)
+            raise InvalidCredentials("invalid refresh token")
+        if generation != s.generation or not hmac.compare_digest(_hash(secret), s.refresh_hash):
+            raise InvalidCredentials("invalid refresh token")
+        new_secret = secrets.token_urlsafe(32)
+        if not await self.sessions.rotate(sid, generation, _hash(new_secret)):
+            await self.sessions.revoke(sid)  # the same token raced itself: a replay
+            raise InvalidCredentials("invalid refresh token")
+        row = await self.db.fetchone(sa.select(users.c.roles).where(users.c.id == s.user_id))
+        if row is None:
+            raise InvalidCredentials("invalid refresh token")
+        return self._pair(s.user_id, row.roles, sid, generation + 1, new_secret)
+
+    @post("/api/auth/logout", tags=("accounts",))
+    async def logout(self, principal: Principal) -> LoggedOut:
+        """End the session: its refresh token stops working at once."""
+        if principal.session:
+            await self.sessions.revoke(principal.session)
+        return LoggedOut(logged_out=True)
+
+    @get("/api/auth/me", tags=("accounts",))
+    async def me(self, principal: Principal) -> User:
+        """The account behind the access token (401 once its session is logged out)."""
+        if principal.session:
+            s = await self.sessions.get(principal.session)
+            if s is None or s.revoked:
+                raise Unauthorized("invalid or expired token")
+        row = await self.db.fetchone(sa.select(users).where(users.c.id == principal.subject))
+        if row is None:
+            raise Unauthorized("invalid or expired token")
+        return _user(row)

@@ -1,0 +1,13 @@
+"""The shop app: which services exist.  Topologies say where they run."""
+
+from mitosis import App
+from shop.accounts import Accounts
+from shop.catalog import Catalog
+from shop.gateway import Gateway
+from shop.orders import Orders
+
+app = App(
+    "shop",
+    services=[Gateway, Accounts, Catalog, Orders],
+    title="mitosis shop",
+)

@@ -1,0 +1,210 @@
+"""Catalog: products with a price and a stock.
+
+Reading is public; creating and updating products needs the ``admin`` role.
+Other services take stock with ``reserve`` (all lines or none, never below
+zero, atomic across replicas because it is one conditional ``UPDATE`` per
+line inside one transaction) and give it back with ``release``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated
+
+import msgspec
+import sqlalchemy as sa
+
+from mitosis import Conflict, Database, Forbidden, NotFound, Principal, Service, get, patch, post
+from shop.money import from_cents, to_cents
+
+metadata = sa.MetaData()
+products = sa.Table(
+    "products", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("description", sa.String(2000), nullable=False, server_default=""),
+    sa.Column("price_cents", sa.BigInteger, nullable=False),
+    sa.Column("stock", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Description = Annotated[str, msgspec.Meta(max_length=2000)]
+Stock = Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
+Qty = Annotated[int, msgspec.Meta(gt=0, le=1_000_000)]
+ProductId = Annotated[int, msgspec.Meta(ge=1)]
+
+DEMO_PRODUCTS = [
+    ("Mechanical keyboard", "Tenkeyless, brown switches", "89.90", 25),
+    ("Wireless mouse", "Six buttons, USB-C charging", "34.50", 40),
+    ("27\" monitor", "2560x1440, 144 Hz", "279.00", 10),
+    ("USB-C hub", "7 ports, 100 W passthrough", "42.00", 60),
+    ("Laptop stand", "Aluminium, adjustable", "29.99", 35),
+]
+
+
+class Product(msgspec.Struct):
+    id: int
+    name: str
+    description: str
+    price: Decimal
+    stock: int
+
+
+class ProductPage(msgspec.Struct):
+    items: list[Product]
+    page: int
+    per_page: int
+    total: int
+
+
+class Line(msgspec.Struct):
+    """A quantity of one product, as orders asks for it."""
+
+    product_id: ProductId
+    qty: Qty
+
+
+class PricedLine(msgspec.Struct):
+    """A reserved line with the catalog's name and price at reservation time."""
+
+    product_id: int
+    name: str
+    qty: int
+    unit_price: Decimal
+
+
+class ProductNotFound(NotFound):
+    """No product has this id."""
+
+
+class OutOfStock(Conflict):
+    """Not enough units left for the quantity asked."""
+
+
+def _product(row: sa.Row[tuple[int, str, str, int, int]]) -> Product:
+    return Product(id=row.id, name=row.name, description=row.description,
+                   price=from_cents(row.price_cents), stock=row.stock)
+
+
+_COLUMNS = (products.c.id, products.c.name, products.c.description, products.c.price_cents,
+            products.c.stock)
+
+
+def _merge(lines: list[Line]) -> list[tuple[int, int]]:
+    """Quantities per product, in id order: every transaction locks rows in
+    the same order, so two reservations cannot deadlock each other."""
+    total: dict[int, int] = {}
+    for line in lines:
+        total[line.product_id] = total.get(line.product_id, 0) + line.qty
+    return sorted(total.items())
+
+
+class Catalog(Service):
+    db: Database
+    migrations = "migrations/catalog"
+
+    async def start(self) -> None:
+        if self.db.created:
+            now = datetime.now(UTC)
+            await self.db.execute(products.insert(), [
+                {"name": n, "description": d, "price_cents": to_cents(Decimal(p), "price"),
+                 "stock": s, "created_at": now, "updated_at": now}
+                for n, d, p, s in DEMO_PRODUCTS])
+
+    @get("/api/products", tags=("catalog",))
+    async def list_products(self, page: Annotated[int, msgspec.Meta(ge=1)] = 1,
+                            per_page: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20) -> ProductPage:
+        """Products in id order, one page at a time."""
+        async with self.db.transaction() as conn:
+            total = (await conn.execute(sa.select(sa.func.count()).select_from(products))).scalar_one()
+            rows = (await conn.execute(sa.select(*_COLUMNS).order_by(products.c.id)
+                                       .limit(per_page).offset((page - 1) * per_page))).all()
+        return ProductPage(items=[_product(r) for r in rows], page=page, per_page=per_page,
+                           total=total)
+
+    @get("/api/products/{product_id}", tags=("catalog",))
+    async def get_product(self, product_id: int) -> Product:
+        row = await self.db.fetchone(sa.select(*_COLUMNS).where(products.c.id == product_id))
+        if row is None:
+            raise ProductNotFound(f"no product {product_id}")
+        return _product(row)
+
+    @post("/api/products", status=201, tags=("catalog",))
+    async def create_product(self, principal: Principal, name: Name, price: Decimal,
+                             stock: Stock = 0, description: Description = "") -> Product:
+        """Add a product (admins only).  ``price`` is a decimal string like "12.50"."""
+        _admin(principal)
+        now = datetime.now(UTC)
+        cents = to_cents(price, "price")
+        async with self.db.transaction() as conn:
+            result = await conn.execute(products.insert().values(
+                name=name, description=description, price_cents=cents, stock=stock,
+                created_at=now, updated_at=now))
+            new_id = result.inserted_primary_key[0]
+        return Product(id=new_id, name=name, description=description, price=from_cents(cents),
+                       stock=stock)
+
+    @patch("/api/products/{product_id}", tags=("catalog",))
+    async def update_product(self, principal: Principal, product_id: int, name: Name | None = None,
+                             price: Decimal | None = None, stock: Stock | None = None,
+                             description: Description | None = None) -> Product:
+        """Change some fields of a product (admins only); absent fields keep their value."""
+        _admin(principal)
+        values: dict[str, object] = {"updated_at": datetime.now(UTC)}
+        if name is not None:
+            values["name"] = name
+        if description is not None:
+            values["description"] = description
+        if price is not None:
+            values["price_cents"] = to_cents(price, "price")
+        if stock is not None:
+            values["stock"] = stock
+        async with self.db.transaction() as conn:
+            result = await conn.execute(
+                products.update().where(products.c.id == product_id).values(**values))
+            if result.rowcount == 0:
+                raise ProductNotFound(f"no product {product_id}")
+            row = (await conn.execute(sa.select(*_COLUMNS).where(products.c.id == product_id))).one()
+        return _product(row)
+
+    async def reserve(self, lines: list[Line]) -> list[PricedLine]:
+        """Take every line's quantity from stock, all or none.
+
+        Raises ``ProductNotFound`` or ``OutOfStock`` (nothing taken then)."""
+        wanted = _merge(lines)
+        if not wanted:
+            return []
+        async with self.db.transaction() as conn:
+            for pid, qty in wanted:
+                result = await conn.execute(
+                    products.update()
+                    .where(products.c.id == pid, products.c.stock >= qty)
+                    .values(stock=products.c.stock - qty))
+                if result.rowcount == 0:
+                    left = (await conn.execute(
+                        sa.select(products.c.stock).where(products.c.id == pid))).scalar_one_or_none()
+                    if left is None:
+                        raise ProductNotFound(f"no product {pid}")
+                    raise OutOfStock(f"product {pid}: {qty} asked, {left} left")
+            rows = (await conn.execute(
+                sa.select(products.c.id, products.c.name, products.c.price_cents)
+                .where(products.c.id.in_([pid for pid, _ in wanted])))).all()
+        info = {r.id: r for r in rows}
+        return [PricedLine(product_id=pid, name=info[pid].name, qty=qty,
+                           unit_price=from_cents(info[pid].price_cents)) for pid, qty in wanted]
+
+    async def release(self, lines: list[Line]) -> None:
+        """Give back what ``reserve`` took (an order that could not be stored)."""
+        wanted = _merge(lines)
+        async with self.db.transaction() as conn:
+            for pid, qty in wanted:
+                await conn.execute(products.update().where(products.c.id == pid)
+                                   .values(stock=products.c.stock + qty))
+
+
+def _admin(principal: Principal) -> None:
+    if not principal.has_role("admin"):
+        raise Forbidden("only admins may change the catalog")

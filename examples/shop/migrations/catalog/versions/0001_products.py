@@ -1,0 +1,32 @@
+"""products
+
+Revision ID: catalog_0001
+Revises:
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "catalog_0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "products",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("description", sa.String(2000), nullable=False, server_default=""),
+        sa.Column("price_cents", sa.BigInteger, nullable=False),
+        sa.Column("stock", sa.Integer, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("stock >= 0", name="stock_not_negative"),
+        sa.CheckConstraint("price_cents >= 0", name="price_not_negative"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("products")

@@ -1,0 +1,319 @@
+"""The shop's API, in every topology: in-process (plain and strict) from the
+monolith file, and microservices, hybrid and replicated started with
+``mitosis run`` on PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import servers
+from e2e import ROOT
+from shop.app import app
+
+from mitosis.testing import Harness, InProcessHarness, TopologyHarness, app_fixture
+
+TOPOS = ROOT / "examples" / "shop" / "topologies"
+ADMIN = ("admin@shop.test", "admin-password-1")
+ENV = {
+    "SHOP_ADMIN_EMAIL": ADMIN[0], "SHOP_ADMIN_PASSWORD": ADMIN[1],
+    # The concurrency tests send hundreds of requests from a few users.
+    "SHOP_RATE_USER_BURST": "100000", "SHOP_RATE_USER_RATE": "100000",
+    "SHOP_RATE_IP_BURST": "100000", "SHOP_RATE_IP_RATE": "100000",
+}
+
+shop = app_fixture(
+    app, modes=("inprocess", "strict"), topology=TOPOS / "monolith.yaml",
+    topologies={n: TOPOS / f"{n}.yaml" for n in ("microservices", "hybrid", "replicated")},
+    env=ENV, setup=servers.distributed_env)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+async def login(h: Harness, email: str, password: str) -> dict[str, Any]:
+    r = await h.post("/api/auth/login", json={"email": email, "password": password})
+    assert r.status == 200, r.json()
+    return r.json()
+
+
+async def new_user(h: Harness) -> tuple[str, dict[str, str]]:
+    """Register a fresh user; its id and Authorization header."""
+    email = f"user-{uuid.uuid4().hex[:10]}@shop.test"
+    r = await h.post("/api/auth/register", json={"email": email, "password": "correct horse"})
+    assert r.status == 201, r.json()
+    tokens = await login(h, email, "correct horse")
+    return r.json()["id"], bearer(tokens["access_token"])
+
+
+async def admin(h: Harness) -> dict[str, str]:
+    return bearer((await login(h, *ADMIN))["access_token"])
+
+
+async def new_product(h: Harness, stock: int, price: str = "12.50") -> dict[str, Any]:
+    r = await h.post("/api/products", headers=await admin(h),
+                     json={"name": f"thing {uuid.uuid4().hex[:6]}", "price": price, "stock": stock})
+    assert r.status == 201, r.json()
+    return r.json()
+
+
+async def stock_of(h: Harness, pid: int) -> int:
+    r = await h.get(f"/api/products/{pid}")
+    assert r.status == 200
+    return int(r.json()["stock"])
+
+
+# -- catalog -------------------------------------------------------------------
+
+async def test_demo_products_listed_and_paged(shop):
+    r = await shop.get("/api/products?per_page=2")
+    assert r.status == 200
+    page = r.json()
+    assert page["per_page"] == 2 and len(page["items"]) == 2 and page["total"] >= 5
+    first = page["items"][0]
+    assert isinstance(first["price"], str) and Decimal(first["price"]) > 0
+    one = await shop.get(f"/api/products/{first['id']}")
+    assert one.json() == first
+    assert (await shop.get("/api/products/999999")).status == 404
+    bad = await shop.get("/api/products?per_page=1000")
+    assert bad.status == 422 and bad.json()["error"]["type"] == "Invalid"
+
+
+async def test_only_admins_change_the_catalog(shop):
+    body = {"name": "Cable", "price": "3.20", "stock": 5}
+    assert (await shop.post("/api/products", json=body)).status == 401
+    _, user = await new_user(shop)
+    r = await shop.post("/api/products", json=body, headers=user)
+    assert r.status == 403 and r.json()["error"]["type"] == "Forbidden"
+    created = await new_product(shop, 5, price="3.20")
+    assert created["price"] == "3.20" and created["stock"] == 5 and created["id"] > 0
+    r = await shop.request("PATCH", f"/api/products/{created['id']}", headers=await admin(shop),
+                           json={"price": "4.00", "id": 1})
+    assert r.status == 200 and r.json()["price"] == "4.00" and r.json()["id"] == created["id"]
+    r = await shop.request("PATCH", f"/api/products/{created['id']}", headers=user, json={"stock": 0})
+    assert r.status == 403
+    assert await stock_of(shop, created["id"]) == 5
+
+
+@pytest.mark.parametrize("price", ["12.345", "-1", "NaN", "abc", "1e12"])
+async def test_bad_prices_are_rejected(shop, price):
+    r = await shop.post("/api/products", headers=await admin(shop),
+                        json={"name": "x", "price": price, "stock": 1})
+    assert r.status == 422, r.json()
+
+
+# -- accounts ------------------------------------------------------------------
+
+async def test_register_login_me(shop):
+    email = f"me-{uuid.uuid4().hex[:8]}@shop.test"
+    r = await shop.post("/api/auth/register", json={"email": email, "password": "long enough"})
+    assert r.status == 201
+    assert set(r.json()) == {"id", "email", "roles", "created_at"}  # never the hash
+    assert (await shop.post("/api/auth/register",
+                            json={"email": email.upper(), "password": "long enough"})).status == 409
+    assert (await shop.post("/api/auth/register",
+                            json={"email": "not-an-email", "password": "long enough"})).status == 422
+    assert (await shop.post("/api/auth/register",
+                            json={"email": f"x{email}", "password": "short"})).status == 422
+    bad = await shop.post("/api/auth/login", json={"email": email, "password": "wrong password"})
+    nobody = await shop.post("/api/auth/login", json={"email": "no@shop.test", "password": "whatever1"})
+    assert bad.status == nobody.status == 401
+    assert bad.json()["error"]["message"] == nobody.json()["error"]["message"]
+    tokens = await login(shop, email, "long enough")
+    assert tokens["token_type"] == "bearer" and tokens["expires_in"] > 0
+    me = await shop.get("/api/auth/me", headers=bearer(tokens["access_token"]))
+    assert me.status == 200 and me.json()["email"] == email
+    assert (await shop.get("/api/auth/me")).status == 401
+
+
+async def test_refresh_rotates_and_reuse_revokes(shop):
+    email = f"rt-{uuid.uuid4().hex[:8]}@shop.test"
+    await shop.post("/api/auth/register", json={"email": email, "password": "long enough"})
+    first = await login(shop, email, "long enough")
+    r = await shop.post("/api/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert r.status == 200
+    second = r.json()
+    assert second["refresh_token"] != first["refresh_token"]
+    assert (await shop.get("/api/auth/me", headers=bearer(second["access_token"]))).status == 200
+    # The old refresh token again: refused, and the whole session goes with it.
+    r = await shop.post("/api/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert r.status == 401
+    r = await shop.post("/api/auth/refresh", json={"refresh_token": second["refresh_token"]})
+    assert r.status == 401
+    assert (await shop.get("/api/auth/me", headers=bearer(second["access_token"]))).status == 401
+    # A refresh token is not an access token.
+    assert (await shop.get("/api/auth/me", headers=bearer(second["refresh_token"]))).status == 401
+    for junk in ["", "x", "a.b.c", "a.1.", "." * 100]:
+        r = await shop.post("/api/auth/refresh", json={"refresh_token": junk})
+        assert r.status == 401, junk
+
+
+async def test_logout_revokes(shop):
+    email = f"out-{uuid.uuid4().hex[:8]}@shop.test"
+    await shop.post("/api/auth/register", json={"email": email, "password": "long enough"})
+    t = await login(shop, email, "long enough")
+    r = await shop.post("/api/auth/logout", headers=bearer(t["access_token"]))
+    assert r.status == 200
+    assert (await shop.post("/api/auth/refresh", json={"refresh_token": t["refresh_token"]})).status == 401
+    assert (await shop.get("/api/auth/me", headers=bearer(t["access_token"]))).status == 401
+    assert (await shop.post("/api/auth/logout")).status == 401
+
+
+# -- orders --------------------------------------------------------------------
+
+async def test_order_priced_by_the_catalog(shop):
+    uid, user = await new_user(shop)
+    p = await new_product(shop, 10, price="2.50")
+    r = await shop.post("/api/orders", headers=user, json={
+        "items": [{"product_id": p["id"], "qty": 3, "price": "0.01"}],
+        "status": "paid", "user_id": uid})
+    assert r.status == 201, r.json()
+    order = r.json()
+    assert order["total_amount"] == "7.50" and order["status"] == "placed"
+    assert order["user_id"] == uid and order["items"][0]["unit_price"] == "2.50"
+    assert await stock_of(shop, p["id"]) == 7
+    # The original contract: product_ids and a total that must match.
+    r = await shop.post("/api/orders", headers=user, json={
+        "user_id": uid, "product_ids": [p["id"], p["id"]], "total_amount": "5.00"})
+    assert r.status == 201 and r.json()["total_amount"] == "5.00"
+    r = await shop.post("/api/orders", headers=user, json={
+        "product_ids": [p["id"]], "total_amount": "0.01"})
+    assert r.status == 422 and "total_amount" in r.json()["error"]["message"]
+    r = await shop.post("/api/orders", headers=user, json={"product_ids": [p["id"]], "user_id": "u_other"})
+    assert r.status == 422
+    assert await stock_of(shop, p["id"]) == 5  # the refused orders took nothing
+    r = await shop.post("/api/orders", headers=user, json={"items": [{"product_id": 999999, "qty": 1}]})
+    assert r.status == 404
+    r = await shop.post("/api/orders", headers=user, json={"items": [{"product_id": p["id"], "qty": 6}]})
+    assert r.status == 409 and r.json()["error"]["type"] == "OutOfStock"
+    assert (await shop.post("/api/orders", json={"product_ids": [p["id"]]})).status == 401
+
+
+async def test_orders_are_private(shop):
+    _, alice = await new_user(shop)
+    _, bob = await new_user(shop)
+    p = await new_product(shop, 5)
+    r = await shop.post("/api/orders", headers=alice, json={"items": [{"product_id": p["id"], "qty": 1}]})
+    oid = r.json()["id"]
+    assert (await shop.get(f"/api/orders/{oid}", headers=alice)).status == 200
+    r = await shop.get(f"/api/orders/{oid}", headers=bob)
+    assert r.status == 404
+    assert (await shop.get(f"/api/orders/{oid}")).status == 401
+    mine = (await shop.get("/api/orders", headers=alice)).json()
+    assert [o["id"] for o in mine["items"]] == [oid]
+    assert (await shop.get("/api/orders", headers=bob)).json()["items"] == []
+
+
+async def test_idempotency_key(shop):
+    _, user = await new_user(shop)
+    p = await new_product(shop, 100)
+    body = {"items": [{"product_id": p["id"], "qty": 2}]}
+    key = {**user, "idempotency-key": uuid.uuid4().hex}
+    first = await shop.post("/api/orders", headers=key, json=body)
+    again = await shop.post("/api/orders", headers=key, json=body)
+    assert first.status == 201 and again.status == 201
+    assert again.json() == first.json()
+    assert await stock_of(shop, p["id"]) == 98
+    other = await shop.post("/api/orders", headers=key, json={"items": [{"product_id": p["id"], "qty": 3}]})
+    assert other.status == 422
+    # Concurrent repeats: one order; the others see it, or 409 while it runs.
+    key = {**user, "idempotency-key": uuid.uuid4().hex}
+    rs = await asyncio.gather(*(shop.post("/api/orders", headers=key, json=body) for _ in range(10)))
+    assert {r.status for r in rs} <= {201, 409}, [r.status for r in rs]
+    assert len({r.json()["id"] for r in rs if r.status == 201}) == 1
+    assert await stock_of(shop, p["id"]) == 96
+    orders = (await shop.get("/api/orders?per_page=100", headers=user)).json()
+    assert orders["total"] == 2
+
+
+async def test_idempotent_repeat_while_running_is_409(shop):
+    """Hold the product's row lock so the first request stays in flight."""
+    _, user = await new_user(shop)
+    p = await new_product(shop, 10)
+    body = {"items": [{"product_id": p["id"], "qty": 1}]}
+    key = {**user, "idempotency-key": uuid.uuid4().hex}
+    async with hold_product(shop, p["id"]):
+        first = asyncio.ensure_future(shop.post("/api/orders", headers=key, json=body))
+        await asyncio.sleep(0.5)
+        assert not first.done()
+        repeat = await shop.post("/api/orders", headers=key, json=body)
+        assert repeat.status == 409, repeat.json()
+        assert repeat.json()["error"]["type"] == "IdempotencyKeyInUse"
+    done = await first
+    assert done.status == 201
+    again = await shop.post("/api/orders", headers=key, json=body)
+    assert again.status == 201 and again.json()["id"] == done.json()["id"]
+    assert await stock_of(shop, p["id"]) == 9
+
+
+@contextlib.asynccontextmanager
+async def hold_product(shop: Harness, pid: int):
+    """Lock one catalog row from outside the app, the way a long transaction would."""
+    if isinstance(shop, InProcessHarness):
+        conn = sqlite3.connect(shop.host.data_dir / "catalog.sqlite3", isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")  # SQLite locks the whole file for writing
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        return
+    import asyncpg
+
+    assert isinstance(shop, TopologyHarness)
+    url = shop.group.env["DATABASE_URL"]
+    conn = await asyncpg.connect(url)
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("SELECT stock FROM catalog.products WHERE id = $1 FOR UPDATE", pid)
+        yield
+        await tx.rollback()
+    finally:
+        await conn.close()
+
+
+async def test_last_units_sell_exactly_once(shop):
+    """200 concurrent orders for the last 20 units: 20 succeed, 180 get 409."""
+    users = [(await new_user(shop))[1] for _ in range(4)]
+    p = await new_product(shop, 20)
+    body = {"items": [{"product_id": p["id"], "qty": 1}]}
+    rs = await asyncio.gather(*(shop.post("/api/orders", headers=users[i % 4], json=body)
+                                for i in range(200)))
+    statuses = [r.status for r in rs]
+    print(f"{shop.mode}: {statuses.count(201)} placed, {statuses.count(409)} refused")
+    assert statuses.count(201) == 20 and statuses.count(409) == 180, sorted(set(statuses))
+    assert await stock_of(shop, p["id"]) == 0
+
+
+# -- bad input -----------------------------------------------------------------
+
+async def test_bad_bodies_are_4xx(shop):
+    _, user = await new_user(shop)
+    cases = [
+        (b"{not json", {"content-type": "application/json"}, 400),
+        (b"[1, 2]", {"content-type": "application/json"}, 422),
+        (b"", {"content-type": "application/json"}, 422),
+        (b'{"items": "many"}', {"content-type": "application/json"}, 422),
+        (b'{"items": [{"product_id": 1, "qty": -1}]}', {"content-type": "application/json"}, 422),
+        (b'{"product_ids": [1]}', {"content-type": "text/plain"}, 415),
+        (b'{"product_ids": [' + b"1," * 40000 + b"1]}", {"content-type": "application/json"}, 413),
+    ]
+    for content, headers, status in cases:
+        r = await shop.request("POST", "/api/orders", content=content, headers={**user, **headers})
+        assert r.status == status, (content[:40], r.status, r.body[:200])
+        assert r.json()["error"]["request_id"]
+
+
+async def test_gateway_index(shop):
+    r = await shop.get("/api")
+    assert r.status == 200 and r.json()["you"] is None
+    uid, user = await new_user(shop)
+    assert (await shop.get("/api", headers=user)).json()["you"] == uid
+    assert (await shop.get("/api", headers=bearer("garbage"))).status == 401
