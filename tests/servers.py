@@ -130,15 +130,46 @@ def fresh_postgres_database(request: pytest.FixtureRequest | None = None) -> str
     return f"{base}/{name}"
 
 
+async def _mysql_admin(base: str, sql: str) -> None:
+    import aiomysql
+
+    parts = urlsplit(base)
+    conn = await aiomysql.connect(host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
+                                  user=parts.username or "root", password=parts.password or "")
+    try:
+        async with conn.cursor() as cur:
+            for statement in sql.split(";"):
+                if statement.strip():
+                    await cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def fresh_mysql_prefix(request: pytest.FixtureRequest, services: tuple[str, ...]) -> str:
+    """A MySQL URL whose per-service databases (``<name>_<service>``, made by
+    the Database resource) are dropped at session end."""
+    import uuid
+
+    base = mysql_url()
+    name = f"mitosis_t_{uuid.uuid4().hex[:12]}"
+    drops = ";".join(f"DROP DATABASE IF EXISTS `{name}_{s}`" for s in services)
+    request.session.config.add_cleanup(lambda: _run(_mysql_admin, base, drops))
+    return f"{base}/{name}"
+
+
 def distributed_env(mode: str, request: pytest.FixtureRequest) -> dict[str, str]:
-    """Environment for a topology on the real parts: a PostgreSQL database and a
-    Redis key prefix of its own, both removed at session end.  In-process
-    modes run on the embedded defaults and need nothing."""
+    """Environment for a topology on the real parts: a database and a Redis key
+    prefix of its own, both removed at session end (MariaDB for modes whose
+    name ends in ``-mariadb``, else PostgreSQL).  In-process modes run on the
+    embedded defaults and need nothing."""
     import uuid
 
     if mode in ("inprocess", "strict"):
         return {}
-    db = fresh_postgres_database(request)
+    if mode.endswith("-mariadb"):
+        db = fresh_mysql_prefix(request, ("accounts", "catalog", "orders"))
+    else:
+        db = fresh_postgres_database(request)
     base = redis_url()
     prefix = f"mitosis-test-{uuid.uuid4().hex[:8]}:"
     request.session.config.add_cleanup(lambda: _run(_redis_clean, base, prefix))

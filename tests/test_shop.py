@@ -1,6 +1,7 @@
 """The shop's API, in every topology: in-process (plain and strict) from the
 monolith file, and microservices, hybrid and replicated started with
-``mitosis run`` on PostgreSQL and Redis."""
+``mitosis run`` on PostgreSQL and Redis, and microservices once more on
+MariaDB."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sqlite3
 import uuid
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import servers
@@ -29,7 +31,8 @@ ENV = {
 
 shop = app_fixture(
     app, modes=("inprocess", "strict"), topology=TOPOS / "monolith.yaml",
-    topologies={n: TOPOS / f"{n}.yaml" for n in ("microservices", "hybrid", "replicated")},
+    topologies={**{n: TOPOS / f"{n}.yaml" for n in ("microservices", "hybrid", "replicated")},
+                "microservices-mariadb": TOPOS / "microservices.yaml"},
     env=ENV, setup=servers.distributed_env)
 
 
@@ -264,10 +267,25 @@ async def hold_product(shop: Harness, pid: int):
             conn.execute("ROLLBACK")
             conn.close()
         return
-    import asyncpg
-
     assert isinstance(shop, TopologyHarness)
     url = shop.group.env["DATABASE_URL"]
+    if url.startswith("mysql"):
+        import aiomysql
+
+        parts = urlsplit(url)
+        my = await aiomysql.connect(host=parts.hostname, port=parts.port, user=parts.username,
+                                    password=parts.password or "", db=parts.path[1:] + "_catalog",
+                                    autocommit=False)
+        try:
+            async with my.cursor() as cur:
+                await cur.execute("SELECT stock FROM products WHERE id = %s FOR UPDATE", (pid,))
+                yield
+            await my.rollback()
+        finally:
+            my.close()
+        return
+    import asyncpg
+
     conn = await asyncpg.connect(url)
     try:
         tx = conn.transaction()

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from mitosis import Cache, Conflict, Database, Invalid, Principal, Service, Tokens, Unauthorized, get, post
 from mitosis.auth.passwords import hash_password, verify_password
 from shop.sessions import Session, SessionStore, expiry, session_store
+from shop.timestamps import Timestamp
 
 log = logging.getLogger("shop.accounts")
 
@@ -35,7 +36,7 @@ users = sa.Table(
     sa.Column("email", sa.String(320), nullable=False, unique=True),
     sa.Column("password_hash", sa.String(200), nullable=False),
     sa.Column("roles", sa.String(200), nullable=False, server_default=""),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
 )
 
 REFRESH_DAYS = 14

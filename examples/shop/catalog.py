@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from mitosis import Conflict, Database, Forbidden, NotFound, Principal, Service, get, patch, post
 from shop.money import from_cents, to_cents
+from shop.timestamps import Timestamp
 
 metadata = sa.MetaData()
 products = sa.Table(
@@ -26,8 +27,8 @@ products = sa.Table(
     sa.Column("description", sa.String(2000), nullable=False, server_default=""),
     sa.Column("price_cents", sa.BigInteger, nullable=False),
     sa.Column("stock", sa.Integer, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
 )
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]

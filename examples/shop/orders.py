@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from mitosis import Conflict, Database, Header, Invalid, NotFound, Principal, Service, get, post
 from shop.catalog import Catalog, Line, PricedLine
 from shop.money import from_cents, to_cents
+from shop.timestamps import Timestamp
 
 metadata = sa.MetaData()
 orders = sa.Table(
@@ -33,7 +34,7 @@ orders = sa.Table(
     sa.Column("user_id", sa.String(64), nullable=False, index=True),
     sa.Column("total_cents", sa.BigInteger, nullable=False),
     sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
 )
 order_items = sa.Table(
     "order_items", metadata,
@@ -49,7 +50,7 @@ idempotency = sa.Table(
     sa.Column("idem_key", sa.String(200), primary_key=True),
     sa.Column("request_hash", sa.String(64), nullable=False),
     sa.Column("order_id", sa.Integer, nullable=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
 )
 
 MAX_LINES = 100

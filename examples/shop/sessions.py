@@ -14,6 +14,7 @@ import msgspec
 import sqlalchemy as sa
 
 from mitosis import Cache, Database
+from shop.timestamps import Timestamp
 
 metadata = sa.MetaData()
 sessions = sa.Table(
@@ -23,7 +24,7 @@ sessions = sa.Table(
     sa.Column("generation", sa.Integer, nullable=False),
     sa.Column("refresh_hash", sa.String(64), nullable=False),
     sa.Column("revoked", sa.Boolean, nullable=False),
-    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", Timestamp, nullable=False),
 )
 
 

@@ -263,7 +263,8 @@ class Database(Resource):
             if len(schema) > 64:
                 raise ValueError(f"resources.database: MySQL database name {schema!r} "
                                  f"is longer than 64 characters; shorten the URL's database")
-            admin = url.set(database=None)  # the URL's database need not exist
+            # (URL.set(database=None) means "unchanged"; _replace really clears it)
+            admin = url._replace(database=None)  # the URL's database need not exist
             url = url.set(database=schema).update_query_dict({"charset": "utf8mb4"})
         engine = create_async_engine(url, **kw)
         if backend == "sqlite":

@@ -6,6 +6,10 @@ Revises:
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
+
+# Microseconds on MySQL too (its DATETIME drops them unless asked).
+TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 revision = "catalog_0001"
 down_revision = None
@@ -21,8 +25,8 @@ def upgrade() -> None:
         sa.Column("description", sa.String(2000), nullable=False, server_default=""),
         sa.Column("price_cents", sa.BigInteger, nullable=False),
         sa.Column("stock", sa.Integer, nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
+        sa.Column("updated_at", TIMESTAMP, nullable=False),
         sa.CheckConstraint("stock >= 0", name="stock_not_negative"),
         sa.CheckConstraint("price_cents >= 0", name="price_not_negative"),
     )

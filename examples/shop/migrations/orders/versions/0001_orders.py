@@ -6,6 +6,10 @@ Revises:
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
+
+# Microseconds on MySQL too (its DATETIME drops them unless asked).
+TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 revision = "orders_0001"
 down_revision = None
@@ -20,7 +24,7 @@ def upgrade() -> None:
         sa.Column("user_id", sa.String(64), nullable=False, index=True),
         sa.Column("total_cents", sa.BigInteger, nullable=False),
         sa.Column("status", sa.String(20), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
     )
     op.create_table(
         "order_items",
@@ -36,7 +40,7 @@ def upgrade() -> None:
         sa.Column("idem_key", sa.String(200), primary_key=True),
         sa.Column("request_hash", sa.String(64), nullable=False),
         sa.Column("order_id", sa.Integer, nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
     )
 
 
