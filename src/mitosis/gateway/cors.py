@@ -94,10 +94,11 @@ class Cors:
             return None
         headers = [("access-control-allow-origin", allowed),
                    ("access-control-allow-methods", self.methods),
-                   ("access-control-allow-headers",
-                    self.headers or req.headers.get("access-control-request-headers", "")),
                    ("access-control-max-age", self.max_age),
                    ("vary", "Origin")]
+        asked = self.headers or req.headers.get("access-control-request-headers", "")
+        if asked:
+            headers.append(("access-control-allow-headers", asked))
         if self.credentials:
             headers.append(("access-control-allow-credentials", "true"))
         return Response(204, b"", headers=headers)
@@ -110,6 +111,8 @@ class Cors:
         allowed = self.allow(origin)
         if allowed is None:
             return
+        if resp.headers and any(k == "access-control-allow-origin" for k, _ in resp.headers):
+            return  # a preflight answer has them already
         extra = [("access-control-allow-origin", allowed), ("vary", "Origin")]
         if self.credentials:
             extra.append(("access-control-allow-credentials", "true"))
