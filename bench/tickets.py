@@ -1,6 +1,7 @@
 """Tickets purchase throughput: mitosis vs the FastAPI + httpx comparison, same run.
 
     python bench/tickets.py [--duration 10] [--connections 50] [--rounds 1]
+                            [--access-log off|on|both]
 
 Drives ``POST /api/v1/purchase {"qty": 1}`` with wrk (50 connections, pinned to
 core 1) against servers pinned to core 0 (both processes of a microservices
@@ -13,7 +14,9 @@ topology share that core), stock large enough never to sell out:
 
 Every figure is printed beside its comparison and the ratio.  With
 ``--rounds N`` each configuration runs N times interleaved and the median
-round is reported.
+round is reported.  ``--access-log`` runs mitosis at log level WARNING (off,
+the default here), INFO (on: one access-log line per request, as ``mitosis run``
+does by default), or both, interleaved, with the on/off ratio.
 """
 
 from __future__ import annotations
@@ -39,12 +42,12 @@ HEADERS = {"Content-Type": "application/json"}
 
 
 @contextmanager
-def mitosis(topology: str) -> Iterator[int]:
+def mitosis(topology: str, log_level: str = "WARNING") -> Iterator[int]:
     """Start ``mitosis run`` on a tickets topology; yield the purchase port."""
     ports = {"PORT": free_port(), "VACANCY_PORT": free_port(), "TICKET_PORT": free_port()}
     env = {k: str(v) for k, v in ports.items()}
     env.update(INITIAL_STOCK=STOCK, MITOSIS_DATA_DIR=tempfile.mkdtemp(prefix="bench-tickets-"),
-               MITOSIS_LOG_LEVEL="WARNING")
+               MITOSIS_LOG_LEVEL=log_level)
     proc = start_server([sys.executable, "-m", "mitosis", "run",
                          str(ROOT / "examples" / "tickets" / "topologies" / f"{topology}.yaml")],
                         cpu=SERVER_CPU, env=env)
@@ -83,8 +86,9 @@ def fastapi(topology: str) -> Iterator[int]:
             stop_server(p)
 
 
-def drive(server: Callable[[str], Iterator[int]], topology: str, args: argparse.Namespace) -> LoadResult:
-    with server(topology) as port:  # type: ignore[attr-defined]
+def drive(server: Callable[..., Iterator[int]], topology: str, args: argparse.Namespace,
+          **options: str) -> LoadResult:
+    with server(topology, **options) as port:  # type: ignore[attr-defined]
         url = f"http://127.0.0.1:{port}/api/v1/purchase"
         run_wrk(url, body=BODY, headers=HEADERS, connections=args.connections, duration=2,
                 cpu=LOAD_CPU)  # warm-up
@@ -93,6 +97,10 @@ def drive(server: Callable[[str], Iterator[int]], topology: str, args: argparse.
     if r.errors or r.non2xx:
         print(f"  warning: {topology}: {r.errors} socket errors, {r.non2xx} non-2xx responses")
     return r
+
+
+def median(runs: list[LoadResult]) -> LoadResult:
+    return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
 
 
 def fmt(r: LoadResult) -> str:
@@ -104,27 +112,38 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10, help="seconds of load per measurement")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--access-log", choices=("off", "on", "both"), default="off",
+                    help="mitosis at log level WARNING (off), INFO (on: access log), or both")
     args = ap.parse_args()
     if os.cpu_count() and os.cpu_count() < 2:  # type: ignore[operator]
         print("warning: fewer than 2 cores; server and load generator will share one")
     print(f"bench/tickets.py: POST /api/v1/purchase {{\"qty\": 1}}, {args.connections} connections, "
           f"{args.duration}s, servers on cpu {SERVER_CPU}, wrk on cpu {LOAD_CPU}, "
-          f"{args.rounds} round(s)")
+          f"{args.rounds} round(s), access log {args.access_log}")
     targets = {"monolith": 3.2, "microservices": 15.0}
+    levels = {"off": ["WARNING"], "on": ["INFO"], "both": ["WARNING", "INFO"]}[args.access_log]
     for topology in ("monolith", "microservices"):
-        ours: list[LoadResult] = []
+        ours: dict[str, list[LoadResult]] = {level: [] for level in levels}
         theirs: list[LoadResult] = []
         for _ in range(args.rounds):
-            ours.append(drive(mitosis, topology, args))
+            for level in levels:
+                ours[level].append(drive(mitosis, topology, args, log_level=level))
             theirs.append(drive(fastapi, topology, args))
-        m = sorted(ours, key=lambda r: r.rps)[len(ours) // 2]
-        f = sorted(theirs, key=lambda r: r.rps)[len(theirs) // 2]
-        ratio = m.rps / f.rps
-        print(f"{topology:>13}  mitosis  {fmt(m)}")
-        print(f"{'':>13}  fastapi  {fmt(f)}")
-        print(f"{'':>13}  ratio    {ratio:5.2f}x  (target >= {targets[topology]}x, p99 <= 25 ms)"
-              + (f"  rounds: {[round(r.rps) for r in ours]} vs {[round(r.rps) for r in theirs]}"
-                 if args.rounds > 1 else ""))
+        f = median(theirs)
+        for i, level in enumerate(levels):
+            m = median(ours[level])
+            label = "mitosis" if len(levels) == 1 else f"log {'on ' if level == 'INFO' else 'off'}"
+            print(f"{topology if i == 0 else '':>13}  {label}  {fmt(m)}"
+                  + (f"  rounds: {[round(r.rps) for r in ours[level]]}" if args.rounds > 1 else ""))
+        print(f"{'':>13}  fastapi  {fmt(f)}"
+              + (f"  rounds: {[round(r.rps) for r in theirs]}" if args.rounds > 1 else ""))
+        for level in levels:
+            ratio = median(ours[level]).rps / f.rps
+            print(f"{'':>13}  ratio    {ratio:5.2f}x  (target >= {targets[topology]}x, p99 <= 25 ms)"
+                  + (f"  log {'on' if level == 'INFO' else 'off'}" if len(levels) > 1 else ""))
+        if len(levels) > 1:
+            on, off = median(ours["INFO"]), median(ours["WARNING"])
+            print(f"{'':>13}  log on/off {on.rps / off.rps:5.3f}  (target >= 0.90)")
 
 
 if __name__ == "__main__":

@@ -67,9 +67,13 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util.concurrency import greenlet_spawn
 
+from mitosis.data import sqlite_driver
 from mitosis.errors import Unavailable
 from mitosis.resource import Resource, ResourceContext
+
+sqlite_driver.register()
 
 __all__ = ["Database", "DatabaseSettings"]
 
@@ -79,13 +83,14 @@ Params = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 _SERVICE = re.compile(r"[a-z0-9_]+")
 # scheme -> (async driver URL scheme, module to import, extra to install)
 _DRIVERS: dict[str, tuple[str, str, str | None]] = {
-    "sqlite": ("sqlite+aiosqlite", "aiosqlite", None),
+    "sqlite": ("sqlite+mitosis", "sqlite3", None),  # see sqlite_driver.py
     "postgresql": ("postgresql+asyncpg", "asyncpg", "postgres"),
     "postgres": ("postgresql+asyncpg", "asyncpg", "postgres"),
     "mysql": ("mysql+aiomysql", "aiomysql", "mysql"),
     "mariadb": ("mysql+aiomysql", "aiomysql", "mysql"),
 }
 SQLITE_BUSY_MS = 5000
+_RESULT, _ONE, _ALL, _SCALAR = range(4)
 READY_TIMEOUT = 2.0
 # SQLSTATEs (PostgreSQL) and error numbers (MySQL) meaning "try again later".
 _PG_UNAVAILABLE = ("08", "53", "57P", "55P03", "57014")
@@ -146,6 +151,8 @@ def async_url(url: str | URL) -> URL:
         raise ValueError(f"resources.database: {parsed.render_as_string(hide_password=True)!r}: "
                          f"unsupported database; use sqlite://, postgresql:// or mysql://")
     driver, module, extra = entry
+    if "+" in parsed.drivername:  # the user named a driver: theirs to install
+        return parsed
     if importlib.util.find_spec(module) is None:
         raise ImportError(f"resources.database: {parsed.render_as_string(hide_password=True)!r} "
                           f"needs the {module} driver: pip install 'mitosis[{extra}]'")
@@ -254,6 +261,10 @@ class Database(Resource):
         if backend == "sqlite":
             path = _sqlite_path(url, ctx.service)
             url = url.set(database=str(path))
+            if url.get_driver_name() == "mitosis":
+                # One connection: statements run on the loop's one thread, so
+                # more would only compete for the file's write lock.
+                kw["pool_size"], kw["max_overflow"] = 1, 0
         elif backend == "postgresql":
             schema = ctx.service
             admin = url
@@ -302,20 +313,35 @@ class Database(Resource):
             yield conn
 
     async def execute(self, stmt: Statement, params: Params = None) -> sa.CursorResult[Any]:
-        async with self.guard(), self.engine.begin() as conn:
-            return await conn.execute(_statement(stmt), params)
+        return await self._run(_RESULT, stmt, params)  # type: ignore[no-any-return]
 
     async def fetchone(self, stmt: Statement, params: Params = None) -> Row[Any] | None:
-        result = await self.execute(stmt, params)
-        return result.first()
+        return await self._run(_ONE, stmt, params)  # type: ignore[no-any-return]
 
     async def fetchall(self, stmt: Statement, params: Params = None) -> list[Row[Any]]:
-        result = await self.execute(stmt, params)
-        return list(result.all())
+        return await self._run(_ALL, stmt, params)  # type: ignore[no-any-return]
 
     async def scalar(self, stmt: Statement, params: Params = None) -> Any:
-        result = await self.execute(stmt, params)
-        return result.scalar()
+        return await self._run(_SCALAR, stmt, params)
+
+    async def _run(self, kind: int, stmt: Statement, params: Params) -> Any:
+        # One trip into SQLAlchemy's sync core for checkout, BEGIN, the statement,
+        # the rows, COMMIT and return, instead of one per step: a single statement
+        # is the common case, and every async step costs greenlet switches.
+        async with self.guard():
+            return await greenlet_spawn(self._run_sync, kind, _statement(stmt), params)
+
+    def _run_sync(self, kind: int, stmt: sa.Executable, params: Params) -> Any:
+        with self.engine.sync_engine.begin() as conn:
+            result = conn.execute(stmt, params)
+            if kind == _ONE:
+                return result.first()
+            if kind == _ALL:
+                return result.all()
+            if kind == _SCALAR:
+                return result.scalar()
+            # Rows are read before the connection goes back to the pool.
+            return result.freeze()() if result.returns_rows else result
 
 
 def _statement(stmt: Statement) -> sa.Executable:
@@ -344,8 +370,10 @@ def _sqlite_events(engine: AsyncEngine) -> None:
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
-                       f"busy_timeout={SQLITE_BUSY_MS}"):
+        pragmas = ["journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"]
+        if engine.dialect.driver != "mitosis":  # it waits for locks without blocking the loop
+            pragmas.append(f"busy_timeout={SQLITE_BUSY_MS}")
+        for pragma in pragmas:
             cur.execute(f"PRAGMA {pragma}")
         cur.close()
 

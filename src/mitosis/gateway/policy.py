@@ -110,5 +110,7 @@ class EdgePolicy:
         return hops[0] if hops else peer
 
     async def aclose(self) -> None:
+        if self.access is not None:
+            self.access.flush()  # the last lines before the process says it stopped
         if self.limiter is not None:
             await self.limiter.aclose()

@@ -10,22 +10,73 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
+
+import msgspec
 
 from mitosis.app import App
+from mitosis.gateway.access import iso_utc
 from mitosis.runtime.host import Host, ListenError
 from mitosis.spec import SpecError
 from mitosis.topology import Problem, Topology, TopologyError, bind, load_topology
 
-__all__ = ["configure_logging", "load_app", "load_bound", "run_process", "serve"]
+__all__ = ["LogFormatter", "configure_logging", "load_app", "load_bound", "run_process", "serve"]
 
 log = logging.getLogger("mitosis.process")
 
 
-def configure_logging() -> None:
+class LogFormatter(logging.Formatter):
+    """``2025-05-01T12:00:00.123Z INFO mitosis.host: message`` lines (UTC), or
+    with ``style="json"`` one JSON object per line: time, level, logger, the
+    constant ``fields`` (process, replica), message, any ``extra=`` fields, and
+    ``exc``/``stack`` when present.  A :class:`~mitosis.gateway.access.LineFormat`,
+    so the access log writes its lines in the same shape without a LogRecord."""
+
+    def __init__(self, style: Literal["text", "json"] = "text",
+                 fields: Mapping[str, object] | None = None):
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.line_style: Literal["text", "json"] = style
+        self.fields: Mapping[str, object] = dict(fields or {})
+
+    def __repr__(self) -> str:
+        return f"<LogFormatter {self.line_style} {dict(self.fields)}>"
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return iso_utc(record.created)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.line_style == "text":
+            return super().format(record)
+        line: dict[str, object] = {"time": iso_utc(record.created), "level": record.levelname,
+                                   "logger": record.name, **self.fields,
+                                   "message": record.getMessage()}
+        line.update((k, v) for k, v in record.__dict__.items()
+                    if k not in _RECORD_KEYS and not k.startswith("_"))
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return _encode_json(line).decode()
+
+
+_RECORD_KEYS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_encode_json = msgspec.json.Encoder(enc_hook=repr).encode
+
+
+def configure_logging(process: str | None = None, replica: int = 0) -> None:
+    """Root logging to stderr at ``MITOSIS_LOG_LEVEL`` (default INFO), as text
+    lines or, with ``MITOSIS_LOG_FORMAT=json``, JSON lines."""
     level = os.environ.get("MITOSIS_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    style = os.environ.get("MITOSIS_LOG_FORMAT", "text").lower()
+    if style not in ("text", "json"):
+        raise ValueError(f"MITOSIS_LOG_FORMAT={style!r} is neither text nor json; "
+                         f"fix: unset it, or set MITOSIS_LOG_FORMAT=json")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter("json" if style == "json" else "text",
+                                      {"process": process, "replica": replica} if process else None))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def load_app(topo: Topology) -> App:
@@ -77,7 +128,7 @@ async def serve(host: Host) -> None:
 
 
 def run_process(path: str, process: str, replica: int = 0, *, strict: bool = False) -> int:
-    configure_logging()
+    configure_logging(process, replica)
     app, topo = load_bound(path)
     for key, value in topo.processes[process].env.items():
         os.environ.setdefault(key, value)
