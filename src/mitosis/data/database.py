@@ -14,9 +14,12 @@ namespace inside it::
     mysql://u:p@h/shop                   database ``shop_catalog`` (utf8mb4)
 
 Plain ``sqlite://``, ``postgresql://``, ``postgres://``, ``mysql://`` and
-``mariadb://`` are rewritten to the asyncio drivers (aiosqlite, asyncpg,
-aiomysql); the last two are extras: ``pip install 'mitosis[postgres]'`` or
-``'mitosis[mysql]'``.  Service names are ``[a-z0-9_]+``.
+``mariadb://`` are rewritten to the asyncio drivers (``sqlite+mitosis``,
+asyncpg, aiomysql); the last two are extras: ``pip install 'mitosis[postgres]'``
+or ``'mitosis[mysql]'``.  ``sqlite+mitosis`` (``sqlite_driver.py``) runs
+statements on the loop's thread, one connection per process.  A URL that
+names its driver (``sqlite+aiosqlite://``) is used as given.  Service names
+are ``[a-z0-9_]+``.
 
 Settings (topology ``settings.database``, all optional)::
 
