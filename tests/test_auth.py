@@ -233,6 +233,17 @@ def test_verifier_issue_verify_and_hs256_only_when_configured(tmp_path):
         v.verify_access(t)
 
 
+def test_a_remembered_token_still_expires(tmp_path):
+    """Verified tokens are remembered, but only for their own time window."""
+    v = TokenVerifier(AuthConfig.from_settings({}, "shop", tmp_path))
+    token, _ = v.issue_access("u1", ttl=1)
+    assert v.verify_access(token).subject == "u1"
+    assert v.verify_access(token).subject == "u1"  # from memory now
+    time.sleep(1.2)
+    with pytest.raises(Unauthorized, match=INVALID):
+        v.verify_access(token)
+
+
 def test_concurrent_generation_agrees(tmp_path):
     from mitosis.auth.keys import _generate
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import sqlalchemy as sa
@@ -92,6 +92,7 @@ def _product(row: sa.Row[tuple[int, str, str, int, int]]) -> Product:
 
 _COLUMNS = (products.c.id, products.c.name, products.c.description, products.c.price_cents,
             products.c.stock)
+_PRICED = (products.c.id, products.c.name, products.c.price_cents)
 
 
 def _merge(lines: list[Line]) -> list[tuple[int, int]]:
@@ -178,22 +179,31 @@ class Catalog(Service):
         wanted = _merge(lines)
         if not wanted:
             return []
+        # PostgreSQL and SQLite return the row from the UPDATE itself: one
+        # statement fewer while the row is locked.  MySQL reads it after.
+        returning = self.db.engine.dialect.update_returning
+        info: dict[int, sa.Row[Any]] = {}
         async with self.db.transaction() as conn:
             for pid, qty in wanted:
-                result = await conn.execute(
-                    products.update()
-                    .where(products.c.id == pid, products.c.stock >= qty)
-                    .values(stock=products.c.stock - qty))
-                if result.rowcount == 0:
+                take = (products.update().where(products.c.id == pid, products.c.stock >= qty)
+                        .values(stock=products.c.stock - qty))
+                if returning:
+                    row = (await conn.execute(take.returning(*_PRICED))).first()
+                    taken = row is not None
+                    if row is not None:
+                        info[pid] = row
+                else:
+                    taken = (await conn.execute(take)).rowcount == 1
+                if not taken:
                     left = (await conn.execute(
                         sa.select(products.c.stock).where(products.c.id == pid))).scalar_one_or_none()
                     if left is None:
                         raise ProductNotFound(f"no product {pid}")
                     raise OutOfStock(f"product {pid}: {qty} asked, {left} left")
-            rows = (await conn.execute(
-                sa.select(products.c.id, products.c.name, products.c.price_cents)
-                .where(products.c.id.in_([pid for pid, _ in wanted])))).all()
-        info = {r.id: r for r in rows}
+            if not returning:
+                rows = (await conn.execute(sa.select(*_PRICED).where(
+                    products.c.id.in_([pid for pid, _ in wanted])))).all()
+                info = {r.id: r for r in rows}
         return [PricedLine(product_id=pid, name=info[pid].name, qty=qty,
                            unit_price=from_cents(info[pid].price_cents)) for pid, qty in wanted]
 

@@ -484,7 +484,10 @@ def app_fixture(app: App, *, modes: tuple[str, ...] = MODES, env: dict[str, str]
                 group = (TopologyGroup(app, mode, files[mode], extra) if mode in files
                          else ProcessGroup(app, extra, settings))
                 groups[key] = group
-                request.session.config.add_cleanup(group.stop)
+                # Stopped with the module: a later module's apps do not share
+                # the machine (or a database server's connection limit) with it.
+                owner = request.node.getparent(pytest.Module) or request.session
+                owner.addfinalizer(lambda g=group, k=key: (g.stop(), groups.pop(k, None)))
                 group.start()
             harness = (TopologyHarness(group) if isinstance(group, TopologyGroup)
                        else ProcessHarness(group))

@@ -39,6 +39,9 @@ _SUPPORTED = ("EdDSA", "ES256", "ES384", "RS256", "PS256", "HS256", "HS384", "HS
 _REQUIRED = ["exp", "iat", "nbf", "sub", "jti"]
 
 
+# Verified tokens remembered per process (each entry ~0.5 KB).
+VERIFIED_CACHE = 10_000
+
 class AuthConfigError(ValueError):
     """``settings.auth`` is wrong: says which key and how to fix it."""
 
@@ -119,6 +122,9 @@ class TokenVerifier:
         self._options: Any = {"require": _REQUIRED, "verify_signature": True, "verify_exp": True,
                               "verify_nbf": True, "verify_iat": True, "verify_aud": True,
                               "verify_iss": True}
+        # token -> (principal, nbf, exp): a verified token is checked once,
+        # then only its time window (an Ed25519 check costs ~100 µs).
+        self._verified: dict[str, tuple[Principal, float, float]] = {}
 
     def __repr__(self) -> str:
         return f"<TokenVerifier iss={self.config.issuer!r} algorithms={list(self.config.algorithms)}>"
@@ -147,6 +153,19 @@ class TokenVerifier:
 
     def verify_access(self, token: str) -> Principal:
         """The token's principal, or ``Unauthorized`` with one generic message."""
+        hit = self._verified.get(token)
+        if hit is not None:
+            now = time.time()
+            if hit[1] - self.config.leeway <= now < hit[2] + self.config.leeway:
+                return hit[0]
+            del self._verified[token]
+        principal, nbf, exp = self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE:
+            del self._verified[next(iter(self._verified))]  # the oldest entry
+        self._verified[token] = (principal, nbf, exp)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float, float]:
         jwt = self._jwt
         try:
             kid = jwt.get_unverified_header(token).get("kid")
@@ -166,7 +185,8 @@ class TokenVerifier:
                 or not isinstance(roles, list) or not all(isinstance(r, str) for r in roles)
                 or not (sid is None or isinstance(sid, str))):
             raise Unauthorized(INVALID)
-        return Principal(sub, tuple(roles), sid, str(claims["jti"]))
+        return (Principal(sub, tuple(roles), sid, str(claims["jti"])), float(claims["nbf"]),
+                float(claims["exp"]))
 
 
 class Tokens(Resource):
