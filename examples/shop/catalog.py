@@ -94,6 +94,16 @@ _COLUMNS = (products.c.id, products.c.name, products.c.description, products.c.p
             products.c.stock)
 _PRICED = (products.c.id, products.c.name, products.c.price_cents)
 
+# The hot statements are built once: building a SQLAlchemy statement costs
+# more than running it on SQLite.
+_pid, _qty = sa.bindparam("pid"), sa.bindparam("qty")
+GET = sa.select(*_COLUMNS).where(products.c.id == _pid)
+STOCK = sa.select(products.c.stock).where(products.c.id == _pid)
+TAKE = (products.update().where(products.c.id == _pid, products.c.stock >= _qty)
+        .values(stock=products.c.stock - _qty))
+TAKE_RETURNING = TAKE.returning(*_PRICED)
+GIVE_BACK = products.update().where(products.c.id == _pid).values(stock=products.c.stock + _qty)
+
 
 def _merge(lines: list[Line]) -> list[tuple[int, int]]:
     """Quantities per product, in id order: every transaction locks rows in
@@ -129,7 +139,7 @@ class Catalog(Service):
 
     @get("/api/products/{product_id}", tags=("catalog",))
     async def get_product(self, product_id: int) -> Product:
-        row = await self.db.fetchone(sa.select(*_COLUMNS).where(products.c.id == product_id))
+        row = await self.db.fetchone(GET, {"pid": product_id})
         if row is None:
             raise ProductNotFound(f"no product {product_id}")
         return _product(row)
@@ -185,18 +195,16 @@ class Catalog(Service):
         info: dict[int, sa.Row[Any]] = {}
         async with self.db.transaction() as conn:
             for pid, qty in wanted:
-                take = (products.update().where(products.c.id == pid, products.c.stock >= qty)
-                        .values(stock=products.c.stock - qty))
+                args = {"pid": pid, "qty": qty}
                 if returning:
-                    row = (await conn.execute(take.returning(*_PRICED))).first()
+                    row = (await conn.execute(TAKE_RETURNING, args)).first()
                     taken = row is not None
                     if row is not None:
                         info[pid] = row
                 else:
-                    taken = (await conn.execute(take)).rowcount == 1
+                    taken = (await conn.execute(TAKE, args)).rowcount == 1
                 if not taken:
-                    left = (await conn.execute(
-                        sa.select(products.c.stock).where(products.c.id == pid))).scalar_one_or_none()
+                    left = (await conn.execute(STOCK, args)).scalar_one_or_none()
                     if left is None:
                         raise ProductNotFound(f"no product {pid}")
                     raise OutOfStock(f"product {pid}: {qty} asked, {left} left")
@@ -212,8 +220,7 @@ class Catalog(Service):
         wanted = _merge(lines)
         async with self.db.transaction() as conn:
             for pid, qty in wanted:
-                await conn.execute(products.update().where(products.c.id == pid)
-                                   .values(stock=products.c.stock + qty))
+                await conn.execute(GIVE_BACK, {"pid": pid, "qty": qty})
 
 
 def _admin(principal: Principal) -> None:

@@ -53,6 +53,16 @@ idempotency = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
 )
 
+# The hot statements are built once (building one costs more than running it).
+_user, _key, _oid = sa.bindparam("u"), sa.bindparam("k"), sa.bindparam("oid")
+INSERT_ORDER = orders.insert()
+INSERT_ITEMS = order_items.insert()
+MARK_KEY = (idempotency.update().where(idempotency.c.user_id == _user, idempotency.c.idem_key == _key)
+            .values(order_id=_oid))
+GET_ORDER = sa.select(orders).where(orders.c.id == _oid, orders.c.user_id == _user)
+GET_ITEMS = sa.select(order_items).where(order_items.c.order_id == _oid).order_by(
+    order_items.c.product_id)
+
 MAX_LINES = 100
 # A claim older than this whose request never finished (its process died)
 # may be taken over by a retry.
@@ -202,16 +212,14 @@ class Orders(Service):
                               details=[{"path": "$.total_amount", "reason": "does not match prices"}])
             now = datetime.now(UTC)
             async with self.db.transaction() as conn:
-                result = await conn.execute(orders.insert().values(
-                    user_id=user, total_cents=total, status="placed", created_at=now))
+                result = await conn.execute(INSERT_ORDER, {
+                    "user_id": user, "total_cents": total, "status": "placed", "created_at": now})
                 order_id = int(result.inserted_primary_key[0])
-                await conn.execute(order_items.insert(), [
+                await conn.execute(INSERT_ITEMS, [
                     {"order_id": order_id, "product_id": p.product_id, "name": p.name, "qty": p.qty,
                      "unit_cents": to_cents(p.unit_price, "unit_price")} for p in priced])
                 if key is not None:
-                    await conn.execute(idempotency.update().where(
-                        idempotency.c.user_id == user, idempotency.c.idem_key == key,
-                    ).values(order_id=order_id))
+                    await conn.execute(MARK_KEY, {"u": user, "k": key, "oid": order_id})
             stored = True
         finally:
             if not stored:
@@ -220,12 +228,10 @@ class Orders(Service):
 
     async def _load(self, user: str, order_id: int) -> Order:
         async with self.db.transaction() as conn:
-            row = (await conn.execute(sa.select(orders).where(
-                orders.c.id == order_id, orders.c.user_id == user))).one_or_none()
+            row = (await conn.execute(GET_ORDER, {"oid": order_id, "u": user})).one_or_none()
             if row is None:
                 raise OrderNotFound(f"no order {order_id}")
-            items = (await conn.execute(sa.select(order_items).where(
-                order_items.c.order_id == order_id).order_by(order_items.c.product_id))).all()
+            items = (await conn.execute(GET_ITEMS, {"oid": order_id})).all()
         return _order(row.id, row.user_id, row.total_cents, row.status, _utc(row.created_at), [
             PricedLine(product_id=i.product_id, name=i.name, qty=i.qty,
                        unit_price=from_cents(i.unit_cents)) for i in items])
