@@ -13,6 +13,7 @@ from tickets.app import app
 from mitosis import App, Service
 from mitosis.topology import TopologyError, bind, load_topology
 
+ROOT = Path(__file__).resolve().parent.parent
 HEAD = "app: tickets.app:app\npythonpath: ../examples\n"
 
 
@@ -187,3 +188,18 @@ def test_check_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mitosis", "check", str(bad)],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "not placed" in r.stderr and "fix:" in r.stderr
+
+
+def test_check_command_reads_the_gateway_and_database_settings(tmp_path, capsys, monkeypatch):
+    """`mitosis check` refuses what a process would refuse at start."""
+    from mitosis.cli import main
+
+    monkeypatch.setenv("MITOSIS_DATA_DIR", str(tmp_path / "data"))
+    shop = ROOT / "examples" / "shop" / "topologies" / "monolith.yaml"
+    assert main(["check", str(shop)]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(shop.read_text().replace("pythonpath: ../..", f"pythonpath: {ROOT / 'examples'}")
+                   .replace("      burst: ${SHOP_RATE_USER_BURST:-20}", "      burst: -1"))
+    assert main(["check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "settings.rate_limit.user.burst" in err and "fix:" in err and "bad.yaml:" in err

@@ -7,9 +7,28 @@ import asyncio
 import sys
 
 from mitosis.resource import ResourceContext
-from mitosis.topology import TopologyError
+from mitosis.topology import Topology, TopologyError
 
 __all__ = ["main"]
+
+
+def _check_settings(topo: Topology, app: str) -> str | None:
+    """What processes would refuse at start: the gateway's and the data
+    layer's settings (auth, rate_limit, cors, database, ...)."""
+    from mitosis.data.database import DatabaseSettings
+    from mitosis.gateway.policy import EdgePolicy
+    from mitosis.runtime.host import data_dir
+
+    try:
+        DatabaseSettings.from_settings(dict(topo.settings.extra))
+        if any(lst.public for p in topo.processes.values() for lst in p.listeners):
+            policy = EdgePolicy.from_topology(topo, app, data_dir())
+            asyncio.run(policy.aclose())
+    except TopologyError as exc:
+        return str(exc)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _check(path: str) -> int:
@@ -19,6 +38,10 @@ def _check(path: str) -> int:
         app, topo = load_bound(path)
     except TopologyError as exc:
         print(f"{path}: {len(exc.problems)} problem(s)\n{exc}", file=sys.stderr)
+        return 1
+    problem = _check_settings(topo, app.name)
+    if problem:
+        print(f"{path}: {problem}", file=sys.stderr)
         return 1
     print(f"{path}: ok — topology {topo.name!r} of app {app.name!r}")
     for proc in topo.processes.values():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -47,6 +48,7 @@ __all__ = ["current", "downgrade", "history", "prepare", "upgrade"]
 
 Revisions = tuple[str | None, str | None]
 LOCK_WAIT = 300  # seconds a replica waits for another one's migration (MySQL)
+log = logging.getLogger("mitosis.data")
 _POLL = 0.02
 # Alembic publishes the running migration through module globals (alembic.op,
 # alembic.context): two migrations interleaving on one event loop would
@@ -62,6 +64,9 @@ async def prepare(db: Database, *, run: bool) -> bool:
         if not run or db.migrations is None:
             return fresh
         before, after = await _migrate(db, "upgrade", "head")
+        if before != after:
+            log.info("%s: database upgraded %s -> %s (%s)", db.service, before or "empty", after,
+                     db.safe_url)
         return fresh or (before is None and after is not None)
 
 

@@ -77,6 +77,8 @@ def configure_logging(process: str | None = None, replica: int = 0) -> None:
     handler.setFormatter(LogFormatter("json" if style == "json" else "text",
                                       {"process": process, "replica": replica} if process else None))
     logging.basicConfig(level=level, handlers=[handler])
+    # Alembic narrates every step at INFO; mitosis.data says what changed.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def load_app(topo: Topology) -> App:
