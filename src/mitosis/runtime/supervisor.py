@@ -69,10 +69,23 @@ class Supervisor:
         sys.stdout.flush()
 
     async def _pump(self, child: _Child, stream: asyncio.StreamReader) -> None:
+        # Whatever the child wrote since the last read, prefixed line by line
+        # and written at once: a busy child's access log costs one write per
+        # batch here, not one per line.
         prefix = f"{child.label:>{self.width}} | ".encode()
         out = sys.stdout.buffer
-        while line := await stream.readline():
-            out.write(prefix + line if line.endswith(b"\n") else prefix + line + b"\n")
+        rest = b""
+        while chunk := await stream.read(1 << 16):
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            if len(rest) > 1 << 16:  # a line without end: pass it on anyway
+                lines.append(rest)
+                rest = b""
+            if lines:
+                out.write(b"".join(prefix + line + b"\n" for line in lines))
+                out.flush()
+        if rest:
+            out.write(prefix + rest + b"\n")
             out.flush()
 
     async def _spawn(self, child: _Child) -> None:
