@@ -335,3 +335,19 @@ async def test_gateway_index(shop):
     uid, user = await new_user(shop)
     assert (await shop.get("/api", headers=user)).json()["you"] == uid
     assert (await shop.get("/api", headers=bearer("garbage"))).status == 401
+
+
+# The topology's default limits, as a person meets them (no overrides).
+limited = app_fixture(app, modes=("inprocess",), topology=TOPOS / "monolith.yaml",
+                      env={"SHOP_ADMIN_EMAIL": ADMIN[0], "SHOP_ADMIN_PASSWORD": ADMIN[1]})
+
+
+async def test_default_rate_limit_is_a_burst_of_20_per_user(limited):
+    _, user = await new_user(limited)
+    statuses = [(await limited.get("/api/auth/me", headers=user)).status for _ in range(25)]
+    assert statuses[:18] == [200] * 18 and 429 in statuses, statuses
+    r = await limited.get("/api/auth/me", headers=user)
+    assert r.status == 429 and int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"]["type"] == "TooManyRequests"
+    _, other = await new_user(limited)  # another user has a bucket of their own
+    assert (await limited.get("/api/auth/me", headers=other)).status == 200
