@@ -21,9 +21,11 @@ Layout (one noun per module):
     cli.py       `mitosis run | check | db`
 """
 
+from typing import TYPE_CHECKING, Any
+
 from mitosis.app import App
 from mitosis.auth import Principal, Tokens
-from mitosis.data import Database, SQLite
+from mitosis.data import SQLite
 from mitosis.data.cache import Cache
 from mitosis.errors import (
     BadRequest,
@@ -78,3 +80,14 @@ __all__ = [
     "post",
     "put",
 ]
+
+if TYPE_CHECKING:
+    from mitosis.data.database import Database
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Database":  # imported on first use: see mitosis.data
+        from mitosis.data.database import Database
+
+        return Database
+    raise AttributeError(f"module 'mitosis' has no attribute {name!r}")
