@@ -296,44 +296,6 @@ class TopologyGroup:
         return f"http://127.0.0.1:{self.entry[next(self._next) % len(self.entry)]}"
 
 
-class TopologyHarness(Harness):
-    def __init__(self, group: TopologyGroup):
-        import httpx
-
-        self.group = group
-        self.mode = group.name
-        self.http = httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_connections=200))
-        self.clients: list[ProcessClient] = []
-        self.stubs: dict[str, Any] = {}
-
-    async def request(self, method: str, path: str, *, json: Any = None, content: bytes | None = None,
-                      headers: dict[str, str] | None = None) -> HttpResult:
-        hdrs = {k.lower(): v for k, v in (headers or {}).items()}
-        body = _body(json, content, hdrs)
-        r = await self.http.request(method, self.group.url() + path, content=body, headers=hdrs)
-        return HttpResult(r.status_code, r.content, dict(r.headers))
-
-    def service(self, name: str) -> Any:
-        if name not in self.stubs:
-            from mitosis.codec import codec_for
-
-            proc = self.group.topo.process_of(name)
-            assert proc is not None
-            spec = self.group.app.specs[name]
-            client = ProcessClient(process=proc.name, addresses=proc.rpc_addresses(),
-                                   settings=Settings(), signer=TokenSigner(self.group.secret.encode()),
-                                   caller_process="test")
-            self.clients.append(client)
-            codecs = {m: codec_for(ms) for m, ms in spec.methods.items()}
-            self.stubs[name] = remote_stub(spec, codecs, client, caller="test")
-        return self.stubs[name]
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-        for c in self.clients:
-            await c.aclose()
-
-
 class ProcessGroup:
     """Every service in its own OS process, started with ``mitosis run``."""
 
@@ -404,39 +366,41 @@ def wait_ready(ports: list[int], timeout: float, proc: subprocess.Popen[bytes] |
         time.sleep(0.05)
 
 
-class ProcessHarness(Harness):
-    mode = "processes"
+class _SocketHarness(Harness):
+    """Requests over TCP (httpx) and service calls over RPC, as any client
+    of a running topology would make them."""
 
-    def __init__(self, group: ProcessGroup):
+    def __init__(self, app: App, secret: str):
         import httpx
 
-        self.group = group
-        self.http = httpx.AsyncClient(timeout=30.0)
+        self.app = app
+        self.secret = secret
+        self.http = httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_connections=200))
         self.clients: list[ProcessClient] = []
         self.stubs: dict[str, Any] = {}
+
+    def url(self, path: str) -> str:
+        raise NotImplementedError
+
+    def addresses(self, service: str) -> tuple[str, list[tuple[str, int]]]:
+        """The process hosting ``service`` and its replicas' RPC addresses."""
+        raise NotImplementedError
 
     async def request(self, method: str, path: str, *, json: Any = None, content: bytes | None = None,
                       headers: dict[str, str] | None = None) -> HttpResult:
         hdrs = {k.lower(): v for k, v in (headers or {}).items()}
         body = _body(json, content, hdrs)
-        bare = path.partition("?")[0]
-        try:
-            port, _ = self.group.router.match("ANY", bare)
-        except Exception:
-            port = next(iter(self.group.ports().values()))
-        r = await self.http.request(method, f"http://127.0.0.1:{port}{path}", content=body,
-                                    headers=hdrs)
+        r = await self.http.request(method, self.url(path), content=body, headers=hdrs)
         return HttpResult(r.status_code, r.content, dict(r.headers))
 
     def service(self, name: str) -> Any:
         if name not in self.stubs:
             from mitosis.codec import codec_for
 
-            spec = self.group.app.specs[name]
-            port = self.group.ports()[name]
-            client = ProcessClient(process=name, addresses=[("127.0.0.1", port)],
-                                   settings=Settings(), signer=TokenSigner(self.group.secret.encode()),
-                                   caller_process="test")
+            spec = self.app.specs[name]
+            process, addresses = self.addresses(name)
+            client = ProcessClient(process=process, addresses=addresses, settings=Settings(),
+                                   signer=TokenSigner(self.secret.encode()), caller_process="test")
             self.clients.append(client)
             codecs = {m: codec_for(ms) for m, ms in spec.methods.items()}
             self.stubs[name] = remote_stub(spec, codecs, client, caller="test")
@@ -446,6 +410,39 @@ class ProcessHarness(Harness):
         await self.http.aclose()
         for c in self.clients:
             await c.aclose()
+
+
+class ProcessHarness(_SocketHarness):
+    mode = "processes"
+
+    def __init__(self, group: ProcessGroup):
+        super().__init__(group.app, group.secret)
+        self.group = group
+
+    def url(self, path: str) -> str:
+        try:  # straight to the owner of the route (every process is public here)
+            port, _ = self.group.router.match("ANY", path.partition("?")[0])
+        except Exception:
+            port = next(iter(self.group.ports().values()))
+        return f"http://127.0.0.1:{port}{path}"
+
+    def addresses(self, service: str) -> tuple[str, list[tuple[str, int]]]:
+        return service, [("127.0.0.1", self.group.ports()[service])]
+
+
+class TopologyHarness(_SocketHarness):
+    def __init__(self, group: TopologyGroup):
+        super().__init__(group.app, group.secret)
+        self.group = group
+        self.mode = group.name
+
+    def url(self, path: str) -> str:
+        return self.group.url() + path
+
+    def addresses(self, service: str) -> tuple[str, list[tuple[str, int]]]:
+        proc = self.group.topo.process_of(service)
+        assert proc is not None
+        return proc.name, proc.rpc_addresses()
 
 
 def app_fixture(app: App, *, modes: tuple[str, ...] = MODES, env: dict[str, str] | None = None,
