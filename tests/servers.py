@@ -9,6 +9,7 @@ the environment, defaulting to the local servers::
     MITOSIS_TEST_POSTGRES   postgresql://postgres@127.0.0.1:5432
     MITOSIS_TEST_MYSQL      mysql://root@127.0.0.1:3306
     MITOSIS_TEST_REDIS      redis://127.0.0.1:6379
+    MITOSIS_TEST_NATS       nats://127.0.0.1:4222   (started with -js: JetStream on)
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
-__all__ = ["mysql_url", "postgres_url", "redis_url", "require"]
+__all__ = ["mysql_url", "nats_url", "postgres_url", "redis_url", "require"]
 
 DEFAULTS = {
     "PostgreSQL": ("MITOSIS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432", 5432),
     "MySQL": ("MITOSIS_TEST_MYSQL", "mysql://root@127.0.0.1:3306", 3306),
     "Redis": ("MITOSIS_TEST_REDIS", "redis://127.0.0.1:6379", 6379),
+    "NATS": ("MITOSIS_TEST_NATS", "nats://127.0.0.1:4222", 4222),
 }
 _reachable: dict[tuple[str, int], bool] = {}
 
@@ -41,14 +43,15 @@ def reachable(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def require(server: str) -> str:
-    """The base URL of ``server`` ("PostgreSQL", "MySQL", "Redis"), or skip/fail."""
+    """The base URL of ``server`` ("PostgreSQL", "MySQL", "Redis", "NATS"), or skip/fail."""
     env, default, default_port = DEFAULTS[server]
     url = os.environ.get(env) or default
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or default_port
     if reachable(host, port):
         return url.rstrip("/")
-    message = (f"{server} not reachable on {host}:{port}; start it, point {env} at one, "
+    how = "start it (nats-server -js: JetStream on)" if server == "NATS" else "start it"
+    message = (f"{server} not reachable on {host}:{port}; {how}, point {env} at one, "
                f"or unset MITOSIS_REQUIRE_SERVICES to skip")
     if os.environ.get("MITOSIS_REQUIRE_SERVICES") == "1":
         pytest.fail(message)
@@ -68,6 +71,11 @@ def mysql_url() -> str:
 def redis_url() -> str:
     """``redis://host:port`` (no database number: append ``/n``)."""
     return require("Redis")
+
+
+def nats_url() -> str:
+    """``nats://host:port`` of a server with JetStream enabled."""
+    return require("NATS")
 
 
 def _run(coro_fn, *args):  # type: ignore[no-untyped-def]
@@ -167,10 +175,24 @@ def distributed_env(mode: str, request: pytest.FixtureRequest) -> dict[str, str]
     if mode in ("inprocess", "strict"):
         return {}
     if mode.endswith("-mariadb"):
-        db = fresh_mysql_prefix(request, ("accounts", "catalog", "orders"))
+        db = fresh_mysql_prefix(request, ("accounts", "catalog", "orders", "notifications"))
     else:
         db = fresh_postgres_database(request)
     base = redis_url()
-    prefix = f"mitosis-test-{uuid.uuid4().hex[:8]}:"
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"mitosis-test-{tag}:"
     request.session.config.add_cleanup(lambda: _run(_redis_clean, base, prefix))
-    return {"DATABASE_URL": db, "REDIS_URL": f"{base}/0?prefix={prefix}"}
+    env = {"DATABASE_URL": db, "REDIS_URL": f"{base}/0?prefix={prefix}"}
+    if mode.startswith("hybrid"):  # events through Redis Streams here, NATS elsewhere
+        env["EVENTS_URL"] = f"{base}/0?prefix={prefix}"
+    else:
+        nats = nats_url()
+        env["EVENTS_URL"] = f"{nats}?namespace=t{tag}"
+        request.session.config.add_cleanup(lambda: _run(_nats_clean, nats, f"shop_t{tag}"))
+    return env
+
+
+async def _nats_clean(url: str, app: str) -> None:
+    from mitosis.events.nats import delete_stream
+
+    await delete_stream(url, app=app)

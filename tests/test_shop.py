@@ -351,3 +351,34 @@ async def test_default_rate_limit_is_a_burst_of_20_per_user(limited):
     assert r.json()["error"]["type"] == "TooManyRequests"
     _, other = await new_user(limited)  # another user has a bucket of their own
     assert (await limited.get("/api/auth/me", headers=other)).status == 200
+
+
+# -- events ----------------------------------------------------------------------
+
+async def notifications_of(h: Harness, user: dict[str, str], n: int) -> list[dict[str, Any]]:
+    """The user's notifications once there are ``n`` (events arrive asynchronously)."""
+    for _ in range(200):
+        r = await h.get("/api/notifications", headers=user)
+        assert r.status == 200, r.json()
+        if r.json()["total"] >= n:
+            return list(r.json()["items"])
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{h.mode}: fewer than {n} notifications after 10 s: {r.json()}")
+
+
+async def test_events_become_notifications(shop):
+    _, user = await new_user(shop)
+    p = await new_product(shop, 5)
+    r = await shop.post("/api/orders", headers=user, json={"items": [{"product_id": p["id"], "qty": 2}]})
+    assert r.status == 201
+    got = await notifications_of(shop, user, 2)
+    await asyncio.sleep(0.3)  # a duplicate would show up by now
+    again = (await shop.get("/api/notifications", headers=user)).json()
+    assert again["total"] == 2, again
+    kinds = sorted(n["kind"] for n in got)
+    assert kinds == ["order_placed", "welcome"]
+    assert f"Order {r.json()['id']} placed" in next(n["message"] for n in got if n["kind"] == "order_placed")
+    _, other = await new_user(shop)
+    mine = await notifications_of(shop, other, 1)
+    assert [n["kind"] for n in mine] == ["welcome"]  # only the caller's own
+    assert (await shop.get("/api/notifications")).status == 401

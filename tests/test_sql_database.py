@@ -180,11 +180,51 @@ async def test_concurrent_opens_of_one_service_migrate_once(backend: Backend):
 
 async def test_an_exhausted_pool_is_unavailable(backend: Backend):
     db = await backend.open(Scratch, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        async with db.transaction():  # another task holds the only connection
+            held.set()
+            await release.wait()
+
     try:
-        async with db.transaction():  # holds the only connection
-            with pytest.raises(Unavailable, match="scratch"):
-                await db.scalar("SELECT 1")
+        holder = asyncio.create_task(hold())
+        await held.wait()
+        with pytest.raises(Unavailable, match="scratch"):
+            await db.scalar("SELECT 1")
+        release.set()
+        await holder
         assert await db.scalar("SELECT 1") == 1
+    finally:
+        await db.aclose()
+
+
+async def test_statements_inside_a_transaction_join_it(backend: Backend):
+    """execute/fetch* and a nested transaction() of the same database use the
+    open transaction: they see its rows, and its rollback undoes them."""
+    db = await backend.open(Scratch, pool_size=1, max_overflow=0, pool_timeout=2)
+    try:
+        await db.execute("CREATE TABLE joined (v INTEGER)")
+        with pytest.raises(RuntimeError):
+            async with db.transaction() as conn:
+                await conn.execute(sa.text("INSERT INTO joined (v) VALUES (1)"))
+                await db.execute("INSERT INTO joined (v) VALUES (2)")
+                async with db.transaction() as inner:
+                    assert inner is conn
+                assert await db.scalar("SELECT count(*) FROM joined") == 2
+                raise RuntimeError("roll back")
+        assert await db.scalar("SELECT count(*) FROM joined") == 0
+        committed: list[bool] = []
+        async with db.transaction() as conn:
+            from mitosis.data.database import current_transaction
+
+            tx = current_transaction()
+            assert tx is not None
+            tx.after_commit.append(lambda: committed.append(True))
+            await conn.execute(sa.text("INSERT INTO joined (v) VALUES (3)"))
+            assert committed == []
+        assert committed == [True]
+        await db.execute("DROP TABLE joined")
     finally:
         await db.aclose()
 

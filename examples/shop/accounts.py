@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from mitosis import Cache, Conflict, Database, Invalid, Principal, Service, Tokens, Unauthorized, get, post
 from mitosis.auth.passwords import hash_password, verify_password
+from shop.events import UserRegistered
 from shop.sessions import Session, SessionStore, expiry, session_store
 from shop.timestamps import Timestamp
 
@@ -95,6 +96,7 @@ class Accounts(Service):
     cache: Cache
     tokens: Tokens
     migrations = "migrations/accounts"
+    publishes = (UserRegistered,)
 
     async def start(self) -> None:
         self.sessions: SessionStore = session_store(self.db, self.cache)
@@ -120,8 +122,10 @@ class Accounts(Service):
         now = datetime.now(UTC)
         pw_hash = await hash_password(password)
         try:
-            await self.db.execute(users.insert().values(
-                id=uid, email=email, password_hash=pw_hash, roles=roles, created_at=now))
+            async with self.db.transaction() as conn:  # the account and its event, or neither
+                await conn.execute(users.insert().values(
+                    id=uid, email=email, password_hash=pw_hash, roles=roles, created_at=now))
+                await self.publish(UserRegistered(user_id=uid, email=email))
         except sa.exc.IntegrityError:
             raise EmailTaken(f"an account with email {email} exists") from None
         return User(id=uid, email=email, roles=[r for r in roles.split(",") if r], created_at=now)

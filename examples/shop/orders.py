@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from mitosis import Conflict, Database, Header, Invalid, NotFound, Principal, Service, get, post
 from shop.catalog import Catalog, Line, PricedLine
+from shop.events import OrderPlaced
 from shop.money import from_cents, to_cents
 from shop.timestamps import Timestamp
 
@@ -135,6 +136,7 @@ class Orders(Service):
     db: Database
     catalog: Catalog
     migrations = "migrations/orders"
+    publishes = (OrderPlaced,)
 
     @post("/api/orders", status=201, tags=("orders",))
     async def place_order(
@@ -220,6 +222,9 @@ class Orders(Service):
                      "unit_cents": to_cents(p.unit_price, "unit_price")} for p in priced])
                 if key is not None:
                     await conn.execute(MARK_KEY, {"u": user, "k": key, "oid": order_id})
+                await self.publish(OrderPlaced(order_id=order_id, user_id=user,
+                                               total_amount=str(from_cents(total)),
+                                               items=sum(p.qty for p in priced)))
             stored = True
         finally:
             if not stored:

@@ -23,8 +23,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 ROUTE_ATTR = "__mitosis_route__"
 IDEMPOTENT_ATTR = "__mitosis_idempotent__"
 
-# Methods of the base class that are lifecycle hooks, not part of the interface.
-LIFECYCLE = frozenset({"start", "stop"})
+# Methods of the base class (lifecycle hooks, publish): not part of the interface.
+LIFECYCLE = frozenset({"start", "stop", "publish"})
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,17 @@ class Service:
 
     async def stop(self) -> None:
         """Called when the process stops, after in-flight requests finished."""
+
+    async def publish(self, event: Any) -> None:
+        """Publish ``event`` (an :class:`mitosis.events.Event` named in this class's
+        ``publishes``).  Inside ``self.db.transaction()`` it is written to the
+        service's outbox in that transaction and relayed after the commit, so a
+        rollback publishes nothing and a crash or broker outage loses nothing."""
+        events = getattr(self, "_mitosis_events", None)
+        if events is None:
+            raise RuntimeError(f"{type(self).__qualname__}.publish: the service is not running "
+                               f"under mitosis (no event bus was wired)")
+        await events.publish(self, event)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} service {self.name!r}>"

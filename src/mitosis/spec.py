@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mitosis.auth.principal import Principal
+from mitosis.events.event import ON_EVENT_ATTR, Event
 from mitosis.resource import Resource
 from mitosis.service import IDEMPOTENT_ATTR, LIFECYCLE, ROUTE_ATTR, Header, RouteDecl, Service
 
@@ -80,6 +81,10 @@ class ServiceSpec:
     # attribute name -> resource class
     resources: dict[str, type[Resource]]
     doc: str | None = None
+    # method name -> the Event class it handles (@on_event)
+    handlers: dict[str, type[Event]] = field(default_factory=dict)
+    # event classes the service declares it publishes (``publishes = (...)``)
+    publishes: tuple[type[Event], ...] = ()
 
 
 _CACHE: dict[type[Service], ServiceSpec] = {}
@@ -118,10 +123,19 @@ def _build(cls: type[Service]) -> ServiceSpec:
             resources[attr] = hint
 
     methods: dict[str, MethodSpec] = {}
+    handlers: dict[str, type[Event]] = {}
     for attr, func in inspect.getmembers(cls, inspect.iscoroutinefunction):
         if attr.startswith("_") or attr in LIFECYCLE:
             continue
+        event = getattr(func, ON_EVENT_ATTR, None)
+        if event is not None:
+            handlers[attr] = _handler(cls, attr, func, event)
+            continue
         methods[attr] = _method(name, cls, attr, func)
+    publishes = tuple(getattr(cls, "publishes", ()) or ())
+    for ev in publishes:
+        if not (isinstance(ev, type) and issubclass(ev, Event)):
+            raise SpecError(f"{cls.__qualname__}.publishes: {ev!r} is not an Event subclass")
     return ServiceSpec(
         name=name,
         cls=cls,
@@ -129,7 +143,21 @@ def _build(cls: type[Service]) -> ServiceSpec:
         dependencies=dependencies,
         resources=resources,
         doc=inspect.getdoc(cls) if cls.__doc__ else None,
+        handlers=handlers,
+        publishes=publishes,
     )
+
+
+def _handler(cls: type, attr: str, func: Any, event: type[Event]) -> type[Event]:
+    where = f"{cls.__qualname__}.{attr}"
+    params = list(inspect.signature(func).parameters.values())[1:]
+    if len(params) != 1:
+        raise SpecError(f"{where}: an @on_event handler takes exactly one parameter, the event")
+    hint = _hints(func, where).get(params[0].name)
+    if hint is not None and hint is not event:
+        raise SpecError(f"{where}: @on_event({event.__name__}) but the parameter is annotated "
+                        f"{getattr(hint, '__name__', hint)}")
+    return event
 
 
 def _method(service: str, cls: type, attr: str, func: Any) -> MethodSpec:

@@ -66,8 +66,9 @@ import asyncio
 import importlib.util
 import inspect
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -323,8 +324,23 @@ class Database(Resource):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with self.guard(), self._writer.begin() as conn:
-            yield conn
+        """A transaction: commit on exit, rollback on an exception.  Inside one,
+        ``transaction()``, ``execute()`` and ``fetch*()`` of the same database join
+        it (one connection, one commit), and ``publish()`` writes to its outbox."""
+        outer = _ambient.get()
+        if outer is not None and outer.db is self:
+            yield outer.conn
+            return
+        async with self.guard():
+            async with self._writer.begin() as conn:
+                tx = _Tx(self, conn)
+                token = _ambient.set(tx)
+                try:
+                    yield conn
+                finally:
+                    _ambient.reset(token)
+            for hook in tx.after_commit:
+                hook()
 
     async def execute(self, stmt: Statement, params: Params = None) -> sa.CursorResult[Any]:
         return await self._run(_RESULT, stmt, params)  # type: ignore[no-any-return]
@@ -339,6 +355,10 @@ class Database(Resource):
         return await self._run(_SCALAR, stmt, params)
 
     async def _run(self, kind: int, stmt: Statement, params: Params) -> Any:
+        outer = _ambient.get()
+        if outer is not None and outer.db is self:  # inside transaction(): join it
+            result = await outer.conn.execute(_statement(stmt), params)
+            return _take(kind, result)
         # One trip into SQLAlchemy's sync core for checkout, BEGIN, the statement,
         # the rows, COMMIT and return, instead of one per step: a single statement
         # is the common case, and every async step costs greenlet switches.
@@ -349,15 +369,37 @@ class Database(Resource):
         many = isinstance(params, list)  # executemany: several statements, one transaction
         with (self._single.connect() if self._single is not None and not many
               else self.engine.sync_engine.begin()) as conn:
-            result = conn.execute(stmt, params)
-            if kind == _ONE:
-                return result.first()
-            if kind == _ALL:
-                return result.all()
-            if kind == _SCALAR:
-                return result.scalar()
-            # Rows are read before the connection goes back to the pool.
-            return result.freeze()() if result.returns_rows else result
+            return _take(kind, conn.execute(stmt, params))
+
+
+def _take(kind: int, result: sa.CursorResult[Any]) -> Any:
+    if kind == _ONE:
+        return result.first()
+    if kind == _ALL:
+        return result.all()
+    if kind == _SCALAR:
+        return result.scalar()
+    # Rows are read before the connection goes back to the pool.
+    return result.freeze()() if result.returns_rows else result
+
+
+class _Tx:
+    """The transaction a task is inside, and what to do once it committed."""
+
+    __slots__ = ("after_commit", "conn", "db")
+
+    def __init__(self, db: Database, conn: AsyncConnection):
+        self.db = db
+        self.conn = conn
+        self.after_commit: list[Callable[[], None]] = []
+
+
+_ambient: ContextVar[_Tx | None] = ContextVar("mitosis_transaction", default=None)
+
+
+def current_transaction() -> _Tx | None:
+    """The ``Database.transaction()`` the calling task is inside, if any."""
+    return _ambient.get()
 
 
 def _statement(stmt: Statement) -> sa.Executable:

@@ -19,13 +19,16 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mitosis.app import App
 from mitosis.codec import MethodCodec, codec_for
 from mitosis.gateway.edge import Edge, RouteHandler
 from mitosis.gateway.http import HttpProtocol
 from mitosis.gateway.policy import EdgePolicy
+
+if TYPE_CHECKING:
+    from mitosis.events.runtime import Events
 from mitosis.resource import Resource, ResourceContext
 from mitosis.runtime.info import RuntimeInfo
 from mitosis.service import Service
@@ -97,6 +100,7 @@ class Host:
         self.rpc_handlers: dict[str, tuple[MethodCodec, Any]] = {}
         self.resources: list[tuple[str, Resource]] = []
         self.edges: list[Edge] = []
+        self.events: Events | None = None  # when a local service publishes or handles events
         self.policy: EdgePolicy | None = None  # built at start when a listener is public
         self.servers: list[asyncio.Server] = []
         self.connections: set[_Closable] = set()
@@ -210,11 +214,37 @@ class Host:
                 setattr(inst, attr, res)
             for m, codec in self.codecs[name].items():
                 self.rpc_handlers[codec.spec.qualname] = (codec, getattr(inst, m))
+        await self._open_events(local)
         for name in _start_order(self.app, local):
             await self.instances[name].start()
             self.started.append(self.instances[name])
+        if self.events is not None:
+            for name in local:
+                await self.events.subscribe(self.app.specs[name], self.instances[name])
+            self.events.begin()
         if any(lst.public for lst in self.process.listeners):
             self.policy = EdgePolicy.from_topology(self.topology, self.app.name, self.data_dir)
+
+    async def _open_events(self, local: list[str]) -> None:
+        """The process's event bus, when one of its services publishes or handles
+        events (a process without any never connects to a broker)."""
+        specs = [self.app.specs[n] for n in local]
+        if not any(s.publishes or s.handlers for s in specs):
+            return
+        from mitosis.data.database import Database
+        from mitosis.events.bus import open_bus
+        from mitosis.events.runtime import Events, EventSettings
+
+        self.events = Events(open_bus(self.topology.resources.get("events"), app=self.app.name),
+                             EventSettings.from_settings(dict(self.topology.settings.extra)))
+        await self.events.start()
+        for spec in specs:
+            inst = self.instances[spec.name]
+            inst._mitosis_events = self.events  # type: ignore[attr-defined]
+            if spec.publishes or spec.handlers:
+                db = next((getattr(inst, a) for a, r in spec.resources.items()
+                           if issubclass(r, Database)), None)
+                await self.events.attach(spec, db)
 
     def bound_ports(self) -> list[int]:
         return [int(s.sockets[0].getsockname()[1]) for s in self.servers]
@@ -261,6 +291,9 @@ class Host:
         for conn in list(self.connections):
             conn.abort()
         self.connections.clear()
+        if self.events is not None:
+            await self.events.aclose()  # deliveries stop; what was not acked comes again
+            self.events = None
         for inst in reversed(self.started):
             try:
                 await inst.stop()
