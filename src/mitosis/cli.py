@@ -135,6 +135,59 @@ async def _db_one(args: argparse.Namespace, ctx: ResourceContext) -> str:
         await db.aclose()
 
 
+def _events(args: argparse.Namespace) -> int:
+    """``mitosis events dead-letters | replay``: the dead letters of every service
+    that handles events and has a ``Database``."""
+    from mitosis.data import Database
+    from mitosis.events import admin
+    from mitosis.runtime.host import data_dir
+    from mitosis.runtime.process import load_bound
+
+    try:
+        app, topo = load_bound(args.topology)
+    except TopologyError as exc:
+        print(f"{args.topology}: {len(exc.problems)} problem(s)\n{exc}", file=sys.stderr)
+        return 1
+    targets = {n: s for n, s in app.specs.items()
+               if s.handlers and any(issubclass(r, Database) for r in s.resources.values())}
+    if args.service is not None:
+        if args.service not in targets:
+            print(f"mitosis events: {args.service!r} is not a service of app {app.name!r} that "
+                  f"handles events with a Database; those are: {', '.join(targets) or '(none)'}",
+                  file=sys.stderr)
+            return 2
+        targets = {args.service: targets[args.service]}
+    settings = dict(topo.settings.extra)
+    settings["database"] = {**dict(settings.get("database") or {}), "migrate": False}
+    url = topo.resources.get(Database.kind)
+
+    async def run() -> int:
+        total = 0
+        for name, spec in targets.items():
+            ctx = ResourceContext(name, url.replace("{service}", name) if url else None,
+                                  data_dir(), settings, owner=spec.cls)
+            db = await Database.open(ctx)
+            try:
+                if args.action == "replay":
+                    moved = await admin.replay(db, None if args.all else args.id)
+                    total += moved
+                    print(f"{name}: {moved} dead letter(s) back in the outbox; the running "
+                          f"service relays them")
+                    continue
+                rows = await admin.list_dead_letters(db)
+                total += len(rows)
+                for r in rows:
+                    print(f"{name}  {r.event_id}  {r.name}  {r.handler}  attempts={r.attempts}  "
+                          f"{r.failed_at:%Y-%m-%d %H:%M:%S}  {r.error[:120]}")
+            finally:
+                await db.aclose()
+        if args.action == "dead-letters":
+            print(f"{total} dead letter(s)")
+        return 0
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mitosis", description="Run a system of services as a monolith or as microservices.")
@@ -159,7 +212,20 @@ def main(argv: list[str] | None = None) -> int:
     down.add_argument("topology")
     down.add_argument("--service", required=True)
     down.add_argument("--to", required=True, help="target revision (base: empty)")
+    events = sub.add_parser("events", help="dead letters of event handlers: list, replay")
+    ev_sub = events.add_subparsers(dest="action", required=True)
+    listing = ev_sub.add_parser("dead-letters", help="list events whose handler gave up")
+    listing.add_argument("topology")
+    listing.add_argument("--service", help="only this consuming service")
+    again = ev_sub.add_parser("replay", help="hand dead letters to their handler again")
+    again.add_argument("topology")
+    again.add_argument("--service", help="only this consuming service")
+    which = again.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", action="append", help="an event id (repeatable)")
+    which.add_argument("--all", action="store_true", help="every dead letter")
     args = parser.parse_args(argv)
+    if args.command == "events":
+        return _events(args)
     if args.command == "check":
         return _check(args.topology)
     if args.command == "db":

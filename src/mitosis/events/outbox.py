@@ -27,7 +27,7 @@ _JSON = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 outbox = sa.Table(
     "mitosis_outbox", metadata,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("id", sa.String(64), nullable=False, index=True),  # twice is allowed: inboxes dedupe
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("event_key", sa.String(200), nullable=True),
     sa.Column("payload", _JSON, nullable=False),

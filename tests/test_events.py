@@ -1,0 +1,104 @@
+"""The events runtime on the in-process bus: outbox in the publisher's
+transaction, inbox deduplication, retries with backoff, dead letters and
+their replay."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from evdemo.app import Reader, app
+
+from mitosis.cli import main
+from mitosis.events import admin
+from mitosis.testing import Harness, app_fixture
+
+demo = app_fixture(app, modes=("inprocess", "strict"),
+                   settings={"events": {"max_attempts": 3, "backoff": 0.02, "relay_poll": 0.2}})
+
+
+async def texts(h: Harness, n: int) -> list[str]:
+    for _ in range(200):
+        got = (await h.get("/notes")).json()["texts"]
+        if len(got) >= n:
+            await asyncio.sleep(0.1)  # and nothing more arrives
+            return list((await h.get("/notes")).json()["texts"])
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"fewer than {n} notes: {got}")
+
+
+async def test_published_in_a_transaction_arrives_once(demo):
+    assert (await demo.post("/note", json={"text": "hello"})).status == 200
+    assert await texts(demo, 1) == ["hello"]
+    events = demo.host.events
+    assert events.published == {"demo.noted": 1}
+    c = events.counters[("reader", "demo.noted")]
+    assert (c.delivered, c.acked, c.retried, c.dead_lettered) == (1, 1, 0, 0)
+    assert await events.lag() == {"reader": 0}
+
+
+async def test_a_rolled_back_transaction_publishes_nothing(demo):
+    assert (await demo.post("/note", json={"text": "ghost", "fail": True})).status == 409
+    assert (await demo.post("/note", json={"text": "real"})).status == 200
+    assert await texts(demo, 1) == ["real"]
+
+
+async def test_a_redelivered_event_is_handled_once(demo):
+    assert (await demo.post("/note", json={"text": "twice", "times": 2})).status == 200
+    assert await texts(demo, 1) == ["twice"]
+    await asyncio.sleep(0.2)
+    assert (await demo.get("/notes")).json()["texts"] == ["twice"]
+    assert demo.host.events.counters[("reader", "demo.noted")].duplicates == 1
+
+
+async def test_a_failing_handler_is_retried_and_its_writes_undone(demo):
+    Reader.flaky["wobbly"] = 2
+    assert (await demo.post("/note", json={"text": "wobbly"})).status == 200
+    assert await texts(demo, 1) == ["wobbly"]  # the two failed attempts left no row
+    c = demo.host.events.counters[("reader", "demo.noted")]
+    assert (c.retried, c.acked) == (2, 1)
+
+
+async def test_dead_letters_are_parked_and_replayed(demo, tmp_path, monkeypatch, capsys):
+    Reader.broken = True
+    try:
+        assert (await demo.post("/note", json={"text": "bad apple"})).status == 200
+        reader_db = demo.host.instances["reader"].db
+        for _ in range(200):
+            parked = await admin.list_dead_letters(reader_db)
+            if parked:
+                break
+            await asyncio.sleep(0.02)
+        assert [(p.name, p.attempts, p.handler) for p in parked] == [
+            ("demo.noted", 3, "reader.noted")]
+        assert "cannot take bad notes" in parked[0].error
+        assert (await demo.get("/notes")).json()["texts"] == []
+        assert demo.host.events.counters[("reader", "demo.noted")].dead_lettered == 1
+    finally:
+        Reader.broken = False
+    # The commands, on the same data directory as the running app.
+    topo = tmp_path / "evdemo.yaml"
+    topo.write_text(f"name: evdemo\napp: evdemo.app:app\npythonpath: {Path(__file__).parent}\n"
+                    f"processes:\n  main:\n    services: ['*']\n    listeners: [{{port: 18999}}]\n")
+    monkeypatch.setenv("MITOSIS_DATA_DIR", str(demo.host.data_dir))
+    # (in a thread: the commands run their own event loop)
+    assert await asyncio.to_thread(main, ["events", "dead-letters", str(topo)]) == 0
+    out = capsys.readouterr().out
+    assert "demo.noted" in out and "reader.noted" in out and "1 dead letter(s)" in out
+    assert await asyncio.to_thread(
+        main, ["events", "replay", str(topo), "--service", "reader", "--all"]) == 0
+    assert "reader: 1 dead letter(s) back in the outbox" in capsys.readouterr().out
+    assert await texts(demo, 1) == ["bad apple"]
+    assert await admin.list_dead_letters(reader_db) == []
+
+
+async def test_publishing_an_undeclared_event_says_how_to_fix_it(demo):
+    r = await demo.post("/unlisted")
+    assert r.status == 500  # a programming error: opaque to the client, logged
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    Reader.flaky.clear()
+    Reader.broken = False
