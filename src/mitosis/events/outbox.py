@@ -34,6 +34,9 @@ outbox = sa.Table(
     # A replayed dead letter goes out again under a new broker dedupe id.
     sa.Column("dedupe", sa.String(100), nullable=True),
     sa.Column("created_at", _TIME, nullable=False),
+    # SQLite would reuse the numbers of deleted rows without AUTOINCREMENT; the
+    # relay relies on seq growing.
+    sqlite_autoincrement=True,
 )
 inbox = sa.Table(
     "mitosis_inbox", metadata,

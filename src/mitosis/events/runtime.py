@@ -55,6 +55,7 @@ __all__ = ["EventSettings", "Events", "SubscriptionCounters"]
 
 log = logging.getLogger("mitosis.events")
 _encoder = msgspec.json.Encoder()
+PUBLISH_WINDOW = 16  # outbox rows published to a broker at once
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class _Relay:
     db: Database
     events: Events
     wake_event: asyncio.Event = field(default_factory=asyncio.Event)
-    inflight: set[int] = field(default_factory=set)  # outbox seqs handed to an in-process bus
+    handed: int = 0  # the last outbox seq handed to an in-process bus
     settled: list[int] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     warned_at: float = 0.0
@@ -148,19 +149,25 @@ class _Relay:
         limit = self.events.settings.batch
         while True:
             await self._forget_settled()
-            rows = await self.db.fetchall(
-                outbox.select().order_by(outbox.c.seq).limit(limit + len(self.inflight)))
-            rows = [r for r in rows if r.seq not in self.inflight]
+            query = outbox.select().order_by(outbox.c.seq).limit(limit)
+            if isinstance(bus, MemoryBus):
+                # Rows handed over and not yet settled stay in the table; read past
+                # them.  (Safe only here: one process, one connection, so rows are
+                # committed in seq order.)
+                query = query.where(outbox.c.seq > self.handed)
+            rows = await self.db.fetchall(query)
             if not rows:
                 return
             msgs = [Message(name=r.name, id=r.id, payload=r.payload.encode(), key=r.event_key,
                             dedupe=r.dedupe) for r in rows]
             if isinstance(bus, MemoryBus):
                 for r, m in zip(rows, msgs, strict=True):
-                    self.inflight.add(r.seq)
                     bus.publish_settled(m).add_done_callback(self._settler(r.seq))
+                self.handed = rows[-1].seq
                 continue
-            await asyncio.gather(*(bus.publish(m) for m in msgs))
+            # A few at a time: a broker client's connection pool is finite.
+            for i in range(0, len(msgs), PUBLISH_WINDOW):
+                await asyncio.gather(*(bus.publish(m) for m in msgs[i:i + PUBLISH_WINDOW]))
             await self.db.execute(outbox.delete().where(outbox.c.seq.in_([r.seq for r in rows])))
 
     def _settler(self, seq: int) -> Callable[[asyncio.Future[None]], None]:
@@ -177,7 +184,6 @@ class _Relay:
             return
         done, self.settled = self.settled, []
         await self.db.execute(outbox.delete().where(outbox.c.seq.in_(done)))
-        self.inflight.difference_update(done)
 
 
 class Events:

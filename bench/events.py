@@ -1,0 +1,399 @@
+"""Events end to end, per backend, each beside its bus-only baseline from the same run.
+
+    python bench/events.py [--events 5000] [--concurrency 32] [--backends memory,nats,redis]
+
+For each backend three paths move ``--events`` events from ``--concurrency``
+concurrent publishers to one consumer, in one process:
+
+``bus only``   the baseline: ``EventBus.publish`` and ``subscribe`` straight
+               through the bus API, a handler that reads the timestamp and acks;
+``no outbox``  mitosis: a publisher service without a ``Database`` (``publish``
+               goes to the broker directly), a consumer service with one (inbox);
+``outbox``     mitosis: a publisher service with a ``Database`` publishing inside
+               ``db.transaction()`` (an outbox row; the relay hands it to the broker).
+
+The mitosis paths run under ``Host`` with an in-code topology (``resources:
+{events: <url>}``), so the wiring is the real one: ``Events``, the relay,
+the consumer with its inbox, retries.  Databases are SQLite files in a temp dir.
+
+events/s = N / (first publish call -> last delivery acked).  Latency is from
+just before the publish (for the outbox: before ``db.transaction()`` begins)
+to the handler's start, from a ``time.perf_counter()`` stamp carried in the
+event.  A warm-up (``--warmup``) runs first on each path and is not counted.
+This process is pinned to one core (``--cpu``); the brokers run unpinned.
+Each path gets its own NATS stream / Redis key prefix, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import uvloop
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "src")]
+
+from mitosis import App, Service  # noqa: E402
+from mitosis.data.database import Database  # noqa: E402
+from mitosis.events.bus import Delivery, EventBus, Message, open_bus  # noqa: E402
+from mitosis.events.event import Event, on_event  # noqa: E402
+from mitosis.runtime.host import Host  # noqa: E402
+from mitosis.topology.model import Process, Settings, Topology  # noqa: E402
+
+EVENT = "bench.ping"
+GROUP = "sink"
+
+
+# --- what is measured ---------------------------------------------------------
+
+
+class Tally:
+    """Handler starts (latencies) and completions of one batch of ``expect`` events."""
+
+    def __init__(self) -> None:
+        self.reset(0)
+
+    def reset(self, expect: int) -> None:
+        self.expect = expect
+        self.latencies: list[float] = []
+        self.acked = 0  # bus only; the mitosis paths read Events' own counters
+        self.all_started = asyncio.Event()
+
+    def started(self, sent: float) -> None:
+        self.latencies.append(time.perf_counter() - sent)
+        if len(self.latencies) >= self.expect:
+            self.all_started.set()
+
+
+@dataclass(frozen=True)
+class Result:
+    rate: float  # events/s
+    p50_ms: float
+    p99_ms: float
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+
+
+async def drive(send: Callable[[], Awaitable[None]], tally: Tally, done: Callable[[], bool],
+                n: int, concurrency: int, within: float) -> Result:
+    """``n`` sends from ``concurrency`` workers; returns once ``done()`` (all acked)."""
+    tally.reset(n)
+    share = [n // concurrency + (i < n % concurrency) for i in range(concurrency)]
+
+    async def worker(k: int) -> None:
+        for _ in range(k):
+            await send()
+
+    t0 = time.perf_counter()
+    async with asyncio.timeout(within):
+        await asyncio.gather(*(worker(k) for k in share if k))
+        await tally.all_started.wait()
+        # Events counts acks but has no hook to wait on; the handlers have all
+        # started, so this polls the last few acks for a handful of loop turns.
+        while not done():  # noqa: ASYNC110
+            await asyncio.sleep(0)
+    elapsed = time.perf_counter() - t0
+    lat = tally.latencies
+    return Result(n / elapsed, pct(lat, 50) * 1e3, pct(lat, 99) * 1e3)
+
+
+# --- the mitosis app ------------------------------------------------------------
+
+
+class Ping(Event):
+    event_name = EVENT
+    sent: float  # time.perf_counter() just before publishing
+
+
+class Stamp(msgspec.Struct):
+    """What the bus-only handler reads of a payload."""
+
+    sent: float
+
+
+class OutboxPublisher(Service):
+    name = "publisher"
+    publishes = (Ping,)
+    db: Database
+
+    async def send(self) -> None:
+        sent = time.perf_counter()
+        async with self.db.transaction():
+            await self.publish(Ping(sent=sent))
+
+
+class DirectPublisher(Service):
+    name = "publisher"
+    publishes = (Ping,)
+
+    async def send(self) -> None:
+        await self.publish(Ping(sent=time.perf_counter()))
+
+
+class Sink(Service):
+    name = GROUP
+    db: Database  # the inbox
+    tally: Tally  # set by the bench once the host runs
+
+    @on_event(Ping)
+    async def pinged(self, event: Ping) -> None:
+        self.tally.started(event.sent)
+
+
+APPS = {"outbox": App("evbench", [OutboxPublisher, Sink]),
+        "no outbox": App("evbench", [DirectPublisher, Sink])}
+
+
+# --- backends -------------------------------------------------------------------
+
+
+@dataclass
+class Broker:
+    """One backend: the URL for a fresh namespace, and deleting what it made."""
+
+    name: str
+    url: str | None  # None: in-process
+
+    def fresh(self) -> tuple[str | None, str]:
+        """(bus URL, app) of a new namespace on the broker."""
+        tag = uuid.uuid4().hex[:10]
+        if self.url is None:
+            return None, f"evbench_{tag}"
+        if self.name == "redis":
+            sep = "&" if "?" in self.url else "?"
+            return f"{self.url}{sep}prefix=evbench-{tag}:", "evbench"
+        return self.url, f"evbench_{tag}"
+
+    async def cleanup(self, url: str | None, app: str) -> int:
+        """Delete the stream / keys of one namespace; how many were deleted."""
+        if url is None:
+            return 0
+        if self.name == "nats":
+            from mitosis.events.nats import delete_stream
+
+            return int(await delete_stream(url, app=app))
+        from mitosis.data.cache import redis_client, split_prefix
+
+        prefix = split_prefix(url)[1]
+        client = redis_client(url)
+        try:
+            keys = [k async for k in client.scan_iter(match=prefix + "*", count=500)]
+            if keys:
+                await client.delete(*keys)
+            return len(keys)
+        finally:
+            await client.aclose()
+
+
+def _ns_url(url: str | None, app: str) -> str | None:
+    """The URL that makes ``open_bus(url, app="evbench")`` use ``app`` on NATS."""
+    if url is None or not url.startswith("nats"):
+        return url
+    return f"{url}?namespace={app.removeprefix('evbench_')}"
+
+
+# --- the three paths --------------------------------------------------------------
+
+
+async def bus_only(url: str | None, app: str, args: argparse.Namespace) -> Result:
+    bus: EventBus = open_bus(url, app=app)
+    await bus.start()
+    try:
+        tally = Tally()
+        decode = msgspec.json.Decoder(Stamp).decode
+        encode = msgspec.json.Encoder().encode
+        ids = itertools.count()
+        run = uuid.uuid4().hex[:8]
+
+        async def handler(d: Delivery) -> None:
+            tally.started(decode(d.message.payload).sent)
+            await d.ack()
+            tally.acked += 1
+
+        async def send() -> None:
+            sent = time.perf_counter()
+            await bus.publish(Message(name=EVENT, id=f"{run}-{next(ids)}",
+                                      payload=encode({"sent": sent})))
+
+        await bus.subscribe(GROUP, [EVENT], handler)
+
+        def done() -> bool:
+            return tally.acked >= tally.expect
+
+        await drive(send, tally, done, args.warmup, args.concurrency, args.within)
+        tally.acked = 0
+        return await drive(send, tally, done, args.events, args.concurrency, args.within)
+    finally:
+        await bus.aclose()
+
+
+async def via_mitosis(path: str, url: str | None, app: str, args: argparse.Namespace) -> Result:
+    mapp = APPS[path]
+    proc = Process("main", tuple(mapp.specs), 1, (), False, None, {})
+    resources = {} if url is None else {"events": _ns_url(url, app) or ""}
+    topo = Topology("bench", "<bench/events.py>", None, (), {"main": proc}, resources, Settings())
+    with tempfile.TemporaryDirectory(prefix="bench-events-") as tmp:
+        host = Host(mapp, topo, "main", listen=False, data=Path(tmp))
+        await host.start()
+        try:
+            tally = Tally()
+            sink = host.instances[GROUP]
+            assert isinstance(sink, Sink)
+            sink.tally = tally
+            publisher = host.instances["publisher"]
+            assert isinstance(publisher, OutboxPublisher | DirectPublisher)
+            assert host.events is not None
+            counters = host.events.counters[(GROUP, EVENT)]
+            base = [0]
+
+            def done() -> bool:
+                return counters.acked - base[0] >= tally.expect
+
+            await drive(publisher.send, tally, done, args.warmup, args.concurrency, args.within)
+            base[0] = counters.acked
+            return await drive(publisher.send, tally, done, args.events, args.concurrency,
+                               args.within)
+        finally:
+            await host.stop()  # closes the bus, disposes the engines
+
+
+class Warnings(logging.Handler):
+    """mitosis's warnings during one path, shown under the table instead of interleaved."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def take(self, where: str) -> list[str]:
+        """A note on what was logged since the last take, if anything."""
+        got, self.messages = self.messages, []
+        if not got:
+            return []
+        return [f"{where}: {len(got)} mitosis warning(s), first: {got[0]}"]
+
+
+# --- the table ----------------------------------------------------------------------
+
+
+def _cell(r: Result | str) -> str:
+    if isinstance(r, str):
+        return f"{r:>28}"
+    return f"{r.rate:9.0f} {r.p50_ms:8.2f} {r.p99_ms:9.2f}"
+
+
+def _ratio(m: Result | str, b: Result | str) -> str:
+    if isinstance(m, str) or isinstance(b, str):
+        return ""
+    return f"{m.rate / b.rate:6.2f}x {m.p50_ms / b.p50_ms:6.2f}x"
+
+
+async def bench(args: argparse.Namespace) -> None:
+    urls = {"memory": None, "nats": args.nats_url, "redis": args.redis_url}
+    rows: list[tuple[str, str, Result | str, Result | str]] = []
+    skipped: list[str] = []
+    notes: list[str] = []
+    cleaned = {"memory": 0, "nats": 0, "redis": 0}
+    warned = Warnings()
+    logging.getLogger("mitosis").addHandler(warned)  # the broker clients' complaints included
+    for name in args.backends:
+        broker = Broker(name, urls[name])
+        baseline: Result | str
+        url, app = broker.fresh()
+        try:
+            baseline = await bus_only(url, app, args)
+        except (ConnectionError, ImportError) as exc:  # start() failed: nothing was made there
+            skipped.append(f"{name}: {exc}")
+            warned.messages.clear()
+            continue
+        except TimeoutError:
+            baseline = f"timeout after {args.within:g}s"
+        cleaned[name] += await _cleanup(broker, url, app)
+        notes.extend(warned.take(f"{name} bus only"))
+        for path in ("no outbox", "outbox"):
+            mine: Result | str
+            url, app = broker.fresh()
+            try:
+                mine = await via_mitosis(path, url, app, args)
+            except TimeoutError:
+                mine = f"timeout after {args.within:g}s"
+            finally:
+                cleaned[name] += await _cleanup(broker, url, app)
+            rows.append((name, path, mine, baseline))
+            notes.extend(warned.take(f"{name} {path}"))
+            print(f"  done: {name:6} {path}", file=sys.stderr, flush=True)
+    logging.getLogger("mitosis").removeHandler(warned)
+
+    print(f"{'':18}{'mitosis (Events, SQLite inbox)':>28}   {'bus only (same backend)':>28}"
+          f"   {'mitosis / bus':>15}")
+    print(f"{'backend':8}{'path':10}{'events/s':>9} {'p50 ms':>8} {'p99 ms':>9}   "
+          f"{'events/s':>9} {'p50 ms':>8} {'p99 ms':>9}   {'events/s':>7} {'p50':>7}")
+    for name, path, mine, baseline in rows:
+        print(f"{name:8}{path:10}{_cell(mine)}   {_cell(baseline)}   {_ratio(mine, baseline)}")
+    print("skipped: " + ("none" if not skipped else "\n  " + "\n  ".join(skipped)))
+    for note in notes:
+        print(f"note: {note}")
+    print(f"cleanup: deleted {cleaned['nats']} NATS stream(s), {cleaned['redis']} Redis key(s)",
+          flush=True)
+
+
+async def _cleanup(broker: Broker, url: str | None, app: str) -> int:
+    if url is None:
+        return 0
+    try:
+        return await broker.cleanup(url, app)
+    except Exception as exc:  # reported, not raised: the other backends still run
+        print(f"  cleanup of {broker.name} {app} failed (delete it by hand): {exc}",
+              file=sys.stderr)
+        return 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--events", type=int, default=5000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--backends", default="memory,nats,redis",
+                    type=lambda s: [b.strip() for b in s.split(",") if b.strip()])
+    ap.add_argument("--warmup", type=int, default=500, help="events per path before measuring")
+    ap.add_argument("--within", type=float, default=None,
+                    help="seconds before a path times out (default: 60 + events/100)")
+    ap.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    ap.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)),
+                    help="core to pin this process to (-1: do not pin)")
+    args = ap.parse_args()
+    unknown = sorted(set(args.backends) - {"memory", "nats", "redis"})
+    if unknown:
+        ap.error(f"--backends: unknown {unknown}; choose from memory, nats, redis")
+    if args.events < 1 or args.concurrency < 1 or args.warmup < 1:
+        ap.error("--events, --concurrency and --warmup must be >= 1")
+    if args.within is None:
+        args.within = 60.0 + args.events / 100
+    if args.cpu >= 0:
+        os.sched_setaffinity(0, {args.cpu})
+    pinned = f"pinned to cpu {args.cpu}" if args.cpu >= 0 else "not pinned"
+    print(f"bench/events.py: {args.events} events, {args.concurrency} publishers, warm-up "
+          f"{args.warmup}; this process {pinned} of {os.cpu_count()}, brokers unpinned; "
+          f"uvloop {uvloop.__version__}, python {sys.version.split()[0]}", flush=True)
+    uvloop.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()
