@@ -70,11 +70,22 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(Supervisor(args.topology, topo, strict=args.strict).run())
 
 
+def _database_context(topo: Topology, service: str, owner: type) -> ResourceContext:
+    """What a running process would open ``service``'s Database with, minus the
+    migration on open: the commands act on the database, they do not start it."""
+    from mitosis.runtime.host import data_dir
+
+    settings = dict(topo.settings.extra)
+    settings["database"] = {**dict(settings.get("database") or {}), "migrate": False}
+    url = topo.resources.get("database")
+    return ResourceContext(service, url.replace("{service}", service) if url else None,
+                           data_dir(), settings, owner=owner)
+
+
 def _db(args: argparse.Namespace) -> int:
     """``mitosis db upgrade | current | downgrade``: the migrations of every
     service with a ``Database``, on the URL and settings the topology gives."""
     from mitosis.data import Database
-    from mitosis.runtime.host import data_dir
     from mitosis.runtime.process import load_bound
 
     try:
@@ -94,17 +105,10 @@ def _db(args: argparse.Namespace) -> int:
     if not targets:
         print(f"mitosis db: no service of app {app.name!r} has a Database resource")
         return 0
-    settings = dict(topo.settings.extra)
-    database = dict(settings.get("database") or {})
-    database["migrate"] = False  # the command migrates, not open()
-    settings["database"] = database
-    url = topo.resources.get(Database.kind)
-
     async def apply() -> int:
         failed = 0
         for name, spec in targets.items():
-            ctx = ResourceContext(name, url.replace("{service}", name) if url else None,
-                                  data_dir(), settings, owner=spec.cls)
+            ctx = _database_context(topo, name, spec.cls)  # the command migrates, not open()
             try:
                 print(await _db_one(args, ctx), flush=True)
             except Exception as exc:
@@ -140,7 +144,6 @@ def _events(args: argparse.Namespace) -> int:
     that handles events and has a ``Database``."""
     from mitosis.data import Database
     from mitosis.events import admin
-    from mitosis.runtime.host import data_dir
     from mitosis.runtime.process import load_bound
 
     try:
@@ -157,16 +160,10 @@ def _events(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         targets = {args.service: targets[args.service]}
-    settings = dict(topo.settings.extra)
-    settings["database"] = {**dict(settings.get("database") or {}), "migrate": False}
-    url = topo.resources.get(Database.kind)
-
     async def run() -> int:
         total = 0
         for name, spec in targets.items():
-            ctx = ResourceContext(name, url.replace("{service}", name) if url else None,
-                                  data_dir(), settings, owner=spec.cls)
-            db = await Database.open(ctx)
+            db = await Database.open(_database_context(topo, name, spec.cls))
             try:
                 if args.action == "replay":
                     moved = await admin.replay(db, None if args.all else args.id)
