@@ -231,7 +231,44 @@ def _free_run(n: int) -> int:
             return base
 
 
-class TopologyGroup:
+class _RunGroup:
+    """``mitosis run`` of one topology file, shared by a test module's tests."""
+
+    file: Path
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None
+
+    def wait_for(self) -> list[int]:
+        """The ports whose ``/readyz`` says the app is up."""
+        raise NotImplementedError
+
+    def start(self, timeout: float = 60.0) -> None:
+        if self.proc is not None:
+            return
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mitosis", "run", str(self.file)],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_ready(self.wait_for(), timeout, self.proc, self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+
+class TopologyGroup(_RunGroup):
     """A topology file started with ``mitosis run``, every listener moved to
     free ports, ``pythonpath`` made absolute.  HTTP requests go to the public
     listener that serves the most routes (the gateway), spread over its
@@ -276,27 +313,14 @@ class TopologyGroup:
         return [lst.port_for(i) for proc in self.topo.processes.values()
                 for lst in proc.listeners for i in range(proc.replicas)]
 
-    def start(self, timeout: float = 60.0) -> None:
-        if self.proc is not None:
-            return
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mitosis", "run", str(self.file)],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_ready(self.all_ports(), timeout, self.proc, self.log)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        ProcessGroup.stop(self)  # type: ignore[arg-type]
+    def wait_for(self) -> list[int]:
+        return self.all_ports()
 
     def url(self) -> str:
         return f"http://127.0.0.1:{self.entry[next(self._next) % len(self.entry)]}"
 
 
-class ProcessGroup:
+class ProcessGroup(_RunGroup):
     """Every service in its own OS process, started with ``mitosis run``."""
 
     def __init__(self, app: App, env: dict[str, str], settings: dict[str, Any] | None = None):
@@ -322,25 +346,8 @@ class ProcessGroup:
     def ports(self) -> dict[str, int]:
         return {s: p["listeners"][0]["port"] for s, p in self.topo["processes"].items()}
 
-    def start(self, timeout: float = 30.0) -> None:
-        if self.proc is not None:
-            return
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mitosis", "run", str(self.file)],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_ready(list(self.ports().values()), timeout, self.proc, self.log)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.proc = None
+    def wait_for(self) -> list[int]:
+        return list(self.ports().values())
 
 
 def wait_ready(ports: list[int], timeout: float, proc: subprocess.Popen[bytes] | None = None,
