@@ -1,4 +1,5 @@
-"""``mitosis run | check | db``."""
+"""``mitosis run | check | db | events``, and ``status | advise | graph`` (from
+``mitosis.observe.cli``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import asyncio
 import sys
 
+from mitosis.observe.cli import add_parsers as observe_parsers
 from mitosis.resource import ResourceContext
 from mitosis.topology import Topology, TopologyError
 
@@ -220,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     which = again.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", action="append", help="an event id (repeatable)")
     which.add_argument("--all", action="store_true", help="every dead letter")
+    observe_parsers(sub)
     args = parser.parse_args(argv)
+    if hasattr(args, "handler"):
+        return int(args.handler(args))
     if args.command == "events":
         return _events(args)
     if args.command == "check":
