@@ -25,7 +25,7 @@ from mitosis.testing import InProcessHarness
 ACCESS = logging.getLogger("mitosis.access")
 TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO mitosis\.access: "
                        r"method=GET path=(\S+) status=(\d{3}) duration_ms=\d+\.\d\d "
-                       r"request_id=(\S+) user=- ip=127\.0\.0\.1\n")
+                       r"request_id=(\S+) trace_id=[0-9a-f]{32} user=- ip=127\.0\.0\.1\n")
 
 
 @contextmanager
@@ -155,7 +155,7 @@ def test_ordinary_records_as_json_lines():
 
 def test_log_format_setting_is_checked(monkeypatch):
     monkeypatch.setenv("MITOSIS_LOG_FORMAT", "xml")
-    with pytest.raises(ValueError, match="MITOSIS_LOG_FORMAT='xml' is neither text nor json"):
+    with pytest.raises(ValueError, match="MITOSIS_LOG_FORMAT='xml' is not text, json or auto"):
         configure_logging()
 
 
@@ -165,4 +165,5 @@ def test_logging_configured_otherwise_gets_records(caplog):
         log.write("GET", "/x", 204, 0.5, "r-1", "ann", "10.0.0.1")
     assert "records" in repr(log)
     [record] = [r for r in caplog.records if r.name == "mitosis.access"]
-    assert record.getMessage().endswith("status=204 duration_ms=0.50 request_id=r-1 user=ann ip=10.0.0.1")
+    assert record.getMessage().endswith(
+        "status=204 duration_ms=0.50 request_id=r-1 trace_id=- user=ann ip=10.0.0.1")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from contextvars import ContextVar
 
-__all__ = ["deadline", "new_traceparent", "request_id", "trace_id", "traceparent"]
+__all__ = ["deadline", "new_traceparent", "request_id", "service", "trace_id", "traceparent"]
 
 #: Absolute deadline (event-loop clock) of the call being served, or None.
 deadline: ContextVar[float | None] = ContextVar("mitosis.deadline", default=None)
@@ -19,6 +19,8 @@ deadline: ContextVar[float | None] = ContextVar("mitosis.deadline", default=None
 traceparent: ContextVar[str] = ContextVar("mitosis.traceparent", default="")
 #: Request id assigned at the edge, or "".
 request_id: ContextVar[str] = ContextVar("mitosis.request_id", default="")
+#: The service whose method the request, remote call or event entered, or "".
+service: ContextVar[str] = ContextVar("mitosis.service", default="")
 
 
 _bits = random.Random().getrandbits

@@ -197,7 +197,7 @@ class InProcessHarness(Harness):
                                                    **dict(resp.headers or ())})
 
     def service(self, name: str) -> Any:
-        return self.host._ref(name)
+        return self.host._ref(name, "client")
 
     async def aclose(self) -> None:
         await self.host.stop()

@@ -43,11 +43,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from mitosis import context
 from mitosis.events.bus import Delivery, EventBus, Message
 from mitosis.events.event import Event
 
 if TYPE_CHECKING:
     from mitosis.data.database import Database
+    from mitosis.observe.tracing import Tracer
     from mitosis.service import Service
     from mitosis.spec import ServiceSpec
 
@@ -56,6 +58,14 @@ __all__ = ["EventSettings", "Events", "SubscriptionCounters"]
 log = logging.getLogger("mitosis.events")
 _encoder = msgspec.json.Encoder()
 PUBLISH_WINDOW = 16  # outbox rows published to a broker at once
+TRACE_KEY = "$trace"  # the publisher's W3C traceparent, added to an event's JSON
+
+
+class _Trace(msgspec.Struct):
+    trace: str = msgspec.field(default="", name=TRACE_KEY)
+
+
+_trace_decoder = msgspec.json.Decoder(_Trace)
 
 
 @dataclass(frozen=True)
@@ -196,6 +206,7 @@ class Events:
         self.published: dict[str, int] = {}  # event name -> count published by this process
         self.counters: dict[tuple[str, str], SubscriptionCounters] = {}
         self.groups: list[str] = []
+        self.tracer: Tracer | None = None  # set by the host when spans are exported
 
     def __repr__(self) -> str:
         return f"<Events {self.bus!r} services={sorted(self.specs)}>"
@@ -237,6 +248,9 @@ class Events:
                             f"({type(event).__name__}, ...)")
         name = type(event).event_name
         payload = _encoder.encode(event)
+        trace = context.traceparent.get()
+        if trace:  # the trace travels in the payload; consumers' decoders ignore the key
+            payload = b"%s,\"%s\":\"%s\"}" % (payload[:-1], TRACE_KEY.encode(), trace.encode())
         db = self.dbs.get(inst.name)
         if db is None:
             await self.bus.publish(Message(name=name, id=event.id, payload=payload))
@@ -275,8 +289,6 @@ class Events:
 
     def _consumer(self, service: str, attr: str, fn: Callable[[Any], Awaitable[Any]],
                   event_cls: type[Event]) -> Callable[[Delivery], Awaitable[None]]:
-        from mitosis.events.outbox import inbox
-
         decoder = msgspec.json.Decoder(event_cls)
         counters = self.counters.setdefault((service, event_cls.event_name), SubscriptionCounters())
         where = f"{service}.{attr}"
@@ -285,41 +297,67 @@ class Events:
             counters.delivered += 1
             msg = delivery.message
             db = self.dbs.get(service)
+            context.service.set(service)
+            span = None
             try:
-                event = decoder.decode(msg.payload)
-                if db is None:
-                    await fn(event)
-                else:
-                    async with db.transaction() as conn:
-                        seen = (await conn.execute(inbox.select().where(
-                            inbox.c.event_id == msg.id))).first()
-                        if seen is not None:
-                            counters.duplicates += 1
-                        else:
-                            await fn(event)
-                            await conn.execute(inbox.insert(), {
-                                "event_id": msg.id, "name": msg.name,
-                                "handled_at": datetime.now(UTC)})
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                poison = isinstance(exc, msgspec.DecodeError)
-                if poison or delivery.attempt >= self.settings.max_attempts:
-                    await self._dead_letter(service, where, msg, delivery.attempt, exc)
-                    counters.dead_lettered += 1
-                    await delivery.ack()
-                else:
-                    counters.retried += 1
-                    delay = self.settings.delay(delivery.attempt)
-                    log.warning("%s failed on %s %s (attempt %d): %s: %s; retrying in %.1fs",
-                                where, msg.name, msg.id, delivery.attempt, type(exc).__name__,
-                                exc, delay)
-                    await delivery.nack(delay)
-                return
-            await delivery.ack()
-            counters.acked += 1
+                parent = _trace_decoder.decode(msg.payload).trace
+            except msgspec.DecodeError:
+                parent = ""
+            if self.tracer is not None:
+                span, tp = self.tracer.start(f"{msg.name} process", parent, "consumer", {
+                    "messaging.operation": "process", "messaging.destination.name": msg.name,
+                    "messaging.message.id": msg.id, "messaging.consumer.group.name": service})
+                context.traceparent.set(tp)
+            else:
+                context.traceparent.set(context.new_traceparent(parent))
+            try:
+                await self._handle(delivery, counters, db, fn, decoder, service, where)
+            finally:
+                if span is not None:
+                    assert self.tracer is not None
+                    self.tracer.end(span)
 
         return handle
+
+    async def _handle(self, delivery: Delivery, counters: SubscriptionCounters,
+                      db: Database | None, fn: Callable[[Any], Awaitable[Any]],
+                      decoder: msgspec.json.Decoder[Any], service: str, where: str) -> None:
+        from mitosis.events.outbox import inbox
+
+        msg = delivery.message
+        try:
+            event = decoder.decode(msg.payload)
+            if db is None:
+                await fn(event)
+            else:
+                async with db.transaction() as conn:
+                    seen = (await conn.execute(inbox.select().where(
+                        inbox.c.event_id == msg.id))).first()
+                    if seen is not None:
+                        counters.duplicates += 1
+                    else:
+                        await fn(event)
+                        await conn.execute(inbox.insert(), {
+                            "event_id": msg.id, "name": msg.name,
+                            "handled_at": datetime.now(UTC)})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            poison = isinstance(exc, msgspec.DecodeError)
+            if poison or delivery.attempt >= self.settings.max_attempts:
+                await self._dead_letter(service, where, msg, delivery.attempt, exc)
+                counters.dead_lettered += 1
+                await delivery.ack()
+            else:
+                counters.retried += 1
+                delay = self.settings.delay(delivery.attempt)
+                log.warning("%s failed on %s %s (attempt %d): %s: %s; retrying in %.1fs",
+                            where, msg.name, msg.id, delivery.attempt, type(exc).__name__,
+                            exc, delay)
+                await delivery.nack(delay)
+            return
+        await delivery.ack()
+        counters.acked += 1
 
     async def _dead_letter(self, service: str, where: str, msg: Message, attempts: int,
                            exc: Exception) -> None:
@@ -343,6 +381,16 @@ class Events:
     async def lag(self) -> dict[str, int]:
         """Per consuming service here: events published but not yet acked."""
         return {g: await self.bus.pending(g) for g in self.groups}
+
+    async def outbox_waiting(self) -> dict[str, int]:
+        """Per publishing service here: outbox rows not yet handed to the broker."""
+        import sqlalchemy as sa
+
+        from mitosis.events.outbox import outbox
+
+        query = sa.select(sa.func.count()).select_from(outbox)
+        return {svc: int(await relay.db.scalar(query) or 0)
+                for svc, relay in self.relays.items()}
 
     async def aclose(self) -> None:
         for relay in self.relays.values():

@@ -103,20 +103,20 @@ class AccessLog:
         return self.enabled and self.logger.isEnabledFor(logging.INFO)
 
     def write(self, method: str, path: str, status: int, duration_ms: float, request_id: str,
-              user: str | None, ip: str) -> None:
+              user: str | None, ip: str, trace_id: str = "") -> None:
         message = (f"method={method} path={path} status={status} duration_ms={duration_ms:.2f} "
-                   f"request_id={request_id} user={user or '-'} ip={ip}")
+                   f"request_id={request_id} trace_id={trace_id or '-'} user={user or '-'} ip={ip}")
         if self._style is None:
             self.logger.info(message, extra={
                 "method": method, "path": path, "status": status, "duration_ms": duration_ms,
-                "request_id": request_id, "user": user, "ip": ip})
+                "request_id": request_id, "trace_id": trace_id, "user": user, "ip": ip})
             return
         if self._style == "text":
             line = f"{iso_utc(time.time())} INFO {self.logger.name}: {message}\n"
         else:
             rest = _encode({"message": message, "method": method, "path": path, "status": status,
                             "duration_ms": round(duration_ms, 3), "request_id": request_id,
-                            "user": user, "ip": ip}).decode()
+                            "trace_id": trace_id, "user": user, "ip": ip}).decode()
             line = f'{{"time":"{iso_utc(time.time())}",{self._json_head},{rest[1:]}\n'
         lines = self._lines
         lines.append(line)

@@ -66,6 +66,9 @@ class RouteHandler:
         route = codec.spec.route
         assert route is not None
         self.status = route.status
+        self.template = route.path
+        self.service = codec.spec.service
+        self.span_name = f"{route.method} {route.path}"
         self.query_names = route.query_params
         self.wants_query = bool(codec.query_type)
         self.body_required = any(
@@ -153,6 +156,9 @@ class Edge:
         # Public listeners only: private ones are reached by other processes, not users.
         self.policy = policy if listener.public else None
         self.access = self.policy.access if self.policy else None
+        self.metrics = host.metrics
+        self.tracing = host.observe.tracing
+        self.tracer = host.tracer
         self.cors = self.policy.cors if self.policy else None
         self.limiter = self.policy.limiter if self.policy else None
         self.router: Router[RouteHandler | Callable[[Request], Awaitable[Response]]] = Router()
@@ -169,6 +175,14 @@ class Edge:
         builtins.update({p: self._live for p in app.live_paths})
         builtins.update({p: self._ready for p in app.ready_paths})
         self.open_paths = {"/healthz", "/readyz", *app.live_paths, *app.ready_paths}
+        if host.metrics is not None:
+            # Open on private listeners (what Prometheus scrapes); on public ones only
+            # as settings.observe.expose says (default: to loopback peers).
+            from mitosis.observe.endpoints import Observe
+
+            observe = Observe(host, public=listener.public)
+            builtins.update(observe.routes())
+            self.open_paths.update(observe.routes())
         for path, fn in builtins.items():
             if ("GET", path) not in self.router.static:
                 self.router.add("GET", path, fn)
@@ -186,15 +200,20 @@ class Edge:
 
     async def handle(self, req: Request, rid: str) -> Response:
         access = self.access
-        if access is None or not access.active():
+        metrics = self.metrics
+        if metrics is None and (access is None or not access.active()):
             resp = await self._serve(req, rid)
         else:
             started = time.perf_counter()
             resp = await self._serve(req, rid)
-            assert self.policy is not None
-            access.write(req.method, req.path, resp.status, (time.perf_counter() - started) * 1e3,
-                         rid, req.principal.subject if req.principal else None,
-                         self.policy.client_ip(req))
+            elapsed = time.perf_counter() - started
+            if metrics is not None:
+                metrics.http(req.method, req.route or "<unmatched>", resp.status, elapsed)
+            if access is not None and access.active():
+                assert self.policy is not None
+                access.write(req.method, req.path, resp.status, elapsed * 1e3, rid,
+                             req.principal.subject if req.principal else None,
+                             self.policy.client_ip(req), context.trace_id())
         if self.cors is not None and "origin" in req.headers:
             self.cors.decorate(req, resp)
         return resp
@@ -241,11 +260,17 @@ class Edge:
                     raise Unauthorized("this listener is private: internal credential required")
                 host.signer.verify(token, host.process.name)
             if isinstance(target, RouteHandler):
+                req.route = target.template
                 context.request_id.set(rid)
-                context.traceparent.set(context.new_traceparent(req.headers.get("traceparent", "")))
+                context.service.set(target.service)
                 context.deadline.set(host.loop_time() + self.settings.deadline)
+                if self.tracer is not None:
+                    return await self._traced(target, req, params, auth_error)
+                if self.tracing:
+                    context.traceparent.set(context.new_traceparent(req.headers.get("traceparent", "")))
                 result = await target(req, params, auth_error)
                 return Response(target.status, json_encoder.encode(result))
+            req.route = req.path  # a built-in endpoint: its path is static
             return await target(req)
         except Unauthorized as exc:
             resp = error_response(exc, rid)
@@ -261,6 +286,26 @@ class Edge:
         finally:
             host.inflight -= 1
             host.maybe_idle()
+
+    async def _traced(self, target: RouteHandler, req: Request, params: dict[str, str],
+                      auth_error: Unauthorized | None) -> Response:
+        """A route call inside an exported SERVER span (OpenTelemetry configured)."""
+        tracer = self.tracer
+        assert tracer is not None
+        span, tp = tracer.start(target.span_name, req.headers.get("traceparent", ""), "server",
+                                {"http.request.method": req.method, "http.route": target.template})
+        context.traceparent.set(tp)
+        try:
+            result = await target(req, params, auth_error)
+        except ServiceError as exc:
+            tracer.end(span, exc.message if exc.status >= 500 else None,
+                       {"http.response.status_code": exc.status})
+            raise
+        except BaseException as exc:
+            tracer.end(span, type(exc).__name__, {"http.response.status_code": 500})
+            raise
+        tracer.end(span, None, {"http.response.status_code": target.status})
+        return Response(target.status, json_encoder.encode(result))
 
     # -- built-in endpoints ----------------------------------------------------
     async def _live(self, req: Request) -> Response:

@@ -34,7 +34,8 @@ _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 class Request:
     # ``principal``: set by the edge from a verified access token.
-    __slots__ = ("body", "client", "headers", "method", "path", "principal", "query")
+    # ``route``: the route template that matched (a metric label), set by the edge.
+    __slots__ = ("body", "client", "headers", "method", "path", "principal", "query", "route")
 
     def __init__(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
                  client: str = ""):
@@ -45,6 +46,7 @@ class Request:
         self.body = body
         self.client = client
         self.principal: Principal | None = None
+        self.route = ""
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.path}>"

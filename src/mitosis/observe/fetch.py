@@ -16,7 +16,7 @@ class FetchError(Exception):
     """The endpoint could not be read; the message says where and why."""
 
 
-async def fetch(host: str, port: int, path: str, *, timeout: float = 2.0,
+async def fetch(host: str, port: int, path: str, *, timeout: float = 2.0,  # noqa: ASYNC109
                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """``GET http://host:port/path``: (status, body)."""
     try:
@@ -60,7 +60,7 @@ def _unchunk(body: bytes) -> bytes:
     return bytes(out)
 
 
-async def fetch_json(host: str, port: int, path: str, *, timeout: float = 2.0,
+async def fetch_json(host: str, port: int, path: str, *, timeout: float = 2.0,  # noqa: ASYNC109
                      headers: dict[str, str] | None = None) -> Any:
     status, body = await fetch(host, port, path, timeout=timeout, headers=headers)
     if status != 200:

@@ -26,6 +26,10 @@ from mitosis.codec import MethodCodec, codec_for
 from mitosis.gateway.edge import Edge, RouteHandler
 from mitosis.gateway.http import HttpProtocol
 from mitosis.gateway.policy import EdgePolicy
+from mitosis.observe.config import ObserveSettings
+from mitosis.observe.endpoints import ObserveState
+from mitosis.observe.metrics import Hist, Metrics, metered_stub
+from mitosis.observe.tracing import Tracer, open_tracer
 
 if TYPE_CHECKING:
     from mitosis.events.runtime import Events
@@ -96,8 +100,15 @@ class Host:
             for name, spec in app.specs.items()
         }
         self.clients: dict[str, ProcessClient] = {}
-        self.refs: dict[str, Any] = {}  # what a caller in this process holds for each service
-        self.rpc_handlers: dict[str, tuple[MethodCodec, Any]] = {}
+        # What a caller in this process holds for each service: (caller, callee) -> ref;
+        # the caller is a service name, or "http" for the edge of a listener.
+        self.refs: dict[tuple[str, str], Any] = {}
+        self.observe = ObserveSettings.from_settings(dict(topology.settings.extra))
+        self.metrics: Metrics | None = Metrics() if self.observe.metrics else None
+        self.observe_state = ObserveState()
+        self.tracer: Tracer | None = None  # OpenTelemetry export, when configured
+        # qualname -> (codec, bound method, served-time histogram or None)
+        self.rpc_handlers: dict[str, tuple[MethodCodec, Any, Hist | None]] = {}
         self.resources: list[tuple[str, Resource]] = []
         self.edges: list[Edge] = []
         self.events: Events | None = None  # when a local service publishes or handles events
@@ -123,13 +134,16 @@ class Host:
             self._idle.set()
 
     # -- wiring --------------------------------------------------------------
-    def _ref(self, service: str) -> Any:
-        """The object a caller in this process uses for ``service``."""
-        if service in self.refs:
-            return self.refs[service]
+    def _ref(self, service: str, caller: str) -> Any:
+        """The object ``caller`` (a service here, or "http") uses for ``service``:
+        the instance itself, a strict or a remote stub, metered when metrics are on."""
+        key = (caller, service)
+        if key in self.refs:
+            return self.refs[key]
         spec = self.app.specs[service]
         if service in self.instances:
             inst = self.instances[service]
+            kind = "local"
             ref = strict_stub(spec, self.codecs[service], inst) if self.strict else inst
         else:
             proc = self.topology.process_of(service)
@@ -139,9 +153,13 @@ class Host:
                 client = self.clients[proc.name] = ProcessClient(
                     process=proc.name, addresses=proc.rpc_addresses(),
                     settings=self.topology.settings, signer=self.signer,
-                    caller_process=self.process.name)
-            ref = remote_stub(spec, self.codecs[service], client, caller=self.process.name)
-        self.refs[service] = ref
+                    caller_process=self.process.name, tracer=self.tracer)
+            kind = "remote"
+            ref = remote_stub(spec, self.codecs[service], client, caller=self.process.name,
+                              stats=None if self.metrics is None else (self.metrics, caller))
+        if self.metrics is not None:
+            ref = metered_stub(spec, self.codecs[service], ref, self.metrics, caller, kind)
+        self.refs[key] = ref
         return ref
 
     async def start(self) -> None:
@@ -150,6 +168,11 @@ class Host:
         self._idle.set()
         info = RuntimeInfo(self.topology.name, self.process.name, self.replica, self.data_dir,
                            dict(self.topology.settings.extra))
+        if self.observe.tracing:
+            self.tracer = open_tracer(self.observe.otlp_endpoint,
+                                      f"{self.app.name}.{self.process.name}",
+                                      {"mitosis.topology": self.topology.name,
+                                       "mitosis.replica": self.replica})
         local = list(self.process.services)
         for name in local:
             inst = self.app.specs[name].cls()
@@ -164,7 +187,7 @@ class Host:
             served = self.process.services if lst.routes is None else lst.routes
             handlers = []
             for svc in served:
-                ref = self._ref(svc)
+                ref = self._ref(svc, "http")
                 for m, codec in self.codecs[svc].items():
                     if codec.spec.route is not None:
                         handlers.append(RouteHandler(codec, getattr(ref, m)))
@@ -203,7 +226,7 @@ class Host:
             spec = self.app.specs[name]
             inst = self.instances[name]
             for attr, dep in spec.dependencies.items():
-                setattr(inst, attr, self._ref(dep))
+                setattr(inst, attr, self._ref(dep, name))
             for attr, rcls in spec.resources.items():
                 url = self.topology.resources.get(rcls.kind)
                 ctx = ResourceContext(name, url.replace("{service}", name) if url else None,
@@ -213,7 +236,8 @@ class Host:
                 self.resources.append((f"{name}.{attr}", res))
                 setattr(inst, attr, res)
             for m, codec in self.codecs[name].items():
-                self.rpc_handlers[codec.spec.qualname] = (codec, getattr(inst, m))
+                served = self.metrics.served(name, m) if self.metrics is not None else None
+                self.rpc_handlers[codec.spec.qualname] = (codec, getattr(inst, m), served)
         await self._open_events(local)
         for name in _start_order(self.app, local):
             await self.instances[name].start()
@@ -237,6 +261,7 @@ class Host:
 
         self.events = Events(open_bus(self.topology.resources.get("events"), app=self.app.name),
                              EventSettings.from_settings(dict(self.topology.settings.extra)))
+        self.events.tracer = self.tracer
         await self.events.start()
         for spec in specs:
             inst = self.instances[spec.name]
@@ -308,3 +333,6 @@ class Host:
         if self.policy is not None:
             await self.policy.aclose()
             self.policy = None
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)  # flush spans not yet exported
+            self.tracer = None

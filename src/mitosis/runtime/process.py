@@ -17,6 +17,7 @@ from typing import Literal
 
 import msgspec
 
+from mitosis import context
 from mitosis.app import App
 from mitosis.gateway.access import iso_utc
 from mitosis.runtime.host import Host, ListenError
@@ -51,8 +52,17 @@ class LogFormatter(logging.Formatter):
         if self.line_style == "text":
             return super().format(record)
         line: dict[str, object] = {"time": iso_utc(record.created), "level": record.levelname,
-                                   "logger": record.name, **self.fields,
-                                   "message": record.getMessage()}
+                                   "logger": record.name, **self.fields}
+        # The call being served when the record was made (the record is formatted
+        # in the same task, so the context is still the caller's).
+        service, rid, trace = context.service.get(), context.request_id.get(), context.trace_id()
+        if service:
+            line["service"] = service
+        if rid:
+            line["request_id"] = rid
+        if trace:
+            line["trace_id"] = trace
+        line["message"] = record.getMessage()
         line.update((k, v) for k, v in record.__dict__.items()
                     if k not in _RECORD_KEYS and not k.startswith("_"))
         if record.exc_info:
@@ -66,16 +76,25 @@ _RECORD_KEYS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asct
 _encode_json = msgspec.json.Encoder(enc_hook=repr).encode
 
 
-def configure_logging(process: str | None = None, replica: int = 0) -> None:
-    """Root logging to stderr at ``MITOSIS_LOG_LEVEL`` (default INFO), as text
-    lines or, with ``MITOSIS_LOG_FORMAT=json``, JSON lines."""
-    level = os.environ.get("MITOSIS_LOG_LEVEL", "INFO").upper()
-    style = os.environ.get("MITOSIS_LOG_FORMAT", "text").lower()
+def log_style() -> Literal["text", "json"]:
+    """``MITOSIS_LOG_FORMAT``: ``text``, ``json``, or ``auto`` (the default):
+    text when stderr is a terminal, JSON lines otherwise (a log collector)."""
+    style = os.environ.get("MITOSIS_LOG_FORMAT", "auto").lower()
+    if style == "auto":
+        return "text" if sys.stderr.isatty() else "json"
     if style not in ("text", "json"):
-        raise ValueError(f"MITOSIS_LOG_FORMAT={style!r} is neither text nor json; "
+        raise ValueError(f"MITOSIS_LOG_FORMAT={style!r} is not text, json or auto; "
                          f"fix: unset it, or set MITOSIS_LOG_FORMAT=json")
+    return "json" if style == "json" else "text"
+
+
+def configure_logging(process: str | None = None, replica: int = 0) -> None:
+    """Root logging to stderr at ``MITOSIS_LOG_LEVEL`` (default INFO), in the
+    style :func:`log_style` says."""
+    level = os.environ.get("MITOSIS_LOG_LEVEL", "INFO").upper()
+    style = log_style()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogFormatter("json" if style == "json" else "text",
+    handler.setFormatter(LogFormatter(style,
                                       {"process": process, "replica": replica} if process else None))
     logging.basicConfig(level=level, handlers=[handler])
     # Alembic narrates every step at INFO; mitosis.data says what changed.

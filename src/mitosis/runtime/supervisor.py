@@ -60,6 +60,11 @@ class Supervisor:
         self.env = dict(os.environ)
         self.env.setdefault("MITOSIS_SECRET", secrets.token_hex(32))
         self.env["PYTHONUNBUFFERED"] = "1"
+        # Children write to a pipe: they log as the supervisor's own stderr would
+        # (text on a terminal, JSON lines otherwise) unless told.
+        from mitosis.runtime.process import log_style
+
+        self.env.setdefault("MITOSIS_LOG_FORMAT", log_style())
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.topo.name} children={[c.label for c in self.children]}>"

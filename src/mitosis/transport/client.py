@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from mitosis import context
 from mitosis.codec import MethodCodec, decode_error, msgpack_encoder
@@ -23,6 +23,10 @@ from mitosis.errors import DeadlineExceeded, ServiceError, Unavailable
 from mitosis.topology.model import Settings
 from mitosis.transport.credential import TokenSigner
 from mitosis.transport.wire import MAGIC, frame, frames, reply_decoder
+
+if TYPE_CHECKING:
+    from mitosis.observe.metrics import CallStat
+    from mitosis.observe.tracing import Tracer
 
 __all__ = ["ProcessClient"]
 
@@ -73,14 +77,15 @@ class _Connection(asyncio.Protocol):
         self.replica.lost(self)
 
     def send(self, method: str, timeout: float, trace: str, caller: str,
-             args: Any) -> tuple[int, asyncio.Future[tuple[bool, Any]]]:
+             args: Any) -> tuple[int, asyncio.Future[tuple[bool, Any]], int]:
+        """Write one call: its id, the future of its reply, and its size in bytes."""
         call_id = next(self.ids)
         fut: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
         self.pending[call_id] = fut
         assert self.transport is not None
-        self.transport.write(frame(msgpack_encoder.encode(
-            (call_id, method, timeout, trace, caller, args))))
-        return call_id, fut
+        data = frame(msgpack_encoder.encode((call_id, method, timeout, trace, caller, args)))
+        self.transport.write(data)
+        return call_id, fut, len(data)
 
 
 class _Replica:
@@ -95,6 +100,7 @@ class _Replica:
         self.probe: asyncio.TimerHandle | None = None
         self.connecting: asyncio.Task[None] | None = None
         self.last_error = ""
+        self.ejections = 0  # times this replica was ejected (a metric)
 
     @property
     def address(self) -> str:
@@ -144,6 +150,7 @@ class _Replica:
 
     def eject(self, why: str) -> None:
         if not self.ejected:
+            self.ejections += 1
             log.warning("ejecting %s replica %d at %s: %s", self.pool.process, self.index,
                         self.address, why)
         self.ejected = True
@@ -168,8 +175,9 @@ class ProcessClient:
     """Calls into one process of the topology (all of its replicas)."""
 
     def __init__(self, *, process: str, addresses: list[tuple[str, int]], settings: Settings,
-                 signer: TokenSigner, caller_process: str):
+                 signer: TokenSigner, caller_process: str, tracer: Tracer | None = None):
         self.process = process
+        self.tracer = tracer
         self.settings = settings
         self.signer = signer
         self.caller_process = caller_process
@@ -212,7 +220,29 @@ class ProcessClient:
                     c.transport.close()
         self.live = []
 
-    async def call(self, codec: MethodCodec, caller: str, args: Any) -> Any:
+    async def call(self, codec: MethodCodec, caller: str, args: Any,
+                   stat: CallStat | None = None) -> Any:
+        tracer = self.tracer
+        if tracer is None:
+            return await self._call(codec, caller, args, stat,
+                                    context.new_traceparent(context.traceparent.get()))
+        span, trace = tracer.start(codec.spec.qualname, context.traceparent.get(), "client",
+                                   {"rpc.system": "mitosis", "rpc.method": codec.spec.qualname,
+                                    "server.address": self.process})
+        try:
+            result = await self._call(codec, caller, args, stat, trace)
+        except ServiceError as exc:
+            tracer.end(span, exc.message if exc.status >= 500 else None,
+                       {"mitosis.error": type(exc).__name__})
+            raise
+        except BaseException as exc:
+            tracer.end(span, type(exc).__name__)
+            raise
+        tracer.end(span)
+        return result
+
+    async def _call(self, codec: MethodCodec, caller: str, args: Any, stat: CallStat | None,
+                    trace: str) -> Any:
         loop = asyncio.get_running_loop()
         now = loop.time()
         dl = context.deadline.get()
@@ -220,7 +250,6 @@ class ProcessClient:
         method = codec.spec.qualname
         if timeout <= 0:
             raise DeadlineExceeded(f"deadline passed before calling {method}")
-        trace = context.new_traceparent(context.traceparent.get())
         tries = len(self.replicas) + 1
         last = ""
         for _ in range(tries):
@@ -232,7 +261,7 @@ class ProcessClient:
                     break  # before sending: nothing ran, but no replica is reachable
             conn = self.live[self.rr % len(self.live)]
             self.rr += 1
-            call_id, fut = conn.send(method, timeout, trace, caller, args)
+            call_id, fut, size = conn.send(method, timeout, trace, caller, args)
             handle = loop.call_later(timeout, _expire, fut)
             try:
                 ok, body = await fut
@@ -250,6 +279,8 @@ class ProcessClient:
                 ) from None
             finally:
                 handle.cancel()
+            if stat is not None:
+                stat.sized(size, len(body))
             if ok:
                 return codec.decode_result(body)
             err: ServiceError = decode_error(body)

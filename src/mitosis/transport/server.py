@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
@@ -21,7 +22,7 @@ __all__ = ["MAGIC", "RpcServerProtocol"]
 
 log = logging.getLogger("mitosis.rpc")
 
-Handler = tuple[MethodCodec, Callable[..., Coroutine[Any, Any, Any]]]
+Handler = tuple[MethodCodec, Callable[..., Coroutine[Any, Any, Any]], Any]
 
 
 class RpcServerProtocol(asyncio.Protocol):
@@ -96,10 +97,21 @@ class RpcServerProtocol(asyncio.Protocol):
         try:
             if handler is None:
                 raise NotFound(f"{host.process.name} does not serve {call.method!r}")
-            codec, fn = handler
+            codec, fn, served = handler
             context.deadline.set(asyncio.get_running_loop().time() + call.timeout)
-            context.traceparent.set(call.trace)
-            result = await fn(*codec.decode_args(call.args))
+            context.service.set(codec.spec.service)
+            if host.tracer is not None:
+                result = await self._traced(call, codec, fn)
+            else:
+                context.traceparent.set(call.trace)
+                if served is None:
+                    result = await fn(*codec.decode_args(call.args))
+                else:
+                    started = time.perf_counter()
+                    try:
+                        result = await fn(*codec.decode_args(call.args))
+                    finally:
+                        served.observe(time.perf_counter() - started)
             body = msgpack_encoder.encode((call.id, True, result))
         except ServiceError as exc:
             body = msgpack_encoder.encode((call.id, False, exc.to_wire()))
@@ -112,3 +124,28 @@ class RpcServerProtocol(asyncio.Protocol):
             host.maybe_idle()
         if self.transport is not None:
             self.transport.write(frame(body))
+
+    async def _traced(self, call: Any, codec: MethodCodec, fn: Any) -> Any:
+        """Serve a call inside an exported SERVER span (OpenTelemetry configured)."""
+        tracer = self.host.tracer
+        assert tracer is not None
+        span, tp = tracer.start(call.method, call.trace, "server",
+                                {"rpc.system": "mitosis", "rpc.method": call.method,
+                                 "mitosis.caller": call.caller})
+        context.traceparent.set(tp)
+        started = time.perf_counter()
+        try:
+            result = await fn(*codec.decode_args(call.args))
+        except ServiceError as exc:
+            tracer.end(span, exc.message if exc.status >= 500 else None,
+                       {"mitosis.error": type(exc).__name__})
+            raise
+        except BaseException as exc:
+            tracer.end(span, type(exc).__name__)
+            raise
+        finally:
+            handler = self.host.rpc_handlers.get(call.method)
+            if handler is not None and handler[2] is not None:
+                handler[2].observe(time.perf_counter() - started)
+        tracer.end(span)
+        return result

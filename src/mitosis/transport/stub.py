@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitosis.codec import MethodCodec, decode_error, encode_error, msgpack_encoder
 from mitosis.errors import Internal, ServiceError
 from mitosis.spec import ServiceSpec
 from mitosis.transport.client import ProcessClient
 
-__all__ = ["remote_stub", "strict_stub"]
+if TYPE_CHECKING:
+    from mitosis.observe.metrics import Metrics
+
+__all__ = ["remote_stub", "strict_stub", "stub_class"]
 
 log = logging.getLogger("mitosis.strict")
 
 
-def _stub_class(spec: ServiceSpec, kind: str, methods: dict[str, Callable[..., Any]]) -> Any:
+def stub_class(spec: ServiceSpec, kind: str, methods: dict[str, Callable[..., Any]]) -> Any:
     ns: dict[str, Any] = dict(methods)
     ns["__repr__"] = lambda self: f"<{kind} stub of {spec.name!r}>"
     ns["name"] = spec.name
@@ -31,19 +34,23 @@ def _stub_class(spec: ServiceSpec, kind: str, methods: dict[str, Callable[..., A
 
 
 def remote_stub(spec: ServiceSpec, codecs: dict[str, MethodCodec], client: ProcessClient,
-                caller: str) -> Any:
+                caller: str, stats: tuple[Metrics, str] | None = None) -> Any:
+    """``caller``: the calling process (sent on the wire).  ``stats``: the
+    metrics and the calling service, to count the bytes each call moves."""
+
     def make(codec: MethodCodec) -> Callable[..., Coroutine[Any, Any, Any]]:
         call = client.call
         bind = codec.bind
+        stat = stats[0].call(stats[1], spec.name, codec.spec.name, "remote") if stats else None
 
         async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-            return await call(codec, caller, bind(args, kwargs))
+            return await call(codec, caller, bind(args, kwargs), stat)
 
         method.__name__ = codec.spec.name
         method.__doc__ = codec.spec.doc
         return method
 
-    return _stub_class(spec, "remote", {n: make(c) for n, c in codecs.items()})
+    return stub_class(spec, "remote", {n: make(c) for n, c in codecs.items()})
 
 
 def strict_stub(spec: ServiceSpec, codecs: dict[str, MethodCodec], target: Any) -> Any:
@@ -64,4 +71,4 @@ def strict_stub(spec: ServiceSpec, codecs: dict[str, MethodCodec], target: Any) 
         method.__name__ = codec.spec.name
         return method
 
-    return _stub_class(spec, "strict", {n: make(c) for n, c in codecs.items()})
+    return stub_class(spec, "strict", {n: make(c) for n, c in codecs.items()})
