@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mitosis.cli import main
-from mitosis.observe.graph import service_nodes, static_graph, to_dot, to_mermaid
+from mitosis.observe.graph import static_graph, to_dot, to_mermaid
 from mitosis.runtime.process import load_bound
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,14 +65,6 @@ def test_dot_is_balanced_and_deterministic():
     assert dot.count("{") == dot.count("}") and dot.count('"') % 2 == 0
     for line in dot.splitlines()[1:-1]:
         assert line.endswith((";", "{", "}")), line
-
-
-def test_service_nodes_for_the_cluster_snapshot():
-    app, topo = load_bound(SHOP / "hybrid.yaml")
-    nodes = service_nodes(app, topo)
-    assert nodes["orders"]["process"] == "orders" and nodes["orders"]["depends"] == ["catalog"]
-    assert nodes["orders"]["publishes"] == ["shop.order_placed"]
-    assert nodes["notifications"]["handles"] == ["shop.order_placed", "shop.user_registered"]
 
 
 def test_cli_graph_from_a_topology_or_an_app(tmp_path, capsys):

@@ -260,6 +260,9 @@ def _recommend(pairs: list[PairAdvice], cluster: ClusterSnapshot,
                 gain -= pair(svc, other)["crossing"]
         return gain
 
+    def traffic(svc: str) -> float:
+        return sum(p["calls"] for p in pairs if svc in p["services"])
+
     recs: list[Recommendation] = []
     for p in pairs:
         a, b = p["services"]
@@ -279,8 +282,9 @@ def _recommend(pairs: list[PairAdvice], cluster: ClusterSnapshot,
                                        cores=saved, bytes=p["bytes"], per_request=p["per_request"],
                                        text=text))
         elif p["verdict"] == "safe to split":
-            # Move out whichever service costs less to take out of the process.
-            move = min((a, b), key=lambda s: (-move_gain(s, ""), s))
+            # Move out whichever service costs less to take out of the process,
+            # then the one with less traffic overall.
+            move = min((a, b), key=lambda s: (round(-move_gain(s, ""), 9), traffic(s), s))
             cost = pair(a, b)["crossing"]
             text = (f"safe to split {a} and {b}: move {move} out of process {placed[move]!r} "
                     f"into one of its own — costs {cores(cost)} cores, "

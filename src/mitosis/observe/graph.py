@@ -18,11 +18,10 @@ import textwrap
 from dataclasses import dataclass
 
 from mitosis.app import App
-from mitosis.observe.snapshot import ServiceNode
 from mitosis.spec import ServiceSpec
 from mitosis.topology import Topology
 
-__all__ = ["Graph", "service_nodes", "static_graph", "to_dot", "to_mermaid"]
+__all__ = ["Graph", "static_graph", "to_dot", "to_mermaid"]
 
 
 @dataclass(frozen=True)
@@ -94,21 +93,6 @@ def static_graph(app: App, topology: Topology | None = None) -> Graph:
         for p in topology.processes.values())
     return Graph(app.name, topology.name if topology else None, tuple(sorted(app.specs)),
                  tuple(edges), groups)
-
-
-def service_nodes(app: App, topology: Topology) -> dict[str, ServiceNode]:
-    """``ClusterSnapshot.services``: what the annotations say of each service."""
-    nodes: dict[str, ServiceNode] = {}
-    for name in sorted(app.specs):
-        spec = app.specs[name]
-        proc = topology.process_of(name)
-        nodes[name] = ServiceNode(
-            process=proc.name if proc else "",
-            depends=sorted(set(spec.dependencies.values())),
-            publishes=sorted({ev.event_name for ev in spec.publishes}),
-            handles=sorted({ev.event_name for ev in spec.handlers.values()}),
-            methods=sorted(spec.methods))
-    return nodes
 
 
 def _mermaid_id(name: str, prefix: str = "") -> str:

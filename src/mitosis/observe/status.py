@@ -28,6 +28,7 @@ class ReplicaRow(TypedDict):
     requests: float | None  # per second over the interval; None without two readings
     errors: float | None  # share of 5xx among those requests (0..1); None without requests
     calls: float | None  # calls per second made by its services (local and remote)
+    served: float | None  # remote calls per second it served (RPC in)
 
 
 def _why(error: str) -> str:
@@ -54,7 +55,7 @@ def replica_rows(after: ClusterSnapshot, before: ClusterSnapshot | None,
                 rows.append(ReplicaRow(process=entry["name"], replica=i, address=err["address"],
                                        pid=None, listeners=declared,
                                        health=f"down: {_why(err['error'])}", uptime=None,
-                                       requests=None, errors=None, calls=None))
+                                       requests=None, errors=None, calls=None, served=None))
                 continue
             prev_list = old.get(entry["name"], [])
             prev = prev_list[i] if i < len(prev_list) else None
@@ -62,7 +63,7 @@ def replica_rows(after: ClusterSnapshot, before: ClusterSnapshot | None,
             health = ("draining" if snap["draining"] else "ready" if snap["ready"] else "not ready")
             row = ReplicaRow(process=entry["name"], replica=i, address=address, pid=snap["pid"],
                              listeners=snap["listeners"], health=health, uptime=snap["uptime"],
-                             requests=None, errors=None, calls=None)
+                             requests=None, errors=None, calls=None, served=None)
             if prev is not None and "error" not in prev:
                 _rates(row, prev, snap)
             rows.append(row)
@@ -85,6 +86,8 @@ def _rates(row: ReplicaRow, was: Snapshot, now: Snapshot) -> None:
     out_now = sum(c["count"] for c in now["calls"] if c["caller"] != "http")
     out_was = sum(c["count"] for c in was["calls"] if c["caller"] != "http")
     row["calls"] = delta(out_now, out_was) / dt
+    row["served"] = delta(sum(s["count"] for s in now["served"]),
+                          sum(s["count"] for s in was["served"])) / dt
 
 
 def _listeners(listeners: list[ListenerInfo]) -> str:
@@ -100,8 +103,9 @@ def render(rows: list[ReplicaRow], title: str) -> str:
              r["health"], duration(r["uptime"]) if r["uptime"] is not None else "-",
              rate(r["requests"]) if r["requests"] is not None else "-",
              f"{r['errors'] * 100:.1f}" if r["errors"] is not None else "-",
+             rate(r["served"]) if r["served"] is not None else "-",
              rate(r["calls"]) if r["calls"] is not None else "-"] for r in rows]
     grid = table(["PROCESS", "REPLICA", "PID", "LISTENERS", "HEALTH", "UPTIME", "REQ/S", "ERR%",
-                  "CALLS/S"], body, right=(1, 2, 5, 6, 7, 8))
+                  "RPC IN/S", "CALLS OUT/S"], body, right=(1, 2, 5, 6, 7, 8, 9))
     ready = sum(1 for r in rows if r["health"] == "ready")
     return f"{title}: {ready}/{len(rows)} replicas ready\n\n{grid}\n"
