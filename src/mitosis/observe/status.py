@@ -98,14 +98,25 @@ def _listeners(listeners: list[ListenerInfo]) -> str:
     return ", ".join(one(lst) for lst in listeners) or "-"
 
 
+def _short(text: str, width: int = 24) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def render(rows: list[ReplicaRow], title: str) -> str:
-    body = [[r["process"], str(r["replica"]), str(r["pid"] or "-"), _listeners(r["listeners"]),
-             r["health"], duration(r["uptime"]) if r["uptime"] is not None else "-",
+    """The table, at most ~100 columns wide; long reasons of a ``down`` replica
+    are cut in the table and given in full under it."""
+    body = [[f"{r['process']}[{r['replica']}]", str(r["pid"] or "-"), _listeners(r["listeners"]),
+             _short(r["health"]), duration(r["uptime"]) if r["uptime"] is not None else "-",
              rate(r["requests"]) if r["requests"] is not None else "-",
              f"{r['errors'] * 100:.1f}" if r["errors"] is not None else "-",
              rate(r["served"]) if r["served"] is not None else "-",
              rate(r["calls"]) if r["calls"] is not None else "-"] for r in rows]
-    grid = table(["PROCESS", "REPLICA", "PID", "LISTENERS", "HEALTH", "UPTIME", "REQ/S", "ERR%",
-                  "RPC IN/S", "CALLS OUT/S"], body, right=(1, 2, 5, 6, 7, 8, 9))
+    grid = table(["REPLICA", "PID", "LISTENERS", "HEALTH", "UPTIME", "REQ/S", "ERR%", "RPC/S",
+                  "CALLS/S"], body, right=(1, 4, 5, 6, 7, 8))
     ready = sum(1 for r in rows if r["health"] == "ready")
-    return f"{title}: {ready}/{len(rows)} replicas ready\n\n{grid}\n"
+    notes = "".join(f"{r['process']}[{r['replica']}] {r['address']}: {r['health']}\n"
+                    for r in rows if _short(r["health"]) != r["health"])
+    footer = (
+        "\nREQ/S: HTTP requests answered; RPC/S: remote calls served; CALLS/S: calls its services "
+        "made\n" + (f"\n{notes}" if notes else ""))
+    return f"{title}: {ready}/{len(rows)} replicas ready\n\n{grid}\n{footer}"
