@@ -4,4 +4,15 @@
   the runtime and every reader: ``/metrics``, ``mitosis status``, the
   dashboard, ``mitosis advise``);
 * ``fetch``     a small HTTP/1.1 GET client for reading those snapshots.
+
+Readers (pure, except ``reader``):
+
+* ``reader``    the CLI's way in: every replica's stats, or one process's cluster view;
+* ``status``    ``mitosis status``: replicas, health, uptime, rates, as a table;
+* ``advise``    ``mitosis advise``: co-locate / split advice from two cluster snapshots
+  (``Advisor``: the same over a sliding window, for a server);
+* ``graph``     ``mitosis graph``: the static graph from the annotations, Mermaid / DOT;
+* ``table``     plain-text tables and the units they show;
+* ``cli``       the three subcommands' parsers and handlers;
+* ``dashboard.html``  the page at ``/_mitosis/`` (polls ``api/cluster``).
 """
