@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import uvloop
@@ -44,30 +45,45 @@ def pct(xs: list[float], p: float) -> float:
 
 
 async def local(calls: int) -> None:
-    host = Host(app, bind(monolith_topology(app), app), "main", listen=False,
-                data=Path(tempfile.mkdtemp()))
-    await host.start()
-    caller = host.instances["caller"]
+    """Direct await vs mitosis's wiring, with metrics on (the default: a metered
+    reference counts and times every call) and off (``MITOSIS_OBSERVE=off``:
+    the co-located instance itself)."""
+    hosts = {}
+    for observe in ("on", "off"):
+        os.environ["MITOSIS_OBSERVE"] = observe
+        hosts[observe] = Host(app, bind(monolith_topology(app), app), "main", listen=False,
+                              data=Path(tempfile.mkdtemp()))
+        await hosts[observe].start()
+    del os.environ["MITOSIS_OBSERVE"]
     direct = Echo()
 
-    async def via_mitosis(n: int) -> None:
-        for i in range(n):
-            await caller.echo.ping(i)
+    def via(host: Host) -> Callable[[int], Awaitable[None]]:
+        caller = host.instances["caller"]
+
+        async def run(n: int) -> None:
+            for i in range(n):
+                await caller.echo.ping(i)
+
+        return run
 
     async def by_hand(n: int) -> None:
         for i in range(n):
             await direct.ping(i)
 
-    runs: dict[str, list[float]] = {"direct": [], "mitosis": []}
+    fns = {"direct": by_hand, "metrics on": via(hosts["on"]), "metrics off": via(hosts["off"])}
+    runs: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(7):
-        for name, fn in (("direct", by_hand), ("mitosis", via_mitosis)):
+        for name, fn in fns.items():
             t = time.perf_counter_ns()
             await fn(calls)
             runs[name].append((time.perf_counter_ns() - t) / calls)
-    d, m = statistics.median(runs["direct"]), statistics.median(runs["mitosis"])
-    print(f"local call      direct await {d:7.1f} ns   via mitosis {m:7.1f} ns   "
-          f"overhead {m - d:+7.1f} ns  (target <= 1000 ns)")
-    await host.stop()
+    d = statistics.median(runs["direct"])
+    for name in ("metrics off", "metrics on"):
+        m = statistics.median(runs[name])
+        print(f"local call      direct await {d:7.1f} ns   via mitosis, {name:<11} {m:7.1f} ns   "
+              f"overhead {m - d:+7.1f} ns  (target <= 1000 ns)")
+    for host in hosts.values():
+        await host.stop()
 
 
 class _FloorClient(asyncio.Protocol):

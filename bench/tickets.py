@@ -1,7 +1,8 @@
 """Tickets purchase throughput: mitosis vs the FastAPI + httpx comparison, same run.
 
     python bench/tickets.py [--duration 10] [--connections 50] [--rounds 1]
-                            [--access-log off|on|both]
+                            [--access-log off|on|both] [--observe on|off|both]
+                            [--topologies monolith,microservices] [--no-fastapi]
 
 Drives ``POST /api/v1/purchase {"qty": 1}`` with wrk (50 connections, pinned to
 core 1) against servers pinned to core 0 (both processes of a microservices
@@ -16,7 +17,10 @@ Every figure is printed beside its comparison and the ratio.  With
 ``--rounds N`` each configuration runs N times interleaved and the median
 round is reported.  ``--access-log`` runs mitosis at log level WARNING (off,
 the default here), INFO (on: one access-log line per request, as ``mitosis run``
-does by default), or both, interleaved, with the on/off ratio.
+does by default), or both, interleaved, with the on/off ratio.  ``--observe``
+runs mitosis with metrics and tracing on (the default: per-call and per-route
+metrics, trace ids made at the edge), off (``MITOSIS_OBSERVE=off``), or both,
+interleaved, with the on/off ratio (issue 6's overhead budget: >= 0.90).
 """
 
 from __future__ import annotations
@@ -42,12 +46,12 @@ HEADERS = {"Content-Type": "application/json"}
 
 
 @contextmanager
-def mitosis(topology: str, log_level: str = "WARNING") -> Iterator[int]:
+def mitosis(topology: str, log_level: str = "WARNING", observe: str = "on") -> Iterator[int]:
     """Start ``mitosis run`` on a tickets topology; yield the purchase port."""
     ports = {"PORT": free_port(), "VACANCY_PORT": free_port(), "TICKET_PORT": free_port()}
     env = {k: str(v) for k, v in ports.items()}
     env.update(INITIAL_STOCK=STOCK, MITOSIS_DATA_DIR=tempfile.mkdtemp(prefix="bench-tickets-"),
-               MITOSIS_LOG_LEVEL=log_level)
+               MITOSIS_LOG_LEVEL=log_level, MITOSIS_OBSERVE=observe)
     proc = start_server([sys.executable, "-m", "mitosis", "run",
                          str(ROOT / "examples" / "tickets" / "topologies" / f"{topology}.yaml")],
                         cpu=SERVER_CPU, env=env)
@@ -114,36 +118,62 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--access-log", choices=("off", "on", "both"), default="off",
                     help="mitosis at log level WARNING (off), INFO (on: access log), or both")
+    ap.add_argument("--observe", choices=("on", "off", "both"), default="on",
+                    help="metrics and tracing on, off (MITOSIS_OBSERVE=off), or both")
+    ap.add_argument("--topologies", default="monolith,microservices")
+    ap.add_argument("--no-fastapi", action="store_true", help="skip the FastAPI comparison")
     args = ap.parse_args()
     if os.cpu_count() and os.cpu_count() < 2:  # type: ignore[operator]
         print("warning: fewer than 2 cores; server and load generator will share one")
     print(f"bench/tickets.py: POST /api/v1/purchase {{\"qty\": 1}}, {args.connections} connections, "
           f"{args.duration}s, servers on cpu {SERVER_CPU}, wrk on cpu {LOAD_CPU}, "
-          f"{args.rounds} round(s), access log {args.access_log}")
+          f"{args.rounds} round(s), access log {args.access_log}, observe {args.observe}")
     targets = {"monolith": 3.2, "microservices": 15.0}
     levels = {"off": ["WARNING"], "on": ["INFO"], "both": ["WARNING", "INFO"]}[args.access_log]
-    for topology in ("monolith", "microservices"):
-        ours: dict[str, list[LoadResult]] = {level: [] for level in levels}
+    observes = {"on": ["on"], "off": ["off"], "both": ["off", "on"]}[args.observe]
+    variants = [(level, obs) for obs in observes for level in levels]
+
+    def label(level: str, obs: str) -> str:
+        parts = []
+        if len(levels) > 1:
+            parts.append(f"log {'on' if level == 'INFO' else 'off'}")
+        if len(observes) > 1:
+            parts.append(f"observe {obs}")
+        return ", ".join(parts) or "mitosis"
+
+    for topology in args.topologies.split(","):
+        ours: dict[tuple[str, str], list[LoadResult]] = {v: [] for v in variants}
         theirs: list[LoadResult] = []
         for _ in range(args.rounds):
-            for level in levels:
-                ours[level].append(drive(mitosis, topology, args, log_level=level))
-            theirs.append(drive(fastapi, topology, args))
-        f = median(theirs)
-        for i, level in enumerate(levels):
-            m = median(ours[level])
-            label = "mitosis" if len(levels) == 1 else f"log {'on ' if level == 'INFO' else 'off'}"
-            print(f"{topology if i == 0 else '':>13}  {label}  {fmt(m)}"
-                  + (f"  rounds: {[round(r.rps) for r in ours[level]]}" if args.rounds > 1 else ""))
-        print(f"{'':>13}  fastapi  {fmt(f)}"
-              + (f"  rounds: {[round(r.rps) for r in theirs]}" if args.rounds > 1 else ""))
-        for level in levels:
-            ratio = median(ours[level]).rps / f.rps
-            print(f"{'':>13}  ratio    {ratio:5.2f}x  (target >= {targets[topology]}x, p99 <= 25 ms)"
-                  + (f"  log {'on' if level == 'INFO' else 'off'}" if len(levels) > 1 else ""))
+            for level, obs in variants:
+                ours[(level, obs)].append(drive(mitosis, topology, args, log_level=level,
+                                                observe=obs))
+            if not args.no_fastapi:
+                theirs.append(drive(fastapi, topology, args))
+        width = max(len(label(*v)) for v in variants)
+        for i, v in enumerate(variants):
+            m = median(ours[v])
+            print(f"{topology if i == 0 else '':>13}  {label(*v):<{width}}  {fmt(m)}"
+                  + (f"  rounds: {[round(r.rps) for r in ours[v]]}" if args.rounds > 1 else ""))
+        if theirs:
+            f = median(theirs)
+            print(f"{'':>13}  {'fastapi':<{width}}  {fmt(f)}"
+                  + (f"  rounds: {[round(r.rps) for r in theirs]}" if args.rounds > 1 else ""))
+            for v in variants:
+                ratio = median(ours[v]).rps / f.rps
+                print(f"{'':>13}  ratio vs fastapi {ratio:5.2f}x  (target >= {targets[topology]}x, "
+                      f"p99 <= 25 ms)  {label(*v)}")
         if len(levels) > 1:
-            on, off = median(ours["INFO"]), median(ours["WARNING"])
-            print(f"{'':>13}  log on/off {on.rps / off.rps:5.3f}  (target >= 0.90)")
+            for obs in observes:
+                on, off = median(ours[("INFO", obs)]), median(ours[("WARNING", obs)])
+                print(f"{'':>13}  log on/off {on.rps / off.rps:5.3f}  (target >= 0.90)")
+        if len(observes) > 1:
+            for level in levels:
+                on, off = median(ours[(level, "on")]), median(ours[(level, "off")])
+                ratios = sorted(a.rps / b.rps for a, b in zip(ours[(level, "on")],
+                                                              ours[(level, "off")], strict=True))
+                print(f"{'':>13}  observe on/off {on.rps / off.rps:5.3f} of medians; per round "
+                      f"{[round(r, 3) for r in ratios]}  (target >= 0.90)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from typing import Any
@@ -176,7 +177,7 @@ async def test_access_log_line(tmp_path, caplog):
         assert len(lines) == 2
         msg = lines[0].getMessage()
         assert msg.startswith("method=GET path=/api/me status=200 duration_ms=")
-        assert msg.endswith("request_id=req-1 user=dave ip=203.0.113.9")
+        assert re.search(r"request_id=req-1 trace_id=[0-9a-f]{32} user=dave ip=203\.0\.113\.9$", msg)
         assert lines[0].status == 200 and lines[0].user == "dave"  # type: ignore[attr-defined]
         assert " status=401 " in lines[1].getMessage() and " user=- " in lines[1].getMessage()
     finally:
