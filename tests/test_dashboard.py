@@ -115,6 +115,10 @@ def test_dashboard_shows_the_tickets_app_live(browser: Any, tmp_path: Path) -> N
             ".map(r => r.dataset.replica + ' ' + r.dataset.health);")
         assert sorted(health) == ["ticket/0 ready", "vacancy/0 ready"]
         assert wait_for(browser, "document.querySelector('[data-method=\"ticket->vacancy.reserve\"]')")
+        # The runtime's own advice (its Advisor compares the cluster with an earlier poll).
+        wait_for(browser, "!document.getElementById('advice').textContent.includes('appears once')")
+        advice = browser.find_element("id", "advice").text
+        assert "ticket" in advice and "vacancy" in advice, advice
         shot = tmp_path / "dashboard-tickets.png"
         browser.save_screenshot(str(shot))
         print(f"screenshot: {shot}")

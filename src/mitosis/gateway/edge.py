@@ -175,6 +175,7 @@ class Edge:
         builtins.update({p: self._live for p in app.live_paths})
         builtins.update({p: self._ready for p in app.ready_paths})
         self.open_paths = {"/healthz", "/readyz", *app.live_paths, *app.ready_paths}
+        self.unmetered: set[str] = set()
         if host.metrics is not None:
             # Open on private listeners (what Prometheus scrapes); on public ones only
             # as settings.observe.expose says (default: to loopback peers).
@@ -183,6 +184,7 @@ class Edge:
             observe = Observe(host, public=listener.public)
             builtins.update(observe.routes())
             self.open_paths.update(observe.routes())
+            self.unmetered.update(observe.routes())  # readers' polls are not the app's traffic
         for path, fn in builtins.items():
             if ("GET", path) not in self.router.static:
                 self.router.add("GET", path, fn)
@@ -207,7 +209,7 @@ class Edge:
             started = time.perf_counter()
             resp = await self._serve(req, rid)
             elapsed = time.perf_counter() - started
-            if metrics is not None:
+            if metrics is not None and req.route not in self.unmetered:
                 metrics.http(req.method, req.route or "<unmatched>", resp.status, elapsed)
             if access is not None and access.active():
                 assert self.policy is not None

@@ -24,6 +24,7 @@ from prometheus_client.process_collector import ProcessCollector
 from mitosis.codec import json_encoder
 from mitosis.errors import NotFound, ServiceError
 from mitosis.gateway.http import Request, Response
+from mitosis.observe.advise import Advisor
 from mitosis.observe.metrics import PrometheusCollector, backlog, snapshot
 
 if TYPE_CHECKING:
@@ -102,9 +103,12 @@ class Observe:
 
         ready, _ = await self.host.readiness()
         mine = snapshot(self.host, ready, await backlog(self.host))
-        return Response(200, json_encoder.encode(await collect_cluster(
-            self.host.app, self.host.topology, own=mine, signer=self.host.signer,
-            caller=self.host.process.name)))
+        cluster = await collect_cluster(self.host.app, self.host.topology, own=mine,
+                                        signer=self.host.signer, caller=self.host.process.name)
+        advice = self.state.advisor.observe(cluster)  # needs a snapshot from a while ago
+        if advice is not None:
+            cluster["advice"] = advice
+        return Response(200, json_encoder.encode(cluster))
 
     async def dashboard(self, req: Request) -> Response:
         page = self.state.page
@@ -123,6 +127,8 @@ class ObserveState:
         self.collector: PrometheusCollector | None = None
         self.page: bytes | None = None
         self.started = time.time()
+        # The dashboard's advice panel compares the cluster now with ~10 s ago.
+        self.advisor = Advisor(window=10.0)
 
     def __repr__(self) -> str:
         return f"<ObserveState registry={'yes' if self.registry else 'no'}>"

@@ -12,7 +12,10 @@ holds one *non-cumulative* count per bound plus a last one for ``+Inf``.
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Literal, NotRequired, TypedDict
+
+if TYPE_CHECKING:
+    from mitosis.observe.advise import Advice
 
 __all__ = [
     "BUCKETS", "CallStats", "ClusterSnapshot", "ConsumerStats", "EventStats", "HttpRoute",
@@ -158,4 +161,4 @@ class ClusterSnapshot(TypedDict):
     now: float
     services: dict[str, ServiceNode]
     processes: list[ProcessEntry]
-    advice: NotRequired[object]  # filled by readers that compute it
+    advice: NotRequired[Advice]  # filled by readers that compute it (needs two snapshots)
