@@ -58,9 +58,13 @@ def plan_for(topology: str, out: str | os.PathLike[str], cwd: Path | None = None
     pyproject = root / "pyproject.toml"
     if pyproject.is_file():
         project = tomllib.loads(pyproject.read_text()).get("project", {}).get("name")
+    # What `pip install .` needs; the app's own code comes in through its pythonpath.
+    files = tuple(f"{name}/" if (root / name).is_dir() else name
+                  for name in ("pyproject.toml", "README.md", "src") if (root / name).exists())
     return build_plan(topo, app, raw, source=Path(topology).as_posix(),
                       context=_rel(root, outdir), out_in_context=_rel(outdir, root),
-                      pythonpath=tuple(pythonpath), project=project)
+                      pythonpath=tuple(pythonpath), project=project,
+                      project_files=files if project else ())
 
 
 def render(target: str, plan: Plan) -> dict[str, str]:

@@ -139,6 +139,7 @@ class Plan:
     pythonpath: tuple[str, ...]  # relative to the build context
     container_topology: str  # the topology containers run (YAML, without header)
     pip_install: str  # what the Dockerfile installs
+    project_files: tuple[str, ...] = ()  # files of the context the image installs from
     extras: tuple[str, ...] = field(default=())
 
     def __repr__(self) -> str:
@@ -149,6 +150,11 @@ class Plan:
                 f"(topology \"{self.topology}\", app \"{self.app}\").\n"
                 f"{comment} Do not edit: change the topology and run mitosis deploy {target} again "
                 f"(--check tells when this file is stale).\n")
+
+    @property
+    def base(self) -> str:
+        """The app's name as a DNS label: the stem of every object's name."""
+        return dns_name(self.app)
 
     def unit(self, process: str) -> Unit:
         return next(u for u in self.units if u.process == process)
@@ -269,7 +275,7 @@ def _edge(topo: Topology, app: App, units: dict[str, Unit]) -> tuple[list[Upstre
 def _container_topology(topo: Topology, raw: dict[str, Any], units: dict[str, Unit],
                         resources: list[Resource], pythonpath: list[str],
                         auth_secret: str | None) -> str:
-    import yaml
+    from mitosis.deploy.document import dump_yaml
 
     settings = dict(raw.get("settings") or {})
     if auth_secret is not None:
@@ -303,16 +309,18 @@ def _container_topology(topo: Topology, raw: dict[str, Any], units: dict[str, Un
         entry["listeners"] = listeners
         procs[proc.name] = entry
     doc["processes"] = procs
-    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=100)
+    return dump_yaml(doc)
 
 
 def build_plan(topo: Topology, app: App, raw: dict[str, Any], *, source: str,
                context: str = ".", out_in_context: str = ".",
-               pythonpath: tuple[str, ...] = (), project: str | None = None) -> Plan:
+               pythonpath: tuple[str, ...] = (), project: str | None = None,
+               project_files: tuple[str, ...] = ()) -> Plan:
     """``raw``: the topology file's YAML before expansion.  ``context``: the
     build context (project root) relative to the output directory;
     ``out_in_context`` the reverse; ``pythonpath``: the topology's pythonpath
-    relative to the context; ``project``: the context's pyproject name."""
+    relative to the context; ``project``: the context's pyproject name and
+    ``project_files`` what of it to copy before ``pip install`` (pyproject.toml, ...)."""
     from mitosis.auth.tokens import Tokens
 
     dep = topo.deploy
@@ -372,5 +380,5 @@ def build_plan(topo: Topology, app: App, raw: dict[str, Any], *, source: str,
         context=context, out_in_context=out_in_context, pythonpath=pythonpath,
         container_topology=_container_topology(topo, raw, units, resources, list(pythonpath),
                                                auth_secret),
-        pip_install=pip, extras=extras,
+        pip_install=pip, project_files=project_files, extras=extras,
     )
