@@ -1,5 +1,5 @@
-"""``mitosis run | check | db | events``, and ``status | advise | graph`` (from
-``mitosis.observe.cli``)."""
+"""``mitosis run | check | db | events | deploy``, and ``status | advise | graph``
+(from ``mitosis.observe.cli``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import sys
 
+from mitosis.deploy import cli as deploy_cli
 from mitosis.observe.cli import add_parsers as observe_parsers
 from mitosis.resource import ResourceContext
 from mitosis.topology import Topology, TopologyError
@@ -223,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--id", action="append", help="an event id (repeatable)")
     which.add_argument("--all", action="store_true", help="every dead letter")
     observe_parsers(sub)
+    deploy_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if hasattr(args, "handler"):
         return int(args.handler(args))
