@@ -29,11 +29,13 @@ _bits = random.Random().getrandbits
 def new_traceparent(parent: str = "") -> str:
     """A child span of ``parent`` (same trace id), or a new trace when there is none
     or it is malformed."""
-    # Ids need to be unique, not secret: a PRNG, not a getrandom() syscall per id.
-    span = f"{_bits(64):016x}"
+    # Ids need to be unique, not secret: a PRNG, not a getrandom() syscall per id;
+    # bytes.hex(), because format(n, "016x") costs several times more (this runs
+    # once per request at the edge and once per remote call).
+    span = _bits(64).to_bytes(8, "little").hex()
     if len(parent) == 55 and parent[2] == "-" and parent[35] == "-":
-        return f"00-{parent[3:35]}-{span}-{parent[53:55]}"
-    return f"00-{_bits(128):032x}-{span}-01"
+        return parent[:36] + span + parent[52:]
+    return "00-" + _bits(128).to_bytes(16, "little").hex() + "-" + span + "-01"
 
 
 def trace_id() -> str:

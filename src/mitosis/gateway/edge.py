@@ -47,6 +47,7 @@ from mitosis.topology.model import Listener
 
 if TYPE_CHECKING:
     from mitosis.gateway.policy import EdgePolicy
+    from mitosis.observe.metrics import CallStat
     from mitosis.runtime.host import Host
 
 __all__ = ["Edge", "RouteHandler"]
@@ -60,9 +61,11 @@ _ALLOWED_RID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 class RouteHandler:
     """Turns a request into arguments for one method and calls it."""
 
-    def __init__(self, codec: MethodCodec, fn: Callable[..., Awaitable[Any]]):
+    def __init__(self, codec: MethodCodec, fn: Callable[..., Awaitable[Any]],
+                 stat: CallStat | None = None):
         self.codec = codec
         self.fn = fn
+        self.stat = stat  # metrics on: this edge's calls of the method (caller "http")
         route = codec.spec.route
         assert route is not None
         self.status = route.status
@@ -122,7 +125,17 @@ class RouteHandler:
         args = [getattr(b if in_body else q, name) for in_body, name in self.sources]
         if not self.plain:
             self._bind_edge_params(req, args, auth_error)
-        return await self.fn(*args)
+        stat = self.stat
+        if stat is None:
+            return await self.fn(*args)
+        started = time.perf_counter()
+        try:
+            result = await self.fn(*args)
+        except BaseException:
+            stat.err.observe(time.perf_counter() - started)
+            raise
+        stat.ok.observe(time.perf_counter() - started)
+        return result
 
     def _bind_edge_params(self, req: Request, args: list[Any], auth_error: Unauthorized | None) -> None:
         for i, required in self.principals:
