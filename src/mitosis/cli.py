@@ -1,4 +1,4 @@
-"""``mitosis run | check | db``."""
+"""``mitosis run | check | db | events | deploy``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 
+from mitosis.deploy import cli as deploy_cli
 from mitosis.resource import ResourceContext
 from mitosis.topology import Topology, TopologyError
 
@@ -220,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     which = again.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", action="append", help="an event id (repeatable)")
     which.add_argument("--all", action="store_true", help="every dead letter")
+    deploy_cli.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "deploy":
+        return int(args.handler(args))
     if args.command == "events":
         return _events(args)
     if args.command == "check":

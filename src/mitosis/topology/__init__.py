@@ -3,6 +3,7 @@
 - ``model``:  frozen records (Topology, Process, Listener, Settings, Problem)
 - ``loader``: YAML -> records, ``${VAR:-default}`` expansion, line numbers
 - ``check``:  validation against an App (placement, ports, cycles, privacy)
+- ``deploy``: the optional ``deploy:`` section (image, edge port, k8s sizes), read by ``mitosis deploy``
 """
 
 from mitosis.topology.check import bind, find_cycle

@@ -11,6 +11,7 @@ Schema (keys not listed are rejected, to catch typos)::
     pythonpath: ../..                 # str or list, relative to this file
     settings: {deadline: 10s, max_body: 1MiB, grace: 10s, connections: 2, ...}
     resources: {database: "sqlite:///..."}
+    deploy: {image: ..., edge: {port: 80}, ...}   # only mitosis deploy reads it: topology/deploy.py
     processes:
       NAME:
         services: [a, b] | "*"
@@ -31,12 +32,13 @@ from typing import Any
 
 import yaml
 
+from mitosis.topology.deploy import read_deploy
 from mitosis.topology.model import Listener, Problem, Process, Settings, Topology, TopologyError
 
 __all__ = ["load_topology", "parse_duration", "parse_size"]
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_TOP_KEYS = {"name", "app", "pythonpath", "settings", "resources", "processes"}
+_TOP_KEYS = {"name", "app", "pythonpath", "settings", "resources", "processes", "deploy"}
 _PROC_KEYS = {"services", "replicas", "private", "address", "env", "listeners"}
 _LISTENER_KEYS = {"port", "host", "public", "routes"}
 _SETTING_KEYS = {"deadline", "max_body", "grace", "drain_delay", "connections",
@@ -180,6 +182,8 @@ def _build(r: _Reader, data: dict[str, Any], path: Path) -> Topology | None:
             if proc is not None:
                 processes[proc.name] = proc
     app = data.get("app")
+    names = {str(k) for k in procs_raw} if isinstance(procs_raw, dict) else set()
+    deploy = read_deploy(r, data.get("deploy"), names)
     return Topology(
         name=str(name),
         file=str(path),
@@ -188,6 +192,7 @@ def _build(r: _Reader, data: dict[str, Any], path: Path) -> Topology | None:
         processes=processes,
         resources=resources,
         settings=settings,
+        deploy=deploy,
         lines=r.lines,
     )
 

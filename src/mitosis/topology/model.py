@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mitosis.topology.deploy import DeploySpec
+
 __all__ = ["Listener", "Problem", "Process", "Settings", "Topology", "TopologyError"]
 
 
@@ -100,6 +102,7 @@ class Topology:
     processes: dict[str, Process]
     resources: dict[str, str]
     settings: Settings
+    deploy: DeploySpec = field(default_factory=DeploySpec)  # only ``mitosis deploy`` reads it
     lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def process_of(self, service: str) -> Process | None:
