@@ -17,6 +17,7 @@ import os
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +40,8 @@ ENV = {"SHOP_ADMIN_EMAIL": ADMIN[0], "SHOP_ADMIN_PASSWORD": ADMIN[1],
 
 
 @pytest.fixture(params=["nginx", "haproxy"])
-def shop_behind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[TopologyGroup, Balancer]]:
+def shop_behind(request: pytest.FixtureRequest,
+                tmp_path: Path) -> Iterator[tuple[TopologyGroup, Balancer]]:
     """The shop started with ``mitosis run``, and a balancer in front of it."""
     from balancers import require_binary
 
@@ -106,25 +108,27 @@ def test_sigkill_a_gateway_replica_under_load(shop_behind):
             os.kill(victim, signal.SIGKILL)
 
         await load.run(6.0, during=kill())
-        before = dict(load.hits)
         # The supervisor restarts the replica; the balancer sends to it again.
-        back: dict[str, int] = {}
+        after: Counter[str] = Counter()
         end = time.monotonic() + 30
         async with httpx.AsyncClient(timeout=5) as c:
-            while not back:
-                assert time.monotonic() < end, f"replica 1 not back behind {lb.kind}:\n{group.log.read_text()[-3000:]}"
+            while after["1 (restarted)"] < 3:
+                assert time.monotonic() < end, (f"replica 1 not back behind {lb.kind}:\n"
+                                                f"{group.log.read_text()[-3000:]}")
+                await asyncio.sleep(0.05)
                 try:
                     body = (await c.get(lb.url + "/")).json()
                 except httpx.HTTPError:
                     continue
-                if body["replica"] == 1 and body["pid"] != victim:
-                    back = {"pid": body["pid"]}
-                await asyncio.sleep(0.05)
-        return load, await orders_of(lb.url, auth), {**back, **{f"{r}/{p}": n for (r, p), n in before.items()}}
+                restarted = body["replica"] == 1 and body["pid"] != victim
+                after[f"{body['replica']}{' (restarted)' if restarted else ''}"] += 1
+        return load, await orders_of(lb.url, auth), dict(after)
 
-    load, listed, hits = asyncio.run(scenario())
+    load, listed, after = asyncio.run(scenario())
+    during = {f"{r}/{p}": n for (r, p), n in sorted(load.hits.items())}
     print(f"\n{lb.kind} SIGKILL gateway.1 (pid {victim}): {load.summary()}; orders listed "
-          f"{len(listed)}; hits (replica/pid) during the run {hits}")
+          f"{len(listed)}; GET / hits by replica/pid during the run {during}; "
+          f"until the restarted replica answered 3 times {after}")
     assert not load.get_failures, load.get_failures[:5]
     assert_every_key_one_order(load, listed)
     assert any(r == 1 and p == victim for r, p in load.hits)  # it did serve before the kill

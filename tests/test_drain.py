@@ -156,3 +156,37 @@ def test_a_draining_replica_loses_no_rpc_call(tmp_path):
         assert run.stop() == 0
     print(f"\nrpc drain: {seen}")
     assert seen["calls"] > 200 and seen["failed"] == 0 and seen["restarted"]
+
+
+def test_sighup_restarts_every_child_once_and_a_stop_restarts_nothing(tmp_path):
+    from mitosis.testing import _free_run
+
+    port, vport = free_port(), _free_run(2)
+    path = tmp_path / "roll.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "roll", "app": "tickets.app:app", "pythonpath": str(ROOT / "examples"),
+        "settings": {"drain_delay": "0.2s"},
+        "processes": {"ticket": {"services": ["ticket"], "listeners": [{"port": port}]},
+                      "vacancy": {"services": ["vacancy"], "replicas": 2, "private": True,
+                                  "listeners": [{"port": vport, "host": "127.0.0.1"}]}},
+    }))
+    run = Run(path, {"MITOSIS_DATA_DIR": str(tmp_path / "data")}, [port, vport, vport + 1], tmp_path)
+    try:
+        before = httpx.get(f"http://127.0.0.1:{port}/", timeout=5).json()["pid"]
+        run.proc.send_signal(signal.SIGHUP)
+        end = time.monotonic() + 30
+        while "rolling restart done" not in run.output():
+            assert time.monotonic() < end, run.output()
+            time.sleep(0.1)
+        after = httpx.get(f"http://127.0.0.1:{port}/", timeout=5).json()["pid"]
+        r = httpx.post(f"http://127.0.0.1:{port}/api/v1/purchase", json={"qty": 1}, timeout=5)
+    finally:
+        assert run.stop(signal.SIGTERM) == 0
+    out = run.output()
+    print(f"\nroll: ticket pid {before} -> {after}; purchase after the roll {r.status_code}")
+    assert after != before and r.status_code == 200 and r.json()["success"]
+    assert out.count("for the rolling restart; starting it") == 3
+    assert all(f"{c} is back and ready" in out for c in ("ticket", "vacancy.0", "vacancy.1"))
+    stopped = out[out.index("stopping: SIGINT to every process"):]
+    assert "restarting" not in stopped and "starting it" not in stopped
+    assert "exited (" not in out  # no child counted as crashed
