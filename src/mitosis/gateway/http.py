@@ -118,6 +118,10 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def goaway(self) -> None:
+        """Draining begins: nothing to announce, every answer from now on says
+        ``connection: close`` (see ``_serve``)."""
+
     def close_if_idle(self) -> None:
         """Called when draining: close now if nothing is in flight, else after it."""
         self.closing = True
@@ -220,7 +224,10 @@ class HttpProtocol(asyncio.Protocol):
             resp = await self.edge.handle(req, rid)
             if self.transport is None:
                 break
-            keep_alive = keep_alive and not self.closing
+            # While the host drains, the connection closes after each answer:
+            # a proxy learns it from the answer instead of racing our close
+            # of an idle connection it is about to reuse.
+            keep_alive = keep_alive and not self.closing and not self.edge.host.draining
             self.transport.write(resp.encode(rid, keep_alive))
             if not keep_alive:
                 self.transport.close()

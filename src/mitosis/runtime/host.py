@@ -9,8 +9,19 @@ Startup, decided once from the topology and never per call:
 3. open resources, call ``start()`` in dependency order;
 4. open listeners (HTTP and RPC share each port).
 
-Shutdown (``drain``): ``/readyz`` answers 503, listeners close, in-flight
-requests finish (up to ``grace``), services ``stop()`` in reverse order.
+Shutdown (``drain``), what a load balancer needs to lose no request:
+
+1. ``/readyz`` answers 503, every HTTP answer says ``connection: close``, and
+   RPC clients are told to go away (they send nothing new, their calls in
+   flight are still answered);
+2. for ``drain_delay`` the listeners stay open and serve, so a balancer with
+   active health checks (HAProxy, Kubernetes) sees the 503 and stops sending
+   before anything is refused, and a keep-alive connection is closed by an
+   answer rather than under a request the proxy is sending;
+3. listeners close (a proxy's new connection is refused: it tries the next
+   server, which is always safe), idle connections close;
+4. in-flight requests finish and RPC clients hang up (up to ``grace``);
+5. services ``stop()`` in reverse order.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from mitosis.service import Service
 from mitosis.topology.model import Topology
 from mitosis.transport.client import ProcessClient
 from mitosis.transport.credential import TokenSigner, load_secret
+from mitosis.transport.server import RpcServerProtocol
 from mitosis.transport.stub import remote_stub, strict_stub
 
 __all__ = ["Host", "ListenError", "data_dir"]
@@ -52,6 +64,8 @@ class ListenError(OSError):
 
 
 class _Closable(Protocol):
+    def goaway(self) -> None: ...
+
     def close_if_idle(self) -> None: ...
 
     def abort(self) -> None: ...
@@ -293,25 +307,30 @@ class Host:
             ok = ok and good
         return ok, checks
 
-    async def drain(self) -> None:
-        """Stop taking work, finish what is in flight (up to ``grace``), stop."""
+    async def drain(self, delay: bool = True) -> None:
+        """Stop taking work, finish what is in flight (up to ``grace``), stop.
+        ``delay=False`` skips ``drain_delay``: nobody is left to take over."""
         if self.draining:
             return
         self.draining = True
         settings = self.topology.settings
-        if settings.drain_delay > 0:
+        for conn in list(self.connections):
+            conn.goaway()
+        if delay and settings.drain_delay > 0:
             await asyncio.sleep(settings.drain_delay)
         for server in self.servers:
             server.close()
         for conn in list(self.connections):
             conn.close_if_idle()
-        if self._idle is not None and self.inflight:
-            self._idle.clear()
-            try:
-                await asyncio.wait_for(self._idle.wait(), settings.grace)
-            except TimeoutError:
+        # RPC connections are closed by their clients once the calls they sent
+        # are answered: closing them here could cross a call on the wire.
+        end = asyncio.get_running_loop().time() + settings.grace
+        while self.inflight or any(isinstance(c, RpcServerProtocol) for c in self.connections):
+            if asyncio.get_running_loop().time() >= end:
                 log.warning("%s: %d request(s) still running after %.1fs grace; stopping anyway",
                             self, self.inflight, settings.grace)
+                break
+            await asyncio.sleep(0.02)
         await self.stop()
 
     async def stop(self) -> None:

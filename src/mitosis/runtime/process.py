@@ -137,19 +137,31 @@ def load_bound(path: str | Path) -> tuple[App, Topology]:
 
 
 async def serve(host: Host) -> None:
-    """Start the host and run until SIGTERM/SIGINT, then drain."""
+    """Start the host and run until SIGTERM/SIGINT, then drain.
+
+    SIGTERM (systemd, Kubernetes, a rolling restart) drains with the
+    topology's ``drain_delay``, so balancers see ``/readyz`` fail before the
+    listener closes; SIGINT (Ctrl-C, or ``mitosis run`` stopping everything,
+    when no replica is left to take over) skips that delay."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    delay = True
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal delay
+        delay = delay and sig == signal.SIGTERM
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     await host.start()
     # What startup made (modules, classes, the app) lives as long as the
     # process: keep it out of every later garbage collection, whose full
     # passes would otherwise walk it all and show up as latency spikes.
     gc.freeze()
     await stop.wait()
-    log.info("%s: draining", host)
-    await host.drain()
+    log.info("%s: draining%s", host, "" if delay else " (no drain_delay: SIGINT)")
+    await host.drain(delay)
     log.info("%s: stopped", host)
 
 

@@ -37,7 +37,9 @@ class Settings:
     deadline: float = 10.0  # seconds a call may take unless the caller's deadline is shorter
     max_body: int = 1 << 20  # bytes
     grace: float = 10.0  # seconds to finish in-flight requests on SIGTERM
-    drain_delay: float = 0.0  # seconds to keep serving with /readyz at 503 before closing
+    # SIGTERM: seconds to keep serving with /readyz at 503 before the listeners close: long
+    # enough for a balancer's health checks to notice (generated HAProxy: 2 checks 2 s apart).
+    drain_delay: float = 5.0
     connections: int = 2  # pooled RPC connections per callee replica
     connect_timeout: float = 1.0
     eject_for: float = 1.0  # first ejection of a failing replica; doubles up to 30 s

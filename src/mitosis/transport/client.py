@@ -8,6 +8,10 @@ replicas of one process.
   tried on the next replica; one that fails after is retried only when the
   method is idempotent.  Otherwise the caller gets ``Unavailable``.
 * Every call carries the remaining deadline, the trace and the caller's name.
+* A draining replica says *go away* on each connection: no new call goes
+  there, the calls already sent are answered, then the connection closes and
+  the replica is probed back (a restarted replica rejoins within
+  ``eject_for``).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class _Connection(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future[tuple[bool, Any]]] = {}
         self.ids = itertools.count(1)
         self.hello: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
+        self.leaving = False  # the server said go away: close once nothing is pending
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -61,10 +66,15 @@ class _Connection(asyncio.Protocol):
             if reply.id == 0:
                 if not self.hello.done():
                     self.hello.set_result((reply.ok, reply.body))
+                else:
+                    self.leaving = True
+                    self.replica.goaway(self)
                 continue
             fut = self.pending.pop(reply.id, None)
             if fut is not None and not fut.done():
                 fut.set_result((reply.ok, reply.body))
+        if self.leaving and not self.pending and self.transport is not None:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -126,6 +136,8 @@ class _Replica:
                 ok, body = await asyncio.wait_for(new.hello, self.pool.settings.connect_timeout)
                 if not ok:
                     err = decode_error(body)
+                    if isinstance(err, Unavailable):  # draining: no call was sent
+                        raise _Refused(err.message)
                     raise _Refused(f"{err.message} (do both processes have the same "
                                    f"MITOSIS_SECRET?)")
                 self.conns.append(new)
@@ -147,6 +159,17 @@ class _Replica:
                 # The peer may be restarting: try again soon, eject if it is gone.
                 loop = asyncio.get_running_loop()
                 self.probe = loop.call_later(0.05, self._probe)
+
+    def goaway(self, conn: _Connection) -> None:
+        """The replica is draining (a restart, a scale-down): stop using it at
+        once, without failing what is in flight, and look for it again soon."""
+        if conn in self.conns:
+            self.conns.remove(conn)
+        self.ejected = True
+        self.pool.refresh()
+        if self.probe is None and not self.pool.closed:
+            self.probe = asyncio.get_running_loop().call_later(
+                self.pool.settings.eject_for, self._probe)
 
     def eject(self, why: str) -> None:
         if not self.ejected:

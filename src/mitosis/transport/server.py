@@ -12,7 +12,7 @@ import msgspec
 
 from mitosis import context
 from mitosis.codec import MethodCodec, msgpack_encoder
-from mitosis.errors import Internal, NotFound, ServiceError, Unauthorized
+from mitosis.errors import Internal, NotFound, ServiceError, Unauthorized, Unavailable
 from mitosis.transport.wire import MAGIC, call_decoder, frame, frames, hello_decoder
 
 if TYPE_CHECKING:
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 __all__ = ["MAGIC", "RpcServerProtocol"]
 
 log = logging.getLogger("mitosis.rpc")
+
+GOAWAY = frame(msgpack_encoder.encode((0, True, "goaway")))
 
 Handler = tuple[MethodCodec, Callable[..., Coroutine[Any, Any, Any]], Any]
 
@@ -50,8 +52,17 @@ class RpcServerProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def close_if_idle(self) -> None:
-        if not self.tasks and self.transport is not None:
+        # A client that was told to go away closes the connection itself once
+        # its calls are answered; closing it here could cross a call on the wire.
+        if not self.authed and not self.tasks and self.transport is not None:
             self.transport.close()
+
+    def goaway(self) -> None:
+        """The host is draining: tell the client to send nothing new here.  The
+        connection stays open (and calls the client sent meanwhile still run)
+        until the client closes it, or the host stops after its grace."""
+        if self.authed and self.transport is not None:
+            self.transport.write(GOAWAY)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -85,6 +96,11 @@ class RpcServerProtocol(asyncio.Protocol):
         except (msgspec.DecodeError, Unauthorized) as exc:
             err = exc if isinstance(exc, Unauthorized) else Unauthorized("malformed hello")
             self.transport.write(frame(msgpack_encoder.encode((0, False, err.to_wire()))))
+            self.transport.close()
+            return
+        if self.host.draining:  # refused before any call: the client tries another replica
+            busy = Unavailable(f"{self.host.process.name} is draining")
+            self.transport.write(frame(msgpack_encoder.encode((0, False, busy.to_wire()))))
             self.transport.close()
             return
         self.authed = True

@@ -5,6 +5,12 @@ RPC: the server tells them apart by the first bytes) and a ``Hello`` frame
 carrying the internal credential; the server answers one ``Reply`` with
 id 0.  Then any number of ``Call`` frames, multiplexed by id, each answered
 by one ``Reply`` in any order.
+
+A ``Reply`` with id 0 after the handshake is *go away*: the server is
+draining.  The client sends no new call on that connection, waits for the
+replies to the calls it already sent (the server keeps answering them), then
+closes it.  Calls sent before the client read the go-away still run, so a
+draining server never drops a call it was sent.
 """
 
 from __future__ import annotations

@@ -1,0 +1,192 @@
+"""Graceful stop of one process, as a load balancer sees it: SIGTERM flips
+``/readyz`` to 503 and answers say ``connection: close`` while the listener
+stays open for ``drain_delay``; then new connections are refused; requests
+in flight finish; the process exits within its grace.  An RPC caller is told
+to go away and loses no call."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+import pytest
+import yaml
+from e2e import ROOT, Run
+
+from mitosis.testing import free_port
+
+pytestmark = pytest.mark.e2e
+
+DRAIN_DELAY, GRACE = 1.0, 3.0
+
+
+def _topology(tmp_path, port: int) -> object:
+    path = tmp_path / "drain.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "drain", "app": "demo.app:app", "pythonpath": str(ROOT / "tests"),
+        "settings": {"grace": f"{GRACE}s", "drain_delay": f"{DRAIN_DELAY}s"},
+        "processes": {"main": {"services": "*", "listeners": [{"port": port,
+                                                               "host": "127.0.0.1"}]}},
+    }))
+    return path
+
+
+def test_sigterm_readyz_503_then_refused_in_flight_finishes_exit_within_grace(tmp_path):
+    port = free_port()
+    run = Run(_topology(tmp_path, port), {"MITOSIS_DATA_DIR": str(tmp_path)}, [port], tmp_path,
+              args=("--process", "main"))
+    url = f"http://127.0.0.1:{port}"
+
+    async def scenario() -> dict[str, object]:
+        seen: dict[str, object] = {}
+        async with httpx.AsyncClient(timeout=30) as slow_client, \
+                httpx.AsyncClient(timeout=5) as kept:
+            assert (await kept.get(url + "/")).status_code == 200  # an idle keep-alive connection
+            finishes = asyncio.ensure_future(
+                slow_client.post(url + "/store/slow", json={"seconds": 2.0}))
+            too_long = asyncio.ensure_future(
+                slow_client.post(url + "/store/slow", json={"seconds": 30.0}))
+            await asyncio.sleep(0.3)
+            run.proc.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+            await asyncio.sleep(0.2)
+            async with httpx.AsyncClient(timeout=5) as fresh:  # still accepted during drain_delay
+                ready = await fresh.get(url + "/readyz")
+            seen["readyz"] = (ready.status_code, ready.json()["status"],
+                              ready.headers.get("connection"))
+            again = await kept.get(url + "/")  # the idle keep-alive connection: served, then closed
+            seen["keep-alive"] = (again.status_code, again.headers.get("connection"))
+            await asyncio.sleep(DRAIN_DELAY)
+            try:
+                async with httpx.AsyncClient(timeout=5) as late:
+                    seen["after delay"] = (await late.get(url + "/healthz")).status_code
+            except httpx.ConnectError:
+                seen["after delay"] = "refused"
+            r = await finishes
+            seen["in flight"] = (r.status_code, r.json())
+            try:
+                seen["past grace"] = (await too_long).status_code
+            except httpx.HTTPError as exc:
+                seen["past grace"] = type(exc).__name__
+            seen["exit"] = await asyncio.to_thread(run.proc.wait, 15)
+            seen["stopped after"] = round(time.monotonic() - sent, 1)
+        return seen
+
+    seen = asyncio.run(scenario())
+    print(f"\ndrain: {seen}")
+    assert seen["readyz"] == (503, "draining", "close")
+    assert seen["keep-alive"] == (200, "close")
+    assert seen["after delay"] == "refused"
+    assert seen["in flight"] == (200, 2.0)
+    assert seen["past grace"] == "RemoteProtocolError"  # cut when grace ran out
+    assert seen["exit"] == 0
+    assert DRAIN_DELAY + GRACE - 0.5 <= seen["stopped after"] <= DRAIN_DELAY + GRACE + 1.5  # type: ignore[operator]
+    assert "still running after 3.0s grace" in run.output()
+
+
+def test_a_draining_replica_loses_no_rpc_call(tmp_path):
+    """Calls that are not idempotent (never retried) keep flowing to a process
+    of two replicas while one is stopped with SIGTERM: the caller is told to
+    go away, gets its calls in flight answered, and uses the other replica."""
+    from demo.app import app
+
+    from mitosis.codec import codec_for
+    from mitosis.observe.fetch import fetch_json
+    from mitosis.testing import _free_run
+    from mitosis.topology.model import Settings
+    from mitosis.transport.client import ProcessClient
+    from mitosis.transport.credential import TokenSigner
+    from mitosis.transport.stub import remote_stub
+
+    port = _free_run(2)
+    secret = "d" * 32
+    path = tmp_path / "rpc.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "rpc-drain", "app": "demo.app:app", "pythonpath": str(ROOT / "tests"),
+        "settings": {"grace": f"{GRACE}s", "drain_delay": f"{DRAIN_DELAY}s"},
+        "processes": {"front": {"services": ["front"], "listeners": [{"port": free_port()}]},
+                      "store": {"services": ["store"], "replicas": 2, "private": True,
+                                "listeners": [{"port": port, "host": "127.0.0.1"}]}},
+    }))
+    run = Run(path, {"MITOSIS_DATA_DIR": str(tmp_path), "MITOSIS_SECRET": secret},
+              [port, port + 1], tmp_path)
+    signer = TokenSigner(secret.encode())
+
+    async def scenario() -> dict[str, object]:
+        token = {"x-mitosis-token": signer.issue("store", "test")}
+        victim = (await fetch_json("127.0.0.1", port, "/", headers=token))["pid"]
+        client = ProcessClient(process="store", settings=Settings(), signer=signer,
+                               addresses=[("127.0.0.1", port), ("127.0.0.1", port + 1)],
+                               caller_process="test")
+        spec = app.specs["store"]
+        store = remote_stub(spec, {m: codec_for(s) for m, s in spec.methods.items()}, client, "test")
+        counts = {"calls": 0, "failed": 0}
+        errors: list[str] = []
+        stop = asyncio.Event()
+
+        async def caller() -> None:
+            while not stop.is_set():
+                try:
+                    await store.slow(0.05)  # not idempotent: a lost call would be an error
+                except Exception as exc:
+                    counts["failed"] += 1
+                    errors.append(repr(exc))
+                counts["calls"] += 1
+
+        try:
+            callers = [asyncio.ensure_future(caller()) for _ in range(8)]
+            long = asyncio.gather(*(store.slow(1.5) for _ in range(4)))
+            await asyncio.sleep(0.5)
+            os.kill(victim, signal.SIGTERM)
+            await asyncio.sleep(DRAIN_DELAY + 3.0)  # drained, exited, restarted by mitosis run
+            stop.set()
+            await asyncio.gather(*callers)
+            await long
+            fresh = (await fetch_json("127.0.0.1", port, "/", headers=token))["pid"]
+        finally:
+            await client.aclose()
+        return {**counts, "errors": errors[:3], "restarted": fresh != victim}
+
+    try:
+        seen = asyncio.run(scenario())
+    finally:
+        assert run.stop() == 0
+    print(f"\nrpc drain: {seen}")
+    assert seen["calls"] > 200 and seen["failed"] == 0 and seen["restarted"]
+
+
+def test_sighup_restarts_every_child_once_and_a_stop_restarts_nothing(tmp_path):
+    from mitosis.testing import _free_run
+
+    port, vport = free_port(), _free_run(2)
+    path = tmp_path / "roll.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "roll", "app": "tickets.app:app", "pythonpath": str(ROOT / "examples"),
+        "settings": {"drain_delay": "0.2s"},
+        "processes": {"ticket": {"services": ["ticket"], "listeners": [{"port": port}]},
+                      "vacancy": {"services": ["vacancy"], "replicas": 2, "private": True,
+                                  "listeners": [{"port": vport, "host": "127.0.0.1"}]}},
+    }))
+    run = Run(path, {"MITOSIS_DATA_DIR": str(tmp_path / "data")}, [port, vport, vport + 1], tmp_path)
+    try:
+        before = httpx.get(f"http://127.0.0.1:{port}/", timeout=5).json()["pid"]
+        run.proc.send_signal(signal.SIGHUP)
+        end = time.monotonic() + 30
+        while "rolling restart done" not in run.output():
+            assert time.monotonic() < end, run.output()
+            time.sleep(0.1)
+        after = httpx.get(f"http://127.0.0.1:{port}/", timeout=5).json()["pid"]
+        r = httpx.post(f"http://127.0.0.1:{port}/api/v1/purchase", json={"qty": 1}, timeout=5)
+    finally:
+        assert run.stop(signal.SIGTERM) == 0
+    out = run.output()
+    print(f"\nroll: ticket pid {before} -> {after}; purchase after the roll {r.status_code}")
+    assert after != before and r.status_code == 200 and r.json()["success"]
+    assert out.count("for the rolling restart; starting it") == 3
+    assert all(f"{c} is back and ready" in out for c in ("ticket", "vacancy.0", "vacancy.1"))
+    stopped = out[out.index("stopping: SIGINT to every process"):]
+    assert "restarting" not in stopped and "starting it" not in stopped
+    assert "exited (" not in out  # no child counted as crashed
