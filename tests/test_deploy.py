@@ -453,7 +453,8 @@ def test_systemd_units(tmp_path: Path) -> None:
     files = render("shop-replicated", "systemd")
     unit = files["mitosis-shop-gateway@.service"]
     assert "--process gateway --replica %i" in unit
-    for line in ("Restart=on-failure", "KillSignal=SIGTERM", "TimeoutStopSec=15s",
+    # Stop timeout: drain_delay (5 s) + grace (10 s) + 5 s of margin.
+    for line in ("Restart=on-failure", "KillSignal=SIGTERM", "TimeoutStopSec=20s",
                  "EnvironmentFile=/etc/mitosis/shop-secrets.env"):
         assert line in unit.splitlines()
     wants = next(x for x in files["mitosis-shop.target"].splitlines() if x.startswith("Wants="))
