@@ -24,6 +24,7 @@ __all__ = [
     "server_log",
     "start_server",
     "stop_server",
+    "tree_cpu_seconds",
     "wait_http",
 ]
 
@@ -36,6 +37,28 @@ class LoadResult:
     requests: int
     errors: int
     non2xx: int
+    cpu_us: float = 0.0  # server CPU (user + system) per request, when measured
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its descendants.
+    Less noisy than throughput on a shared machine: time another tenant steals
+    is not charged to our processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
 
 
 def free_port() -> int:

@@ -27,17 +27,27 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from load import LoadResult, free_port, run_wrk, start_server, stop_server, wait_http  # noqa: E402
+from load import (  # noqa: E402
+    LoadResult,
+    free_port,
+    run_wrk,
+    start_server,
+    stop_server,
+    tree_cpu_seconds,
+    wait_http,
+)
 
 SERVER_CPU, LOAD_CPU = 0, 1
 STOCK = "1000000000"
@@ -46,7 +56,8 @@ HEADERS = {"Content-Type": "application/json"}
 
 
 @contextmanager
-def mitosis(topology: str, log_level: str = "WARNING", observe: str = "on") -> Iterator[int]:
+def mitosis(topology: str, log_level: str = "WARNING",
+            observe: str = "on") -> Iterator[tuple[int, int]]:
     """Start ``mitosis run`` on a tickets topology; yield the purchase port."""
     ports = {"PORT": free_port(), "VACANCY_PORT": free_port(), "TICKET_PORT": free_port()}
     env = {k: str(v) for k, v in ports.items()}
@@ -60,13 +71,13 @@ def mitosis(topology: str, log_level: str = "WARNING", observe: str = "on") -> I
         wait_http(f"http://127.0.0.1:{port}/readyz", proc=proc)
         if topology != "monolith":
             wait_http(f"http://127.0.0.1:{ports['VACANCY_PORT']}/readyz", proc=proc)
-        yield port
+        yield port, proc.pid
     finally:
         stop_server(proc)
 
 
 @contextmanager
-def fastapi(topology: str) -> Iterator[int]:
+def fastapi(topology: str) -> Iterator[tuple[int, int]]:
     script = str(HERE / "fastapi_tickets.py")
     env = {"INITIAL_STOCK": STOCK}
     procs = []
@@ -84,20 +95,22 @@ def fastapi(topology: str) -> Iterator[int]:
                                        "--vacancy-url", f"http://127.0.0.1:{vport}"],
                                       cpu=SERVER_CPU, env=env))
         wait_http(f"http://127.0.0.1:{port}/api/v1/health", proc=procs[-1])
-        yield port
+        yield port, procs[0].pid
     finally:
         for p in reversed(procs):
             stop_server(p)
 
 
-def drive(server: Callable[..., Iterator[int]], topology: str, args: argparse.Namespace,
-          **options: str) -> LoadResult:
-    with server(topology, **options) as port:  # type: ignore[attr-defined]
+def drive(server: Callable[..., Iterator[tuple[int, int]]], topology: str,
+          args: argparse.Namespace, **options: str) -> LoadResult:
+    with server(topology, **options) as (port, pid):  # type: ignore[attr-defined]
         url = f"http://127.0.0.1:{port}/api/v1/purchase"
         run_wrk(url, body=BODY, headers=HEADERS, connections=args.connections, duration=2,
                 cpu=LOAD_CPU)  # warm-up
+        cpu = tree_cpu_seconds(pid)
         r = run_wrk(url, body=BODY, headers=HEADERS, connections=args.connections,
                     duration=args.duration, cpu=LOAD_CPU)
+        r = replace(r, cpu_us=(tree_cpu_seconds(pid) - cpu) / max(r.requests, 1) * 1e6)
     if r.errors or r.non2xx:
         print(f"  warning: {topology}: {r.errors} socket errors, {r.non2xx} non-2xx responses")
     return r
@@ -108,7 +121,8 @@ def median(runs: list[LoadResult]) -> LoadResult:
 
 
 def fmt(r: LoadResult) -> str:
-    return f"{r.rps:8.0f} req/s  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms"
+    return (f"{r.rps:8.0f} req/s  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  "
+            f"server cpu {r.cpu_us:6.1f} us/req")
 
 
 def main() -> None:
@@ -174,6 +188,10 @@ def main() -> None:
                                                               ours[(level, "off")], strict=True))
                 print(f"{'':>13}  observe on/off {on.rps / off.rps:5.3f} of medians; per round "
                       f"{[round(r, 3) for r in ratios]}  (target >= 0.90)")
+                cpu_on = statistics.median(r.cpu_us for r in ours[(level, "on")])
+                cpu_off = statistics.median(r.cpu_us for r in ours[(level, "off")])
+                print(f"{'':>13}  server cpu per request on {cpu_on:.1f} us / off {cpu_off:.1f} us "
+                      f"(medians): throughput bound on/off {cpu_off / cpu_on:5.3f}  (target >= 0.90)")
 
 
 if __name__ == "__main__":

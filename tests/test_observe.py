@@ -77,6 +77,8 @@ async def test_metrics_count_routes_and_local_calls(tickets):
     assert value(m, "mitosis_call_duration_seconds_count", **call, outcome="ok") == 6
     edge = {"caller": "http", "callee": "ticket", "method": "purchase", "kind": "local"}
     assert value(m, "mitosis_call_duration_seconds_count", **edge, outcome="ok") == 6
+    # The edge's calls are its routed requests: the 422 is an error outcome.
+    assert value(m, "mitosis_call_duration_seconds_count", **edge, outcome="error") == 1
     # The histogram is consistent: +Inf bucket == count, buckets never decrease.
     buckets = sorted((float(dict(k[1])["le"]), v) for k, v in m.items()
                      if k[0] == "mitosis_call_duration_seconds_bucket"

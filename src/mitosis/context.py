@@ -30,12 +30,12 @@ def new_traceparent(parent: str = "") -> str:
     """A child span of ``parent`` (same trace id), or a new trace when there is none
     or it is malformed."""
     # Ids need to be unique, not secret: a PRNG, not a getrandom() syscall per id;
-    # bytes.hex(), because format(n, "016x") costs several times more (this runs
-    # once per request at the edge and once per remote call).
-    span = _bits(64).to_bytes(8, "little").hex()
+    # one draw and bytes.hex(), because format(n, "016x") costs several times more
+    # (this runs once per request at the edge and once per remote call).
     if len(parent) == 55 and parent[2] == "-" and parent[35] == "-":
-        return parent[:36] + span + parent[52:]
-    return "00-" + _bits(128).to_bytes(16, "little").hex() + "-" + span + "-01"
+        return parent[:36] + _bits(64).to_bytes(8, "little").hex() + parent[52:]
+    ids = _bits(192).to_bytes(24, "little").hex()
+    return "00-" + ids[:32] + "-" + ids[32:] + "-01"
 
 
 def trace_id() -> str:

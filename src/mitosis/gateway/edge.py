@@ -47,7 +47,7 @@ from mitosis.topology.model import Listener
 
 if TYPE_CHECKING:
     from mitosis.gateway.policy import EdgePolicy
-    from mitosis.observe.metrics import CallStat
+    from mitosis.observe.metrics import Hist
     from mitosis.runtime.host import Host
 
 __all__ = ["Edge", "RouteHandler"]
@@ -61,11 +61,12 @@ _ALLOWED_RID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 class RouteHandler:
     """Turns a request into arguments for one method and calls it."""
 
-    def __init__(self, codec: MethodCodec, fn: Callable[..., Awaitable[Any]],
-                 stat: CallStat | None = None):
+    def __init__(self, codec: MethodCodec, fn: Callable[..., Awaitable[Any]]):
         self.codec = codec
         self.fn = fn
-        self.stat = stat  # metrics on: this edge's calls of the method (caller "http")
+        # Metrics on: the route's histogram per status, timed by Edge.handle.  (The
+        # edge's calls of the method, caller "http", are read from these.)
+        self.by_status: dict[int, Hist] = {}
         route = codec.spec.route
         assert route is not None
         self.status = route.status
@@ -125,17 +126,7 @@ class RouteHandler:
         args = [getattr(b if in_body else q, name) for in_body, name in self.sources]
         if not self.plain:
             self._bind_edge_params(req, args, auth_error)
-        stat = self.stat
-        if stat is None:
-            return await self.fn(*args)
-        started = time.perf_counter()
-        try:
-            result = await self.fn(*args)
-        except BaseException:
-            stat.err.observe(time.perf_counter() - started)
-            raise
-        stat.ok.observe(time.perf_counter() - started)
-        return result
+        return await self.fn(*args)
 
     def _bind_edge_params(self, req: Request, args: list[Any], auth_error: Unauthorized | None) -> None:
         for i, required in self.principals:
@@ -222,8 +213,17 @@ class Edge:
             started = time.perf_counter()
             resp = await self._serve(req, rid)
             elapsed = time.perf_counter() - started
-            if metrics is not None and req.route not in self.unmetered:
-                metrics.http(req.method, req.route or "<unmatched>", resp.status, elapsed)
+            if metrics is not None:
+                handler = req.handler
+                if handler is not None:
+                    status = resp.status
+                    hist = handler.by_status.get(status)
+                    if hist is None:
+                        hist = handler.by_status[status] = metrics.route(
+                            req.method, handler.template, status)
+                    hist.observe(elapsed)
+                elif req.route not in self.unmetered:
+                    metrics.http(req.method, req.route or "<unmatched>", resp.status, elapsed)
             if access is not None and access.active():
                 assert self.policy is not None
                 access.write(req.method, req.path, resp.status, elapsed * 1e3, rid,
@@ -276,6 +276,7 @@ class Edge:
                 host.signer.verify(token, host.process.name)
             if isinstance(target, RouteHandler):
                 req.route = target.template
+                req.handler = target
                 context.request_id.set(rid)
                 context.service.set(target.service)
                 context.deadline.set(host.loop_time() + self.settings.deadline)

@@ -22,7 +22,7 @@ from mitosis.transport.server import MAGIC, RpcServerProtocol
 
 if TYPE_CHECKING:
     from mitosis.auth.principal import Principal
-    from mitosis.gateway.edge import Edge
+    from mitosis.gateway.edge import Edge, RouteHandler
 
 __all__ = ["HttpProtocol", "Request", "Response", "error_response"]
 
@@ -34,8 +34,10 @@ _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 class Request:
     # ``principal``: set by the edge from a verified access token.
-    # ``route``: the route template that matched (a metric label), set by the edge.
-    __slots__ = ("body", "client", "headers", "method", "path", "principal", "query", "route")
+    # ``route``: the route template that matched (a metric label), set by the edge;
+    # ``handler``: the route's handler, once matched (metrics record by it).
+    __slots__ = ("body", "client", "handler", "headers", "method", "path", "principal", "query",
+                 "route")
 
     def __init__(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
                  client: str = ""):
@@ -47,6 +49,7 @@ class Request:
         self.client = client
         self.principal: Principal | None = None
         self.route = ""
+        self.handler: RouteHandler | None = None
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.path}>"

@@ -108,6 +108,10 @@ class Metrics:
         self.calls: dict[tuple[str, str, str, str], CallStat] = {}
         self.routes: dict[tuple[str, str, int], Hist] = {}
         self.rpc: dict[tuple[str, str], Hist] = {}
+        # The edge's routes: (HTTP method, template) -> (service, method, kind).  Its
+        # calls into services (caller "http") are its routed requests, an error
+        # when the answer was (method, route template, status >= 400).
+        self.edge: dict[tuple[str, str], tuple[str, str, str]] = {}
 
     def __repr__(self) -> str:
         return f"<Metrics calls={len(self.calls)} routes={len(self.routes)}>"
@@ -119,12 +123,36 @@ class Metrics:
             stat = self.calls[key] = CallStat()
         return stat
 
-    def http(self, method: str, route: str, status: int, seconds: float) -> None:
+    def all_calls(self) -> dict[tuple[str, str, str, str], CallStat]:
+        """Every caller/callee/method/kind: the metered calls, and the edge's
+        calls read from its route histograms (a copy; for readers)."""
+        out = dict(self.calls)
+        for (verb, template, status), h in self.routes.items():
+            target = self.edge.get((verb, template))
+            if target is None:
+                continue
+            key = ("http", *target)
+            stat = out.get(key)
+            if stat is None or stat is self.calls.get(key):  # copy before adding to it
+                fresh = CallStat()
+                if stat is not None:
+                    fresh.bytes_out, fresh.bytes_in, fresh.sampled = (
+                        stat.bytes_out, stat.bytes_in, stat.sampled)
+                stat = out[key] = fresh
+            into = stat.ok if status < 400 else stat.err
+            into.sum += h.sum
+            into.hist = [a + b for a, b in zip(into.hist, h.hist, strict=True)]
+        return out
+
+    def route(self, method: str, route: str, status: int) -> Hist:
         key = (method, route, status)
         hist = self.routes.get(key)
         if hist is None:
             hist = self.routes[key] = Hist()
-        hist.observe(seconds)
+        return hist
+
+    def http(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.route(method, route, status).observe(seconds)
 
     def served(self, service: str, method: str) -> Hist:
         key = (service, method)
@@ -206,7 +234,7 @@ def snapshot(host: Host, ready: bool, backlog: Backlog | None = None) -> Snapsho
         elif status >= 400:
             client_errors += h.count
     calls: list[CallStats] = []
-    for (caller, callee, method, kind), stat in sorted(m.calls.items()):
+    for (caller, callee, method, kind), stat in sorted(m.all_calls().items()):
         count, total, hist = _merged(stat)
         if not count:
             continue
@@ -291,7 +319,7 @@ class PrometheusCollector(Collector):
         received = CounterMetricFamily("mitosis_call_received_bytes",
                                        "Bytes of results of remote calls",
                                        labels=["caller", "callee", "method"])
-        for (caller, callee, method, kind), stat in sorted(m.calls.items()):
+        for (caller, callee, method, kind), stat in sorted(m.all_calls().items()):
             for outcome, h in (("ok", stat.ok), ("error", stat.err)):
                 if h.count:
                     calls.add_metric([caller, callee, method, kind, outcome],
