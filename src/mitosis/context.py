@@ -8,15 +8,22 @@ call reads them without any parameter threading.  Deadlines are absolute
 
 from __future__ import annotations
 
+import itertools
 import random
 from contextvars import ContextVar
 
-__all__ = ["deadline", "new_traceparent", "request_id", "service", "trace_id", "traceparent"]
+__all__ = ["current_traceparent", "deadline", "new_traceparent", "request_id", "service",
+           "start_trace", "trace_id", "trace_seq", "traceparent"]
 
 #: Absolute deadline (event-loop clock) of the call being served, or None.
 deadline: ContextVar[float | None] = ContextVar("mitosis.deadline", default=None)
-#: W3C traceparent of the call being served ("00-<trace>-<span>-01"), or "".
+#: W3C traceparent of the call being served ("00-<trace>-<span>-01"), or "" when
+#: it is implied by ``trace_seq`` (read it with :func:`current_traceparent`).
 traceparent: ContextVar[str] = ContextVar("mitosis.traceparent", default="")
+#: A request that came without a traceparent starts a trace; the edge only
+#: numbers it (a ContextVar set, no formatting), and the ids are written out
+#: when something reads them: a remote call, an event, a log line.
+trace_seq: ContextVar[int] = ContextVar("mitosis.trace_seq", default=0)
 #: Request id assigned at the edge, or "".
 request_id: ContextVar[str] = ContextVar("mitosis.request_id", default="")
 #: The service whose method the request, remote call or event entered, or "".
@@ -38,6 +45,32 @@ def new_traceparent(parent: str = "") -> str:
     return "00-" + ids[:32] + "-" + ids[32:] + "-01"
 
 
-def trace_id() -> str:
+_TRACE_PREFIX = f"{_bits(64):016x}"  # this process's half of the trace ids it starts
+_SPAN_PREFIX = f"{_bits(32):08x}"
+_seqs = itertools.count(1)
+
+
+def start_trace(incoming: str) -> None:
+    """At the edge: continue ``incoming`` (a traceparent header), else start a
+    trace, numbered now and formatted only if read."""
+    if incoming:
+        traceparent.set(new_traceparent(incoming))
+    else:
+        trace_seq.set(next(_seqs))
+
+
+def current_traceparent() -> str:
+    """The traceparent of the call being served, or ""."""
     tp = traceparent.get()
+    if tp:
+        return tp
+    seq = trace_seq.get()
+    if not seq:
+        return ""
+    # Unique across processes by the random prefixes, within one by the number.
+    return f"00-{_TRACE_PREFIX}{seq:016x}-{_SPAN_PREFIX}{seq & 0xFFFFFFFF:08x}-01"
+
+
+def trace_id() -> str:
+    tp = current_traceparent()
     return tp[3:35] if tp else ""

@@ -248,7 +248,7 @@ class Events:
                             f"({type(event).__name__}, ...)")
         name = type(event).event_name
         payload = _encoder.encode(event)
-        trace = context.traceparent.get()
+        trace = context.current_traceparent()
         if trace:  # the trace travels in the payload; consumers' decoders ignore the key
             payload = b"%s,\"%s\":\"%s\"}" % (payload[:-1], TRACE_KEY.encode(), trace.encode())
         db = self.dbs.get(inst.name)

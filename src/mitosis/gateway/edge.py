@@ -283,7 +283,7 @@ class Edge:
                 if self.tracer is not None:
                     return await self._traced(target, req, params, auth_error)
                 if self.tracing:
-                    context.traceparent.set(context.new_traceparent(req.headers.get("traceparent", "")))
+                    context.start_trace(req.headers.get("traceparent", ""))
                 result = await target(req, params, auth_error)
                 return Response(target.status, json_encoder.encode(result))
             req.route = req.path  # a built-in endpoint: its path is static

@@ -20,6 +20,7 @@ which is what keeps the figures right with several processes and replicas.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
 from bisect import bisect_left
@@ -171,44 +172,65 @@ def metered_stub(spec: ServiceSpec, codecs: dict[str, MethodCodec], target: Any,
     from mitosis.transport.stub import stub_class
 
     def make(codec: MethodCodec) -> Callable[..., Coroutine[Any, Any, Any]]:
-        fn = getattr(target, codec.spec.name)
         stat = stats.call(caller, spec.name, codec.spec.name, kind)
-        ok, err = stat.ok, stat.err
-        ok_hist, err_hist = ok.hist, err.hist
-        clock = time.perf_counter
-        where = bisect_left
-        bounds = BUCKETS
-        bind = codec.bind
-        encode = msgpack_encoder.encode
-        # Local calls: every SAMPLE_EVERY-th is sized; remote calls are sized by the client.
-        countdown = [1 if kind == "local" else -1]
-
-        # The hot path of every call between services: kept to two clock reads,
-        # a bisect and two additions (see bench/calls.py for what it costs).
-        async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-            started = clock()
-            try:
-                result = await fn(*args, **kwargs)
-            except BaseException:
-                took = clock() - started
-                err.sum += took
-                err_hist[where(bounds, took)] += 1
-                raise
-            took = clock() - started
-            ok.sum += took
-            ok_hist[where(bounds, took)] += 1
-            countdown[0] -= 1
-            if not countdown[0]:
-                countdown[0] = SAMPLE_EVERY
-                with suppress(TypeError, ValueError):  # not wire-encodable: a local-only call
-                    stat.sized(len(encode(bind(args, kwargs))), len(encode(result)))
-            return result
-
-        method.__name__ = codec.spec.name
+        env: dict[str, Any] = {
+            "fn": getattr(target, codec.spec.name), "clock": time.perf_counter,
+            "where": bisect_left, "bounds": BUCKETS, "ok": stat.ok, "err": stat.err,
+            "ok_hist": stat.ok.hist, "err_hist": stat.err.hist, "stat": stat,
+            "bind": codec.bind, "encode": msgpack_encoder.encode, "suppress": suppress,
+            "sample_every": SAMPLE_EVERY,
+            # Local calls: every SAMPLE_EVERY-th is sized; remote calls are sized by the client.
+            "countdown": [1 if kind == "local" else -1],
+        }
+        params, call, names = _signature(getattr(spec.cls, codec.spec.name), env)
+        # The hot path of every call between services: the method's own signature
+        # (no *args/**kwargs packing), two clock reads, a bisect, two additions.
+        source = f"""
+async def {codec.spec.name}(self, {params}):
+    started = clock()
+    try:
+        result = await fn({call})
+    except BaseException:
+        took = clock() - started
+        err.sum += took
+        err_hist[where(bounds, took)] += 1
+        raise
+    took = clock() - started
+    ok.sum += took
+    ok_hist[where(bounds, took)] += 1
+    countdown[0] -= 1
+    if not countdown[0]:
+        countdown[0] = sample_every
+        with suppress(TypeError, ValueError):  # not wire-encodable: a local-only call
+            stat.sized(len(encode(bind(({names}), {{}}))), len(encode(result)))
+    return result
+"""
+        exec(compile(source, f"<metered {spec.name}.{codec.spec.name}>", "exec"), env)
+        method: Callable[..., Coroutine[Any, Any, Any]] = env[codec.spec.name]
         method.__doc__ = codec.spec.doc
         return method
 
     return stub_class(spec, f"metered {kind}", {n: make(c) for n, c in codecs.items()})
+
+
+def _signature(func: Callable[..., Any], env: dict[str, Any]) -> tuple[str, str, str]:
+    """``func``'s parameters as source: the signature (defaults bound through
+    ``env``), the call that passes them on, and a tuple of them in order."""
+    sig = inspect.signature(func)
+    params, call, names = [], [], []
+    star = False
+    for i, p in enumerate(list(sig.parameters.values())[1:]):  # without self
+        if p.kind is p.KEYWORD_ONLY and not star:
+            params.append("*")
+            star = True
+        text = p.name
+        if p.default is not p.empty:
+            env[f"_default_{i}"] = p.default
+            text += f"=_default_{i}"
+        params.append(text)
+        call.append(p.name if p.kind is p.POSITIONAL_OR_KEYWORD else f"{p.name}={p.name}")
+        names.append(p.name)
+    return ", ".join(params), ", ".join(call), "".join(f"{n}, " for n in names)
 
 
 # -- readers -----------------------------------------------------------------------------------

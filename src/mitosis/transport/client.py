@@ -248,8 +248,8 @@ class ProcessClient:
         tracer = self.tracer
         if tracer is None:
             return await self._call(codec, caller, args, stat,
-                                    context.new_traceparent(context.traceparent.get()))
-        span, trace = tracer.start(codec.spec.qualname, context.traceparent.get(), "client",
+                                    context.new_traceparent(context.current_traceparent()))
+        span, trace = tracer.start(codec.spec.qualname, context.current_traceparent(), "client",
                                    {"rpc.system": "mitosis", "rpc.method": codec.spec.qualname,
                                     "server.address": self.process})
         try:
