@@ -300,15 +300,27 @@ def test_k8s_probes_drain_and_network_policies() -> None:
         pause = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
         assert pod["terminationGracePeriodSeconds"] > pause + 10  # pause + settings.grace (10 s)
         assert all("value" not in e for e in c["env"] if e["name"] == "MITOSIS_SECRET")
-    # The private vacancy process accepts only the ticket process, on its port.
+    # The private vacancy process accepts only the ticket process, on its port, and
+    # Prometheus from the monitoring namespace (its /metrics, on the same port).
     internal = by[("NetworkPolicy", "tickets-internal")]["spec"]
     assert internal["policyTypes"] == ["Ingress"]
-    assert internal["ingress"] == [{"from": [{"podSelector": {"matchLabels": {
-        "app.kubernetes.io/name": "tickets", "app.kubernetes.io/component": "public"}}}],
-        "ports": [{"protocol": "TCP", "port": 8001}]}]
+    assert internal["ingress"] == [
+        {"from": [{"podSelector": {"matchLabels": {
+            "app.kubernetes.io/name": "tickets", "app.kubernetes.io/component": "public"}}}],
+         "ports": [{"protocol": "TCP", "port": 8001}]},
+        {"from": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "monitoring"}}}],
+         "ports": [{"protocol": "TCP", "port": 8001}]}]
+    template = by[("Deployment", "tickets-internal")]["spec"]["template"]["metadata"]
+    assert template["annotations"] == {"prometheus.io/scrape": "true",
+                                       "prometheus.io/port": "8001",
+                                       "prometheus.io/path": "/metrics"}
     public = by[("NetworkPolicy", "tickets-public")]["spec"]["ingress"]
-    assert public == [{"from": [{"namespaceSelector": {"matchLabels": {
-        "kubernetes.io/metadata.name": "ingress-nginx"}}}], "ports": [{"protocol": "TCP", "port": 8000}]}]
+    assert public == [
+        {"from": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "monitoring"}}}], "ports": [{"protocol": "TCP", "port": 8000}]},
+        {"from": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "ingress-nginx"}}}], "ports": [{"protocol": "TCP", "port": 8000}]}]
 
 
 @pytest.mark.parametrize("example", sorted(EXAMPLES))

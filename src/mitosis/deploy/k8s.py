@@ -98,7 +98,10 @@ def _deployment(plan: Plan, unit: Unit) -> dict[str, Any]:
         "selector": {"matchLabels": _selector(plan, unit)},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
         "template": {
-            "metadata": {"labels": _labels(plan, unit)},
+            # /metrics is served on the process's RPC (private) listener.
+            "metadata": {"labels": _labels(plan, unit), "annotations": {
+                "prometheus.io/scrape": "true", "prometheus.io/port": str(unit.rpc_port),
+                "prometheus.io/path": "/metrics"}},
             "spec": {
                 "terminationGracePeriodSeconds": PRE_STOP_SECONDS + plan.stop_seconds + 5,
                 "securityContext": {"runAsNonRoot": True, "runAsUser": image.UID,
@@ -126,6 +129,9 @@ def _network_policy(plan: Plan, unit: Unit) -> dict[str, Any]:
         rules.append({"from": [{"podSelector": {"matchLabels": _selector(plan, plan.unit(c))}}
                                for c in unit.callers],
                       "ports": [{"protocol": "TCP", "port": unit.rpc_port}]})
+    rules.append({"from": [{"namespaceSelector": {"matchLabels": {
+                      "kubernetes.io/metadata.name": plan.deploy.metrics_namespace}}}],
+                  "ports": [{"protocol": "TCP", "port": unit.rpc_port}]})
     public = [p.number for p in unit.ports if p.public]
     if public:
         ns = plan.deploy.ingress_namespace

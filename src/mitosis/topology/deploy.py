@@ -14,6 +14,8 @@ so a topology without the section renders for every target::
         host: shop.example.com               # Ingress host, nginx server_name; default: any
         ingress_class: nginx                 # Ingress spec.ingressClassName; default: none
         ingress_namespace: ingress-nginx     # where the ingress controller runs (NetworkPolicy)
+      metrics_namespace: monitoring          # where Prometheus runs: NetworkPolicies let it scrape
+                                             #   /metrics; pods carry prometheus.io/* annotations
       systemd:
         dir: /opt/shop                       # WorkingDirectory; holds the venv and the topology
         user: mitosis                        # User= of every unit
@@ -35,7 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Autoscale", "DeploySpec", "ProcessDeploy", "read_deploy"]
 
-_KEYS = {"image", "namespace", "secret", "secrets", "edge", "systemd", "processes"}
+_KEYS = {"image", "namespace", "secret", "secrets", "edge", "metrics_namespace", "systemd",
+         "processes"}
 _EDGE_KEYS = {"port", "host", "ingress_class", "ingress_namespace"}
 _SYSTEMD_KEYS = {"dir", "user"}
 _PROC_KEYS = {"requests", "limits", "autoscale"}
@@ -81,6 +84,7 @@ class DeploySpec:
     edge_host: str | None = None
     ingress_class: str | None = None
     ingress_namespace: str = "ingress-nginx"
+    metrics_namespace: str = "monitoring"
     systemd_dir: str | None = None
     systemd_user: str = "mitosis"
     processes: dict[str, ProcessDeploy] = field(default_factory=dict)
@@ -201,6 +205,8 @@ def read_deploy(r: _Reader, raw: Any, processes: set[str]) -> DeploySpec:
                             "ingress_class: nginx"),
         ingress_namespace=_text(r, edge, "deploy.edge", "ingress_namespace", _DNS_LABEL,
                                 "ingress_namespace: ingress-nginx") or "ingress-nginx",
+        metrics_namespace=_text(r, data, "deploy", "metrics_namespace", _DNS_LABEL,
+                                "metrics_namespace: monitoring") or "monitoring",
         systemd_dir=(systemd_dir.rstrip("/") or "/") if systemd_dir else None,
         systemd_user=_text(r, systemd, "deploy.systemd", "user", re.compile(r"[a-z_][a-z0-9_-]*"),
                            "user: mitosis") or "mitosis",
