@@ -159,18 +159,10 @@ def test_bad_observe_settings_name_the_key():
 
 # -- remote: two hosts over real sockets --------------------------------------------------------
 async def test_remote_calls_bytes_served_time_and_replicas_add_up(tmp_path, monkeypatch):
-    from test_remote import split, start  # the two-process demo topology
+    from test_remote import split, start, two_free_ports  # the two-process demo topology
 
     monkeypatch.setenv("MITOSIS_SECRET", "test-secret")
-    base = free_port()
-    while True:  # two consecutive free ports for two replicas
-        import socket
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", base + 1))
-            break
-        except OSError:
-            base = free_port()
+    base = two_free_ports()
     topo = split([base], replicas=2, eject_for=0.2)
     r0 = await start(topo, "store", tmp_path, 0)
     r1 = await start(topo, "store", tmp_path, 1)

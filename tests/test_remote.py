@@ -26,6 +26,20 @@ def split(store_ports: list[int], *, replicas: int = 1, private: bool = True,
     return bind(Topology("split", "<test>", None, (), {"store": store, "front": front}, {}, s), app)
 
 
+def two_free_ports() -> int:
+    """A free port whose successor is free too (two replicas on one host)."""
+    import socket
+
+    base = free_port()
+    while True:
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", base + 1))
+            return base
+        except OSError:
+            base = free_port()
+
+
 @pytest.fixture
 def secret(monkeypatch, tmp_path):
     monkeypatch.setenv("MITOSIS_SECRET", "test-secret")
@@ -76,15 +90,7 @@ async def test_deadline_is_enforced_and_shrinks(secret):
 
 
 async def test_replicas_share_load_failing_one_is_ejected_and_probed_back(secret):
-    base = free_port()
-    while True:  # two consecutive free ports for two replicas
-        try:
-            import socket
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", base + 1))
-            break
-        except OSError:
-            base = free_port()
+    base = two_free_ports()
     topo = split([base], replicas=2, eject_for=0.2)
     r0 = await start(topo, "store", secret, 0)
     r1 = await start(topo, "store", secret, 1)

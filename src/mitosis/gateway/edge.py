@@ -311,16 +311,7 @@ class Edge:
         span, tp = tracer.start(target.span_name, req.headers.get("traceparent", ""), "server",
                                 {"http.request.method": req.method, "http.route": target.template})
         context.traceparent.set(tp)
-        try:
-            result = await target(req, params, auth_error)
-        except ServiceError as exc:
-            tracer.end(span, exc.message if exc.status >= 500 else None,
-                       {"http.response.status_code": exc.status})
-            raise
-        except BaseException as exc:
-            tracer.end(span, type(exc).__name__, {"http.response.status_code": 500})
-            raise
-        tracer.end(span, None, {"http.response.status_code": target.status})
+        result = await tracer.within(span, target(req, params, auth_error), target.status)
         return Response(target.status, json_encoder.encode(result))
 
     # -- built-in endpoints ----------------------------------------------------

@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from mitosis.errors import ServiceError
 
 __all__ = ["Tracer", "open_tracer"]
 
 log = logging.getLogger("mitosis.tracing")
 
 SERVER, CLIENT, CONSUMER = "server", "client", "consumer"
+T = TypeVar("T")
 
 
 class Tracer:
@@ -77,6 +81,24 @@ class Tracer:
         if error:
             span.set_status(self.error, error)
         span.end()
+
+    async def within(self, span: Any, call: Awaitable[T], http_status: int | None = None) -> T:
+        """Await ``call`` and end ``span`` with its outcome: a ``ServiceError`` of
+        5xx or any other exception marks it failed.  ``http_status``: the status a
+        success answers (an HTTP server span records status codes)."""
+        http = http_status is not None
+        try:
+            result = await call
+        except ServiceError as exc:
+            self.end(span, exc.message if exc.status >= 500 else None,
+                     {"http.response.status_code": exc.status} if http
+                     else {"mitosis.error": type(exc).__name__})
+            raise
+        except BaseException as exc:
+            self.end(span, type(exc).__name__, {"http.response.status_code": 500} if http else None)
+            raise
+        self.end(span, None, {"http.response.status_code": http_status} if http else None)
+        return result
 
     def shutdown(self) -> None:
         self.provider.shutdown()  # flushes what the batch processor holds

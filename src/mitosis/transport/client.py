@@ -252,17 +252,7 @@ class ProcessClient:
         span, trace = tracer.start(codec.spec.qualname, context.current_traceparent(), "client",
                                    {"rpc.system": "mitosis", "rpc.method": codec.spec.qualname,
                                     "server.address": self.process})
-        try:
-            result = await self._call(codec, caller, args, stat, trace)
-        except ServiceError as exc:
-            tracer.end(span, exc.message if exc.status >= 500 else None,
-                       {"mitosis.error": type(exc).__name__})
-            raise
-        except BaseException as exc:
-            tracer.end(span, type(exc).__name__)
-            raise
-        tracer.end(span)
-        return result
+        return await tracer.within(span, self._call(codec, caller, args, stat, trace))
 
     async def _call(self, codec: MethodCodec, caller: str, args: Any, stat: CallStat | None,
                     trace: str) -> Any:

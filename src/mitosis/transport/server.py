@@ -151,17 +151,8 @@ class RpcServerProtocol(asyncio.Protocol):
         context.traceparent.set(tp)
         started = time.perf_counter()
         try:
-            result = await fn(*codec.decode_args(call.args))
-        except ServiceError as exc:
-            tracer.end(span, exc.message if exc.status >= 500 else None,
-                       {"mitosis.error": type(exc).__name__})
-            raise
-        except BaseException as exc:
-            tracer.end(span, type(exc).__name__)
-            raise
+            return await tracer.within(span, fn(*codec.decode_args(call.args)))
         finally:
             handler = self.host.rpc_handlers.get(call.method)
             if handler is not None and handler[2] is not None:
                 handler[2].observe(time.perf_counter() - started)
-        tracer.end(span)
-        return result
