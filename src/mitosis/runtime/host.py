@@ -172,8 +172,9 @@ class Host:
             kind = "remote"
             ref = remote_stub(spec, self.codecs[service], client, caller=self.process.name,
                               stats=None if self.metrics is None else (self.metrics, caller))
-        if self.metrics is not None and caller != HTTP:
-            # (The edge's calls are read from its route metrics: one coroutine less.)
+        if self.metrics is not None and kind == "local" and caller != HTTP:
+            # Remote calls are counted by their client, the edge's calls by its route
+            # metrics: only a local call needs a metering wrapper.
             ref = metered_stub(spec, self.codecs[service], ref, self.metrics, caller, kind)
         self.refs[key] = ref
         return ref
