@@ -131,16 +131,22 @@ async def measure(call, rtt: int, seconds: float) -> tuple[float, float, float]:
 
 
 async def remote(rtt: int, seconds: float) -> None:
-    fport, eport = free_port(), free_port()
+    """The raw echo floor, then mitosis with metrics and tracing on (the default)
+    and off (``MITOSIS_OBSERVE=off`` on both sides), one after the other."""
+    fport = free_port()
     floor = start_server([sys.executable, str(HERE / "echo_floor.py"), str(fport)], cpu=SERVER_CPU,
                          env=None)
-    env = {**os.environ, "ECHO_PORT": str(eport), "CALLER_PORT": str(free_port()),
-           "MITOSIS_SECRET": "bench", "MITOSIS_DATA_DIR": tempfile.mkdtemp()}
     topo_file = HERE / "topologies" / "calls.yaml"
-    server = start_server([sys.executable, "-m", "mitosis", "run", str(topo_file),
-                           "--process", "echo"], cpu=SERVER_CPU, env=env)
+    servers, ports = {}, {}
+    for observe in ("on", "off"):
+        ports[observe] = free_port()
+        env = {**os.environ, "ECHO_PORT": str(ports[observe]), "CALLER_PORT": str(free_port()),
+               "MITOSIS_SECRET": "bench", "MITOSIS_DATA_DIR": tempfile.mkdtemp(),
+               "MITOSIS_OBSERVE": observe}
+        servers[observe] = start_server([sys.executable, "-m", "mitosis", "run", str(topo_file),
+                                         "--process", "echo"], cpu=SERVER_CPU, env=env)
     try:
-        wait_ready([eport], 30.0)
+        wait_ready(list(ports.values()), 30.0)
         await asyncio.sleep(0.5)
         loop = asyncio.get_running_loop()
         _, fc = await loop.create_connection(_FloorClient, "127.0.0.1", fport)
@@ -149,22 +155,32 @@ async def remote(rtt: int, seconds: float) -> None:
         async def floor_call(i: int) -> bytes:
             return await fc.call(payload)
 
-        os.environ.update(MITOSIS_SECRET="bench", ECHO_PORT=str(eport))
-        topo = bind(load_topology(topo_file), app)
-        caller = Host(app, topo, "caller", listen=False, data=Path(tempfile.mkdtemp()))
-        await caller.start()
-        stub = caller.instances["caller"].echo
+        callers = {}
+        for observe in ("on", "off"):
+            os.environ.update(MITOSIS_SECRET="bench", ECHO_PORT=str(ports[observe]),
+                              MITOSIS_OBSERVE=observe)
+            topo = bind(load_topology(topo_file), app)
+            callers[observe] = Host(app, topo, "caller", listen=False,
+                                    data=Path(tempfile.mkdtemp()))
+            await callers[observe].start()
+        del os.environ["MITOSIS_OBSERVE"]
 
         f50, f99, frate = await measure(floor_call, rtt, seconds)
-        m50, m99, mrate = await measure(stub.ping, rtt, seconds)
-        print(f"remote p50      floor {f50:7.1f} us   mitosis {m50:7.1f} us   "
-              f"ratio {m50 / f50:5.2f}x  (target <= 2.00x)")
-        print(f"remote p99      floor {f99:7.1f} us   mitosis {m99:7.1f} us   ratio {m99 / f99:5.2f}x")
-        print(f"remote 32 callers  floor {frate:9.0f} calls/s   mitosis {mrate:9.0f} calls/s   "
-              f"ratio {mrate / frate:5.2f}x")
-        await caller.stop()
+        for observe in ("on", "off"):
+            m50, m99, mrate = await measure(callers[observe].instances["caller"].echo.ping, rtt,
+                                            seconds)
+            label = f"metrics {observe}"
+            print(f"remote p50      floor {f50:7.1f} us   mitosis, {label:<11} {m50:7.1f} us   "
+                  f"ratio {m50 / f50:5.2f}x  (target <= 2.00x)")
+            print(f"remote p99      floor {f99:7.1f} us   mitosis, {label:<11} {m99:7.1f} us   "
+                  f"ratio {m99 / f99:5.2f}x")
+            print(f"remote 32 callers  floor {frate:9.0f} calls/s   mitosis, {label:<11} "
+                  f"{mrate:9.0f} calls/s   ratio {mrate / frate:5.2f}x")
+        for host in callers.values():
+            await host.stop()
     finally:
-        stop_server(server)
+        for server in servers.values():
+            stop_server(server)
         stop_server(floor)
 
 
