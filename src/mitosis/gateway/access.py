@@ -3,11 +3,12 @@
 (here folded; it is one line)::
 
     2025-05-01T12:00:00.123Z INFO mitosis.access: method=POST path=/api/v1/purchase
-        status=200 duration_ms=0.42 request_id=9f3a-1c user=- ip=10.0.0.7
+        status=200 duration_ms=0.42 request_id=9f3a-1c trace_id=4bf9… user=- ip=10.0.0.7
 
-or, with ``MITOSIS_LOG_FORMAT=json``, one JSON object per line: the keys of
-every JSON log line (time, level, logger, process, replica, message) and the
-fields (method, path, status, duration_ms, request_id, user, ip).
+or, in JSON style (``MITOSIS_LOG_FORMAT=json``, or ``auto`` when stderr is not a
+terminal), one JSON object per line: the keys of every JSON log line (time,
+level, logger, process, replica, message) and the fields (method, path,
+status, duration_ms, request_id, trace_id, user, ip).
 
 Why it does not call ``Logger.info`` per request: a LogRecord, the handler
 lock and a write+flush per request cost more than half of a small handler's
