@@ -158,8 +158,10 @@ def main() -> None:
     for topology in args.topologies.split(","):
         ours: dict[tuple[str, str], list[LoadResult]] = {v: [] for v in variants}
         theirs: list[LoadResult] = []
-        for _ in range(args.rounds):
-            for level, obs in variants:
+        for r in range(args.rounds):
+            # ABBA: alternate the order each round, so a drift of the machine's speed
+            # does not always favour the configuration that runs first.
+            for level, obs in (variants if r % 2 == 0 else variants[::-1]):
                 ours[(level, obs)].append(drive(mitosis, topology, args, log_level=level,
                                                 observe=obs))
             if not args.no_fastapi:
