@@ -346,3 +346,34 @@ def test_log_style_is_text_on_a_terminal_and_json_otherwise(monkeypatch):
     assert log_style() == "json"
     monkeypatch.setenv("MITOSIS_LOG_FORMAT", "text")
     assert log_style() == "text"
+
+
+async def test_edge_calls_into_a_remote_service_are_counted_once_with_bytes(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from test_remote import split, start
+
+    monkeypatch.setenv("MITOSIS_SECRET", "test-secret")
+    topo = split([free_port()])
+    front_proc = topo.processes["front"]
+    # The front process's public listener also publishes the store's routes.
+    published = replace(front_proc.listeners[0], routes=("front", "store"))
+    topo = topo.with_processes({**topo.processes,
+                                "front": replace(front_proc, listeners=(published,))})
+    store = await start(topo, "store", tmp_path)
+    front = await start(topo, "front", tmp_path)
+    try:
+        async with httpx.AsyncClient() as client:
+            url = f"http://127.0.0.1:{front.bound_ports()[0]}/store/items/0"
+            for _ in range(5):
+                assert (await client.get(url)).status_code == 200
+        assert front.metrics is not None
+        calls = front.metrics.all_calls()
+        [key] = [k for k, c in calls.items() if k[0] == "http" and c.ok.count + c.err.count]
+        assert key == ("http", "store", "item", "remote")
+        stat = calls[key]
+        assert (stat.ok.count, stat.err.count, stat.sampled) == (5, 0, 5)
+        assert stat.bytes_out > 0 and stat.bytes_in > 0
+    finally:
+        await front.stop()
+        await store.stop()

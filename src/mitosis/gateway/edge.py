@@ -301,7 +301,6 @@ class Edge:
             return error_response(Internal(), rid)
         finally:
             host.inflight -= 1
-            host.maybe_idle()
 
     async def _traced(self, target: RouteHandler, req: Request, params: dict[str, str],
                       auth_error: Unauthorized | None) -> Response:

@@ -109,9 +109,9 @@ class Metrics:
         self.calls: dict[tuple[str, str, str, str], CallStat] = {}
         self.routes: dict[tuple[str, str, int], Hist] = {}
         self.rpc: dict[tuple[str, str], Hist] = {}
-        # The edge's routes: (HTTP method, template) -> (service, method, kind).  Its
-        # calls into services (caller "http") are its routed requests, an error
-        # when the answer was (method, route template, status >= 400).
+        # The edge's routes to local methods: (HTTP method, template) -> (service,
+        # method, kind).  Those calls (caller "http") are its routed requests, an
+        # error when the answer was >= 400; remote ones are counted by the client.
         self.edge: dict[tuple[str, str], tuple[str, str, str]] = {}
 
     def __repr__(self) -> str:
@@ -134,12 +134,8 @@ class Metrics:
                 continue
             key = ("http", *target)
             stat = out.get(key)
-            if stat is None or stat is self.calls.get(key):  # copy before adding to it
-                fresh = CallStat()
-                if stat is not None:
-                    fresh.bytes_out, fresh.bytes_in, fresh.sampled = (
-                        stat.bytes_out, stat.bytes_in, stat.sampled)
-                stat = out[key] = fresh
+            if stat is None:
+                stat = out[key] = CallStat()
             into = stat.ok if status < 400 else stat.err
             into.sum += h.sum
             into.hist = [a + b for a, b in zip(into.hist, h.hist, strict=True)]

@@ -132,7 +132,6 @@ class Host:
         self.connections: set[_Closable] = set()
         self.inflight = 0
         self.draining = False
-        self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started: list[Service] = []
 
@@ -143,10 +142,6 @@ class Host:
     def loop_time(self) -> float:
         assert self._loop is not None
         return self._loop.time()
-
-    def maybe_idle(self) -> None:
-        if self.inflight == 0 and self._idle is not None:
-            self._idle.set()
 
     # -- wiring --------------------------------------------------------------
     def _ref(self, service: str, caller: str) -> Any:
@@ -181,8 +176,6 @@ class Host:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._idle = asyncio.Event()
-        self._idle.set()
         info = RuntimeInfo(self.topology.name, self.process.name, self.replica, self.data_dir,
                            dict(self.topology.settings.extra))
         if self.observe.tracing:
@@ -208,7 +201,9 @@ class Host:
                 kind = "local" if svc in self.instances else "remote"
                 for m, codec in self.codecs[svc].items():
                     if codec.spec.route is not None:
-                        if self.metrics is not None:
+                        if self.metrics is not None and kind == "local":
+                            # A local method's calls are read from the route's histogram;
+                            # a remote one's are counted by its client (with the bytes).
                             route = codec.spec.route
                             self.metrics.edge[(route.method, route.path)] = (svc, m, kind)
                         handlers.append(RouteHandler(codec, getattr(ref, m)))

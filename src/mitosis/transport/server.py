@@ -137,7 +137,6 @@ class RpcServerProtocol(asyncio.Protocol):
             body = msgpack_encoder.encode((call.id, False, Internal().to_wire()))
         finally:
             host.inflight -= 1
-            host.maybe_idle()
         if self.transport is not None:
             self.transport.write(frame(body))
 
