@@ -2,8 +2,8 @@
 
     python bench/calls.py [--calls 200000] [--rtt 20000] [--seconds 5]
 
-1. local: ``await self.echo.ping(i)`` through mitosis's wiring vs a direct
-   ``await echo.ping(i)`` on an object built without mitosis (ns per call);
+1. local: ``await self.echo.ping(i)`` through amoeba's wiring vs a direct
+   ``await echo.ping(i)`` on an object built without amoeba (ns per call);
 2. remote round trip, sequential: p50/p99 of one RPC vs the raw asyncio
    TCP echo floor (same framing idea, no codec, no pool);
 3. remote calls/s with 32 concurrent callers, and the floor's.
@@ -32,9 +32,9 @@ from echo_floor import take_frames  # noqa: E402
 from load import free_port, start_server, stop_server  # noqa: E402
 from rpcapp import Echo, app  # noqa: E402
 
-from mitosis.runtime.host import Host  # noqa: E402
-from mitosis.testing import monolith_topology, wait_ready  # noqa: E402
-from mitosis.topology import bind, load_topology  # noqa: E402
+from amoeba.runtime.host import Host  # noqa: E402
+from amoeba.testing import monolith_topology, wait_ready  # noqa: E402
+from amoeba.topology import bind, load_topology  # noqa: E402
 
 SERVER_CPU, CLIENT_CPU = 0, 1
 
@@ -45,16 +45,16 @@ def pct(xs: list[float], p: float) -> float:
 
 
 async def local(calls: int) -> None:
-    """Direct await vs mitosis's wiring, with metrics on (the default: a metered
-    reference counts and times every call) and off (``MITOSIS_OBSERVE=off``:
+    """Direct await vs amoeba's wiring, with metrics on (the default: a metered
+    reference counts and times every call) and off (``AMOEBA_OBSERVE=off``:
     the co-located instance itself)."""
     hosts = {}
     for observe in ("on", "off"):
-        os.environ["MITOSIS_OBSERVE"] = observe
+        os.environ["AMOEBA_OBSERVE"] = observe
         hosts[observe] = Host(app, bind(monolith_topology(app), app), "main", listen=False,
                               data=Path(tempfile.mkdtemp()))
         await hosts[observe].start()
-    del os.environ["MITOSIS_OBSERVE"]
+    del os.environ["AMOEBA_OBSERVE"]
     direct = Echo()
 
     def via(host: Host) -> Callable[[int], Awaitable[None]]:
@@ -80,7 +80,7 @@ async def local(calls: int) -> None:
     d = statistics.median(runs["direct"])
     for name in ("metrics off", "metrics on"):
         m = statistics.median(runs[name])
-        print(f"local call      direct await {d:7.1f} ns   via mitosis, {name:<11} {m:7.1f} ns   "
+        print(f"local call      direct await {d:7.1f} ns   via amoeba, {name:<11} {m:7.1f} ns   "
               f"overhead {m - d:+7.1f} ns  (target <= 1000 ns)")
     for host in hosts.values():
         await host.stop()
@@ -131,8 +131,8 @@ async def measure(call, rtt: int, seconds: float) -> tuple[float, float, float]:
 
 
 async def remote(rtt: int, seconds: float) -> None:
-    """The raw echo floor, then mitosis with metrics and tracing on (the default)
-    and off (``MITOSIS_OBSERVE=off`` on both sides), one after the other."""
+    """The raw echo floor, then amoeba with metrics and tracing on (the default)
+    and off (``AMOEBA_OBSERVE=off`` on both sides), one after the other."""
     fport = free_port()
     floor = start_server([sys.executable, str(HERE / "echo_floor.py"), str(fport)], cpu=SERVER_CPU,
                          env=None)
@@ -141,9 +141,9 @@ async def remote(rtt: int, seconds: float) -> None:
     for observe in ("on", "off"):
         ports[observe] = free_port()
         env = {**os.environ, "ECHO_PORT": str(ports[observe]), "CALLER_PORT": str(free_port()),
-               "MITOSIS_SECRET": "bench", "MITOSIS_DATA_DIR": tempfile.mkdtemp(),
-               "MITOSIS_OBSERVE": observe}
-        servers[observe] = start_server([sys.executable, "-m", "mitosis", "run", str(topo_file),
+               "AMOEBA_SECRET": "bench", "AMOEBA_DATA_DIR": tempfile.mkdtemp(),
+               "AMOEBA_OBSERVE": observe}
+        servers[observe] = start_server([sys.executable, "-m", "amoeba", "run", str(topo_file),
                                          "--process", "echo"], cpu=SERVER_CPU, env=env)
     try:
         wait_ready(list(ports.values()), 30.0)
@@ -157,24 +157,24 @@ async def remote(rtt: int, seconds: float) -> None:
 
         callers = {}
         for observe in ("on", "off"):
-            os.environ.update(MITOSIS_SECRET="bench", ECHO_PORT=str(ports[observe]),
-                              MITOSIS_OBSERVE=observe)
+            os.environ.update(AMOEBA_SECRET="bench", ECHO_PORT=str(ports[observe]),
+                              AMOEBA_OBSERVE=observe)
             topo = bind(load_topology(topo_file), app)
             callers[observe] = Host(app, topo, "caller", listen=False,
                                     data=Path(tempfile.mkdtemp()))
             await callers[observe].start()
-        del os.environ["MITOSIS_OBSERVE"]
+        del os.environ["AMOEBA_OBSERVE"]
 
         f50, f99, frate = await measure(floor_call, rtt, seconds)
         for observe in ("on", "off"):
             m50, m99, mrate = await measure(callers[observe].instances["caller"].echo.ping, rtt,
                                             seconds)
             label = f"metrics {observe}"
-            print(f"remote p50      floor {f50:7.1f} us   mitosis, {label:<11} {m50:7.1f} us   "
+            print(f"remote p50      floor {f50:7.1f} us   amoeba, {label:<11} {m50:7.1f} us   "
                   f"ratio {m50 / f50:5.2f}x  (target <= 2.00x)")
-            print(f"remote p99      floor {f99:7.1f} us   mitosis, {label:<11} {m99:7.1f} us   "
+            print(f"remote p99      floor {f99:7.1f} us   amoeba, {label:<11} {m99:7.1f} us   "
                   f"ratio {m99 / f99:5.2f}x")
-            print(f"remote 32 callers  floor {frate:9.0f} calls/s   mitosis, {label:<11} "
+            print(f"remote 32 callers  floor {frate:9.0f} calls/s   amoeba, {label:<11} "
                   f"{mrate:9.0f} calls/s   ratio {mrate / frate:5.2f}x")
         for host in callers.values():
             await host.stop()

@@ -1,5 +1,5 @@
 """The floor for a remote round trip: a bare asyncio Protocol echo server for
-4-byte-length-framed messages, on uvloop as mitosis's processes are."""
+4-byte-length-framed messages, on uvloop as amoeba's processes are."""
 
 from __future__ import annotations
 

@@ -7,12 +7,12 @@ concurrent publishers to one consumer, in one process:
 
 ``bus only``   the baseline: ``EventBus.publish`` and ``subscribe`` straight
                through the bus API, a handler that reads the timestamp and acks;
-``no outbox``  mitosis: a publisher service without a ``Database`` (``publish``
+``no outbox``  amoeba: a publisher service without a ``Database`` (``publish``
                goes to the broker directly), a consumer service with one (inbox);
-``outbox``     mitosis: a publisher service with a ``Database`` publishing inside
+``outbox``     amoeba: a publisher service with a ``Database`` publishing inside
                ``db.transaction()`` (an outbox row; the relay hands it to the broker).
 
-The mitosis paths run under ``Host`` with an in-code topology (``resources:
+The amoeba paths run under ``Host`` with an in-code topology (``resources:
 {events: <url>}``), so the wiring is the real one: ``Events``, the relay,
 the consumer with its inbox, retries.  Databases are SQLite files in a temp dir.
 
@@ -45,12 +45,12 @@ import uvloop
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "src")]
 
-from mitosis import App, Service  # noqa: E402
-from mitosis.data.database import Database  # noqa: E402
-from mitosis.events.bus import Delivery, EventBus, Message, open_bus  # noqa: E402
-from mitosis.events.event import Event, on_event  # noqa: E402
-from mitosis.runtime.host import Host  # noqa: E402
-from mitosis.topology.model import Process, Settings, Topology  # noqa: E402
+from amoeba import App, Service  # noqa: E402
+from amoeba.data.database import Database  # noqa: E402
+from amoeba.events.bus import Delivery, EventBus, Message, open_bus  # noqa: E402
+from amoeba.events.event import Event, on_event  # noqa: E402
+from amoeba.runtime.host import Host  # noqa: E402
+from amoeba.topology.model import Process, Settings, Topology  # noqa: E402
 
 EVENT = "bench.ping"
 GROUP = "sink"
@@ -68,7 +68,7 @@ class Tally:
     def reset(self, expect: int) -> None:
         self.expect = expect
         self.latencies: list[float] = []
-        self.acked = 0  # bus only; the mitosis paths read Events' own counters
+        self.acked = 0  # bus only; the amoeba paths read Events' own counters
         self.all_started = asyncio.Event()
 
     def started(self, sent: float) -> None:
@@ -112,7 +112,7 @@ async def drive(send: Callable[[], Awaitable[None]], tally: Tally, done: Callabl
     return Result(n / elapsed, pct(lat, 50) * 1e3, pct(lat, 99) * 1e3)
 
 
-# --- the mitosis app ------------------------------------------------------------
+# --- the amoeba app ------------------------------------------------------------
 
 
 class Ping(Event):
@@ -184,10 +184,10 @@ class Broker:
         if url is None:
             return 0
         if self.name == "nats":
-            from mitosis.events.nats import delete_stream
+            from amoeba.events.nats import delete_stream
 
             return int(await delete_stream(url, app=app))
-        from mitosis.data.cache import redis_client, split_prefix
+        from amoeba.data.cache import redis_client, split_prefix
 
         prefix = split_prefix(url)[1]
         client = redis_client(url)
@@ -242,7 +242,7 @@ async def bus_only(url: str | None, app: str, args: argparse.Namespace) -> Resul
         await bus.aclose()
 
 
-async def via_mitosis(path: str, url: str | None, app: str, args: argparse.Namespace) -> Result:
+async def via_amoeba(path: str, url: str | None, app: str, args: argparse.Namespace) -> Result:
     mapp = APPS[path]
     proc = Process("main", tuple(mapp.specs), 1, (), False, None, {})
     resources = {} if url is None else {"events": _ns_url(url, app) or ""}
@@ -273,7 +273,7 @@ async def via_mitosis(path: str, url: str | None, app: str, args: argparse.Names
 
 
 class Warnings(logging.Handler):
-    """mitosis's warnings during one path, shown under the table instead of interleaved."""
+    """amoeba's warnings during one path, shown under the table instead of interleaved."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -287,7 +287,7 @@ class Warnings(logging.Handler):
         got, self.messages = self.messages, []
         if not got:
             return []
-        return [f"{where}: {len(got)} mitosis warning(s), first: {got[0]}"]
+        return [f"{where}: {len(got)} amoeba warning(s), first: {got[0]}"]
 
 
 # --- the table ----------------------------------------------------------------------
@@ -312,7 +312,7 @@ async def bench(args: argparse.Namespace) -> None:
     notes: list[str] = []
     cleaned = {"memory": 0, "nats": 0, "redis": 0}
     warned = Warnings()
-    logging.getLogger("mitosis").addHandler(warned)  # the broker clients' complaints included
+    logging.getLogger("amoeba").addHandler(warned)  # the broker clients' complaints included
     for name in args.backends:
         broker = Broker(name, urls[name])
         baseline: Result | str
@@ -331,7 +331,7 @@ async def bench(args: argparse.Namespace) -> None:
             mine: Result | str
             url, app = broker.fresh()
             try:
-                mine = await via_mitosis(path, url, app, args)
+                mine = await via_amoeba(path, url, app, args)
             except TimeoutError:
                 mine = f"timeout after {args.within:g}s"
             finally:
@@ -339,10 +339,10 @@ async def bench(args: argparse.Namespace) -> None:
             rows.append((name, path, mine, baseline))
             notes.extend(warned.take(f"{name} {path}"))
             print(f"  done: {name:6} {path}", file=sys.stderr, flush=True)
-    logging.getLogger("mitosis").removeHandler(warned)
+    logging.getLogger("amoeba").removeHandler(warned)
 
-    print(f"{'':18}{'mitosis (Events, SQLite inbox)':>28}   {'bus only (same backend)':>28}"
-          f"   {'mitosis / bus':>15}")
+    print(f"{'':18}{'amoeba (Events, SQLite inbox)':>28}   {'bus only (same backend)':>28}"
+          f"   {'amoeba / bus':>15}")
     print(f"{'backend':8}{'path':10}{'events/s':>9} {'p50 ms':>8} {'p99 ms':>9}   "
           f"{'events/s':>9} {'p50 ms':>8} {'p99 ms':>9}   {'events/s':>7} {'p50':>7}")
     for name, path, mine, baseline in rows:

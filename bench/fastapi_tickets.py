@@ -1,6 +1,6 @@
 """Plain FastAPI + httpx implementation of the ticket sale contract.
 
-The comparison baseline for mitosis: the same service written the usual way,
+The comparison baseline for amoeba: the same service written the usual way,
 with routers, pydantic models and an explicit client seam between the ticket
 and vacancy components.
 

@@ -10,12 +10,12 @@ time; no HTTP parsing and no socket work, so the per-request total is smaller
 than a server's and the share it prints an upper bound), once with N and once
 with 3N requests; the difference / 2N is the cost of one request:
 
-* ``off``       ``MITOSIS_OBSERVE=off`` (the baseline)
+* ``off``       ``AMOEBA_OBSERVE=off`` (the baseline)
 * ``on``        metrics and tracing on (the default)
 * ``no-trace``  ``settings.observe.tracing: false``
 * ``no-meter``  metrics on, but local calls not metered
 
-Then the same through a real server: ``mitosis run`` of the tickets monolith
+Then the same through a real server: ``amoeba run`` of the tickets monolith
 under callgrind, N and 3N purchases over 50 keep-alive connections from a
 client outside valgrind (HTTP parsing and responses included; time in the
 kernel is not counted, so the real share is lower still).
@@ -39,13 +39,13 @@ import asyncio, gc, os, sys, tempfile, pathlib
 sys.path.insert(0, {examples!r})
 os.environ["INITIAL_STOCK"] = "100000000"
 variant, n = sys.argv[1], int(sys.argv[2])
-os.environ["MITOSIS_OBSERVE"] = "off" if variant == "off" else "on"
+os.environ["AMOEBA_OBSERVE"] = "off" if variant == "off" else "on"
 from tickets.app import app
-import mitosis.runtime.host as hostmod
+import amoeba.runtime.host as hostmod
 if variant == "no-meter":
     hostmod.metered_stub = lambda spec, codecs, ref, *a: ref
-from mitosis.testing import InProcessHarness
-from mitosis.gateway.http import Request
+from amoeba.testing import InProcessHarness
+from amoeba.gateway.http import Request
 import uvloop
 
 async def main():
@@ -116,10 +116,10 @@ def server_instructions(observe: str, n: int) -> int:
     from load import free_port
 
     port = free_port()
-    env = {**os.environ, "INITIAL_STOCK": "100000000", "MITOSIS_DATA_DIR": tempfile.mkdtemp(),
-           "MITOSIS_LOG_LEVEL": "WARNING", "MITOSIS_OBSERVE": observe, "PORT": str(port)}
+    env = {**os.environ, "INITIAL_STOCK": "100000000", "AMOEBA_DATA_DIR": tempfile.mkdtemp(),
+           "AMOEBA_LOG_LEVEL": "WARNING", "AMOEBA_OBSERVE": observe, "PORT": str(port)}
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                             sys.executable, "-m", "mitosis", "run",
+                             sys.executable, "-m", "amoeba", "run",
                              str(ROOT / "examples" / "tickets" / "topologies" / "monolith.yaml"),
                              "--process", "main"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)

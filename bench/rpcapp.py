@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mitosis import App, Service
+from amoeba import App, Service
 
 
 class Echo(Service):

@@ -3,7 +3,7 @@
     python bench/shop.py [--duration 10] [--connections 32] [--rounds 1]
                          [--topologies monolith,microservices]
 
-For each topology (examples/shop/topologies/) ``mitosis run`` serves the shop
+For each topology (examples/shop/topologies/) ``amoeba run`` serves the shop
 pinned to core 0 (every process of microservices shares it) and wrk, pinned
 to core 1, drives the gateway with
 
@@ -12,7 +12,7 @@ to core 1, drives the gateway with
   ``Authorization: Bearer <access token>`` of a user registered and logged in
   before the load, on a product an admin created with stock 100,000,000;
 
-and then bench/tickets.py's mitosis server of the same topology is driven
+and then bench/tickets.py's amoeba server of the same topology is driven
 with its purchase, same connections and durations, so the table shows shop
 and tickets side by side.  Each figure is measured after a 1 s warm-up; with
 ``--rounds N`` every configuration runs N times interleaved and the round
@@ -20,11 +20,11 @@ with the median req/s is shown.  Errors are socket errors plus non-2xx
 responses over all rounds; a figure with any is not a valid measurement.
 
 Monolith runs on its embedded defaults (SQLite files in a temporary
-MITOSIS_DATA_DIR, rate limits in memory).  Microservices gets a PostgreSQL
+AMOEBA_DATA_DIR, rate limits in memory).  Microservices gets a PostgreSQL
 database and a Redis key prefix of its own for each start, removed afterwards
 (also on Ctrl-C or failure); PostgreSQL and Redis themselves are not pinned.
-Servers run at MITOSIS_LOG_LEVEL=WARNING (no access-log lines), shop and
-tickets alike.  ``MITOSIS_TEST_POSTGRES`` / ``MITOSIS_TEST_REDIS`` point at
+Servers run at AMOEBA_LOG_LEVEL=WARNING (no access-log lines), shop and
+tickets alike.  ``AMOEBA_TEST_POSTGRES`` / ``AMOEBA_TEST_REDIS`` point at
 other servers, as for the tests.
 """
 
@@ -59,8 +59,8 @@ WARMUP_S = 1
 LOG_LEVEL = "WARNING"
 STOCK = 100_000_000
 ADMIN = ("admin@bench.test", "bench-admin-password")
-POSTGRES = os.environ.get("MITOSIS_TEST_POSTGRES") or "postgresql://postgres@127.0.0.1:5432"
-REDIS = os.environ.get("MITOSIS_TEST_REDIS") or "redis://127.0.0.1:6379"
+POSTGRES = os.environ.get("AMOEBA_TEST_POSTGRES") or "postgresql://postgres@127.0.0.1:5432"
+REDIS = os.environ.get("AMOEBA_TEST_REDIS") or "redis://127.0.0.1:6379"
 UNLIMITED = "1000000"
 TOPOLOGIES = ("monolith", "microservices")
 JSON = {"Content-Type": "application/json"}
@@ -89,8 +89,8 @@ class Request:
 
 
 BACKING = (  # name, URL, default port, what starts it, the variable that moves it
-    ("PostgreSQL", POSTGRES, 5432, "service postgresql start", "MITOSIS_TEST_POSTGRES"),
-    ("Redis", REDIS, 6379, "service redis-server start", "MITOSIS_TEST_REDIS"),
+    ("PostgreSQL", POSTGRES, 5432, "service postgresql start", "AMOEBA_TEST_POSTGRES"),
+    ("Redis", REDIS, 6379, "service redis-server start", "AMOEBA_TEST_REDIS"),
 )
 
 
@@ -137,7 +137,7 @@ async def _redis_delete(prefix: str) -> None:
 def backing() -> Iterator[dict[str, str]]:
     """A fresh PostgreSQL database and Redis key prefix: their env, removed on exit."""
     tag = uuid.uuid4().hex[:12]
-    database, prefix = f"mitosis_bench_{tag}", f"mitosis-bench-{tag}:"
+    database, prefix = f"amoeba_bench_{tag}", f"amoeba-bench-{tag}:"
     asyncio.run(_postgres(f'CREATE DATABASE "{database}"'))
     try:
         yield {"DATABASE_URL": f"{POSTGRES}/{database}", "REDIS_URL": f"{REDIS}/0?prefix={prefix}"}
@@ -177,20 +177,20 @@ def prepare(port: int) -> Shop:
 
 @contextmanager
 def shop(topology: str) -> Iterator[Shop]:
-    """Start ``mitosis run`` on a shop topology; yield it prepared for load."""
+    """Start ``amoeba run`` on a shop topology; yield it prepared for load."""
     ports = {name: free_port() for name in ("PORT", "ACCOUNTS_PORT", "CATALOG_PORT", "ORDERS_PORT")}
     with ExitStack() as stack:
         data_dir = tempfile.mkdtemp(prefix="bench-shop-")
         stack.callback(shutil.rmtree, data_dir, ignore_errors=True)
         env = {k: str(v) for k, v in ports.items()}
-        env.update(MITOSIS_DATA_DIR=data_dir, MITOSIS_LOG_LEVEL=LOG_LEVEL,
+        env.update(AMOEBA_DATA_DIR=data_dir, AMOEBA_LOG_LEVEL=LOG_LEVEL,
                    SHOP_ADMIN_EMAIL=ADMIN[0], SHOP_ADMIN_PASSWORD=ADMIN[1],
                    SHOP_RATE_USER_BURST=UNLIMITED, SHOP_RATE_USER_RATE=UNLIMITED,
                    SHOP_RATE_IP_BURST=UNLIMITED, SHOP_RATE_IP_RATE=UNLIMITED)
         if topology != "monolith":
             env.update(stack.enter_context(backing()))
         topo = ROOT / "examples" / "shop" / "topologies" / f"{topology}.yaml"
-        proc = start_server([sys.executable, "-m", "mitosis", "run", str(topo)],
+        proc = start_server([sys.executable, "-m", "amoeba", "run", str(topo)],
                             cpu=SERVER_CPU, env=env)
         stack.callback(stop_server, proc)  # runs before the database is dropped
         for port in [ports["PORT"]] if topology == "monolith" else ports.values():
@@ -226,7 +226,7 @@ def shop_round(topology: str, args: argparse.Namespace) -> dict[str, LoadResult]
 
 def tickets_round(topology: str, args: argparse.Namespace) -> dict[str, LoadResult]:
     purchase = Request("POST", "/api/v1/purchase", tickets.BODY, dict(tickets.HEADERS))
-    with tickets.mitosis(topology, log_level=LOG_LEVEL) as port:
+    with tickets.amoeba(topology, log_level=LOG_LEVEL) as port:
         return {"tickets purchase": measure(port, purchase, args)}
 
 
@@ -273,7 +273,7 @@ def main() -> None:
         print("warning: fewer than 2 cores; server and load generator will share one")
     print(f"bench/shop.py: {args.connections} connections, {args.duration}s per figure after "
           f"{WARMUP_S}s warm-up, servers on cpu {SERVER_CPU}, wrk on cpu {LOAD_CPU}, "
-          f"{args.rounds} round(s), median shown; MITOSIS_LOG_LEVEL={LOG_LEVEL} "
+          f"{args.rounds} round(s), median shown; AMOEBA_LOG_LEVEL={LOG_LEVEL} "
           f"(no access log) for shop and tickets")
     if "microservices" in chosen and (why := unreachable_backing()):
         print(f"skipping microservices: {why}")

@@ -1,4 +1,4 @@
-"""Tickets purchase throughput: mitosis vs the FastAPI + httpx comparison, same run.
+"""Tickets purchase throughput: amoeba vs the FastAPI + httpx comparison, same run.
 
     python bench/tickets.py [--duration 10] [--connections 50] [--rounds 1]
                             [--access-log off|on|both] [--observe on|off|both]
@@ -8,18 +8,18 @@ Drives ``POST /api/v1/purchase {"qty": 1}`` with wrk (50 connections, pinned to
 core 1) against servers pinned to core 0 (both processes of a microservices
 topology share that core), stock large enough never to sell out:
 
-* mitosis monolith (durable SQLite stock) and microservices (RPC between
+* amoeba monolith (durable SQLite stock) and microservices (RPC between
   two processes, durable SQLite stock);
 * bench/fastapi_tickets.py: FastAPI routers + pydantic + in-memory stock
   under an asyncio.Lock, local client / pooled httpx client.
 
 Every figure is printed beside its comparison and the ratio.  With
 ``--rounds N`` each configuration runs N times interleaved and the median
-round is reported.  ``--access-log`` runs mitosis at log level WARNING (off,
-the default here), INFO (on: one access-log line per request, as ``mitosis run``
+round is reported.  ``--access-log`` runs amoeba at log level WARNING (off,
+the default here), INFO (on: one access-log line per request, as ``amoeba run``
 does by default), or both, interleaved, with the on/off ratio.  ``--observe``
-runs mitosis with metrics and tracing on (the default: per-call and per-route
-metrics, trace ids made at the edge), off (``MITOSIS_OBSERVE=off``), or both,
+runs amoeba with metrics and tracing on (the default: per-call and per-route
+metrics, trace ids made at the edge), off (``AMOEBA_OBSERVE=off``), or both,
 interleaved, with the on/off ratio (issue 6's overhead budget: >= 0.90).
 """
 
@@ -56,14 +56,14 @@ HEADERS = {"Content-Type": "application/json"}
 
 
 @contextmanager
-def mitosis(topology: str, log_level: str = "WARNING",
+def amoeba(topology: str, log_level: str = "WARNING",
             observe: str = "on") -> Iterator[tuple[int, int]]:
-    """Start ``mitosis run`` on a tickets topology; yield the purchase port."""
+    """Start ``amoeba run`` on a tickets topology; yield the purchase port."""
     ports = {"PORT": free_port(), "VACANCY_PORT": free_port(), "TICKET_PORT": free_port()}
     env = {k: str(v) for k, v in ports.items()}
-    env.update(INITIAL_STOCK=STOCK, MITOSIS_DATA_DIR=tempfile.mkdtemp(prefix="bench-tickets-"),
-               MITOSIS_LOG_LEVEL=log_level, MITOSIS_OBSERVE=observe)
-    proc = start_server([sys.executable, "-m", "mitosis", "run",
+    env.update(INITIAL_STOCK=STOCK, AMOEBA_DATA_DIR=tempfile.mkdtemp(prefix="bench-tickets-"),
+               AMOEBA_LOG_LEVEL=log_level, AMOEBA_OBSERVE=observe)
+    proc = start_server([sys.executable, "-m", "amoeba", "run",
                          str(ROOT / "examples" / "tickets" / "topologies" / f"{topology}.yaml")],
                         cpu=SERVER_CPU, env=env)
     port = ports["PORT"] if topology == "monolith" else ports["TICKET_PORT"]
@@ -131,9 +131,9 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--access-log", choices=("off", "on", "both"), default="off",
-                    help="mitosis at log level WARNING (off), INFO (on: access log), or both")
+                    help="amoeba at log level WARNING (off), INFO (on: access log), or both")
     ap.add_argument("--observe", choices=("on", "off", "both"), default="on",
-                    help="metrics and tracing on, off (MITOSIS_OBSERVE=off), or both")
+                    help="metrics and tracing on, off (AMOEBA_OBSERVE=off), or both")
     ap.add_argument("--topologies", default="monolith,microservices")
     ap.add_argument("--no-fastapi", action="store_true", help="skip the FastAPI comparison")
     args = ap.parse_args()
@@ -153,7 +153,7 @@ def main() -> None:
             parts.append(f"log {'on' if level == 'INFO' else 'off'}")
         if len(observes) > 1:
             parts.append(f"observe {obs}")
-        return ", ".join(parts) or "mitosis"
+        return ", ".join(parts) or "amoeba"
 
     for topology in args.topologies.split(","):
         ours: dict[tuple[str, str], list[LoadResult]] = {v: [] for v in variants}
@@ -162,7 +162,7 @@ def main() -> None:
             # ABBA: alternate the order each round, so a drift of the machine's speed
             # does not always favour the configuration that runs first.
             for level, obs in (variants if r % 2 == 0 else variants[::-1]):
-                ours[(level, obs)].append(drive(mitosis, topology, args, log_level=level,
+                ours[(level, obs)].append(drive(amoeba, topology, args, log_level=level,
                                                 observe=obs))
             if not args.no_fastapi:
                 theirs.append(drive(fastapi, topology, args))

@@ -1,9 +1,9 @@
 """Real load balancers in front of a running topology, configured by what
-``mitosis deploy nginx|haproxy`` generates, and a client that drives load
+``amoeba deploy nginx|haproxy`` generates, and a client that drives load
 through them and counts what happened.
 
 nginx and HAProxy are the Debian packages (``apt-get install nginx haproxy``);
-a missing one skips the test, or fails it when ``MITOSIS_REQUIRE_SERVICES=1``.
+a missing one skips the test, or fails it when ``AMOEBA_REQUIRE_SERVICES=1``.
 Each runs as a child of the test (``daemon off`` / foreground) on a free port.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mitosis.testing import free_port
+from amoeba.testing import free_port
 
 __all__ = ["Balancer", "Load", "require_binary"]
 
@@ -37,14 +37,14 @@ def require_binary(kind: str) -> str:
     if path is not None:
         return path
     message = (f"{kind} is not installed: apt-get install {kind}, "
-               f"or unset MITOSIS_REQUIRE_SERVICES to skip")
-    if os.environ.get("MITOSIS_REQUIRE_SERVICES") == "1":
+               f"or unset AMOEBA_REQUIRE_SERVICES to skip")
+    if os.environ.get("AMOEBA_REQUIRE_SERVICES") == "1":
         pytest.fail(message)
     pytest.skip(message)
 
 
 class Balancer:
-    """nginx or HAProxy started from the config ``mitosis deploy`` writes for
+    """nginx or HAProxy started from the config ``amoeba deploy`` writes for
     ``topology`` (whose ``deploy.edge.port`` reads ``EDGE_PORT``)."""
 
     def __init__(self, kind: str, topology: Path, env: dict[str, str], workdir: Path):
@@ -54,9 +54,9 @@ class Balancer:
         self.dir = workdir / kind
         self.dir.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(
-            [sys.executable, "-m", "mitosis", "deploy", kind, str(topology), "-o", str(self.dir)],
+            [sys.executable, "-m", "amoeba", "deploy", kind, str(topology), "-o", str(self.dir)],
             env={**env, "EDGE_PORT": str(self.port)}, capture_output=True, text=True)
-        assert done.returncode == 0, f"mitosis deploy {kind} failed:\n{done.stdout}{done.stderr}"
+        assert done.returncode == 0, f"amoeba deploy {kind} failed:\n{done.stdout}{done.stderr}"
         self.log = self.dir / "balancer.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

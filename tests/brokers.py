@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mitosis.testing import free_port
+from amoeba.testing import free_port
 
 __all__ = ["PrivateNats", "PrivateRedis"]
 
@@ -34,7 +34,7 @@ class _Server:
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix=f"mitosis-{self.label}-"))
+        self.dir = Path(tempfile.mkdtemp(prefix=f"amoeba-{self.label}-"))
         self.log = self.dir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

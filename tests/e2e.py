@@ -1,4 +1,4 @@
-"""Start `mitosis run` as a real command and talk to it over HTTP."""
+"""Start `amoeba run` as a real command and talk to it over HTTP."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from mitosis.testing import wait_ready
+from amoeba.testing import wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +22,7 @@ class Run:
         self.log = tmp / f"{topology.stem}-{time.monotonic_ns()}.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mitosis", "run", str(topology), *args],
+                [sys.executable, "-m", "amoeba", "run", str(topology), *args],
                 env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, cwd=tmp)
         wait_ready(ready_ports, 30.0, self.proc, self.log)

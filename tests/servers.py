@@ -2,14 +2,14 @@
 
 Each function returns the base URL of a server after checking, with a plain
 socket connect, that something listens there.  When nothing does, the test
-is skipped, or fails when ``MITOSIS_REQUIRE_SERVICES=1`` (CI sets it, so a
+is skipped, or fails when ``AMOEBA_REQUIRE_SERVICES=1`` (CI sets it, so a
 missing server can never pass as a green run).  Hosts and ports come from
 the environment, defaulting to the local servers::
 
-    MITOSIS_TEST_POSTGRES   postgresql://postgres@127.0.0.1:5432
-    MITOSIS_TEST_MYSQL      mysql://root@127.0.0.1:3306
-    MITOSIS_TEST_REDIS      redis://127.0.0.1:6379
-    MITOSIS_TEST_NATS       nats://127.0.0.1:4222   (started with -js: JetStream on)
+    AMOEBA_TEST_POSTGRES   postgresql://postgres@127.0.0.1:5432
+    AMOEBA_TEST_MYSQL      mysql://root@127.0.0.1:3306
+    AMOEBA_TEST_REDIS      redis://127.0.0.1:6379
+    AMOEBA_TEST_NATS       nats://127.0.0.1:4222   (started with -js: JetStream on)
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import pytest
 __all__ = ["mysql_url", "nats_url", "postgres_url", "redis_url", "require"]
 
 DEFAULTS = {
-    "PostgreSQL": ("MITOSIS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432", 5432),
-    "MySQL": ("MITOSIS_TEST_MYSQL", "mysql://root@127.0.0.1:3306", 3306),
-    "Redis": ("MITOSIS_TEST_REDIS", "redis://127.0.0.1:6379", 6379),
-    "NATS": ("MITOSIS_TEST_NATS", "nats://127.0.0.1:4222", 4222),
+    "PostgreSQL": ("AMOEBA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432", 5432),
+    "MySQL": ("AMOEBA_TEST_MYSQL", "mysql://root@127.0.0.1:3306", 3306),
+    "Redis": ("AMOEBA_TEST_REDIS", "redis://127.0.0.1:6379", 6379),
+    "NATS": ("AMOEBA_TEST_NATS", "nats://127.0.0.1:4222", 4222),
 }
 _reachable: dict[tuple[str, int], bool] = {}
 
@@ -52,8 +52,8 @@ def require(server: str) -> str:
         return url.rstrip("/")
     how = "start it (nats-server -js: JetStream on)" if server == "NATS" else "start it"
     message = (f"{server} not reachable on {host}:{port}; {how}, point {env} at one, "
-               f"or unset MITOSIS_REQUIRE_SERVICES to skip")
-    if os.environ.get("MITOSIS_REQUIRE_SERVICES") == "1":
+               f"or unset AMOEBA_REQUIRE_SERVICES to skip")
+    if os.environ.get("AMOEBA_REQUIRE_SERVICES") == "1":
         pytest.fail(message)
     pytest.skip(message)
 
@@ -127,7 +127,7 @@ def fresh_postgres_database(request: pytest.FixtureRequest | None = None) -> str
     import uuid
 
     base = postgres_url()
-    name = f"mitosis_t_{uuid.uuid4().hex[:12]}"
+    name = f"amoeba_t_{uuid.uuid4().hex[:12]}"
     _run(_pg_admin, base, f'CREATE DATABASE "{name}"')
 
     def drop() -> None:
@@ -159,7 +159,7 @@ def fresh_mysql_prefix(request: pytest.FixtureRequest, services: tuple[str, ...]
     import uuid
 
     base = mysql_url()
-    name = f"mitosis_t_{uuid.uuid4().hex[:12]}"
+    name = f"amoeba_t_{uuid.uuid4().hex[:12]}"
     drops = ";".join(f"DROP DATABASE IF EXISTS `{name}_{s}`" for s in services)
     request.session.config.add_cleanup(lambda: _run(_mysql_admin, base, drops))
     return f"{base}/{name}"
@@ -180,7 +180,7 @@ def distributed_env(mode: str, request: pytest.FixtureRequest) -> dict[str, str]
         db = fresh_postgres_database(request)
     base = redis_url()
     tag = uuid.uuid4().hex[:8]
-    prefix = f"mitosis-test-{tag}:"
+    prefix = f"amoeba-test-{tag}:"
     request.session.config.add_cleanup(lambda: _run(_redis_clean, base, prefix))
     env = {"DATABASE_URL": db, "REDIS_URL": f"{base}/0?prefix={prefix}"}
     if mode.startswith("hybrid"):  # events through Redis Streams here, NATS elsewhere
@@ -193,6 +193,6 @@ def distributed_env(mode: str, request: pytest.FixtureRequest) -> dict[str, str]
 
 
 async def _nats_clean(url: str, app: str) -> None:
-    from mitosis.events.nats import delete_stream
+    from amoeba.events.nats import delete_stream
 
     await delete_stream(url, app=app)

@@ -1,4 +1,4 @@
-"""Synthetic snapshots in the shape of ``mitosis.observe.snapshot``, for the
+"""Synthetic snapshots in the shape of ``amoeba.observe.snapshot``, for the
 readers' tests (advice, status, the dashboard's fake server)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mitosis.observe.snapshot import BUCKETS
+from amoeba.observe.snapshot import BUCKETS
 
 
 def hist(count: int, at: float) -> list[int]:

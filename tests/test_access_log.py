@@ -17,20 +17,20 @@ import pytest
 from authapp.app import app
 from test_auth import SETTINGS
 
-from mitosis.gateway import access as access_module
-from mitosis.gateway.access import AccessLog
-from mitosis.runtime.process import LogFormatter, configure_logging
-from mitosis.testing import InProcessHarness
+from amoeba.gateway import access as access_module
+from amoeba.gateway.access import AccessLog
+from amoeba.runtime.process import LogFormatter, configure_logging
+from amoeba.testing import InProcessHarness
 
-ACCESS = logging.getLogger("mitosis.access")
-TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO mitosis\.access: "
+ACCESS = logging.getLogger("amoeba.access")
+TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO amoeba\.access: "
                        r"method=GET path=(\S+) status=(\d{3}) duration_ms=\d+\.\d\d "
                        r"request_id=(\S+) trace_id=[0-9a-f]{32} user=- ip=127\.0\.0\.1\n")
 
 
 @contextmanager
 def routed(tmp_path: Path, formatter: LogFormatter) -> Iterator[Path]:
-    """``mitosis.access`` to a file (it has a real fd, like stderr) through one
+    """``amoeba.access`` to a file (it has a real fd, like stderr) through one
     handler, as configure_logging routes it to stderr.  Entered in the test body:
     pytest hangs its own handlers on every logger for the call."""
     path = tmp_path / "access.log"
@@ -93,7 +93,7 @@ async def test_json_lines_parse_and_carry_the_fields(tmp_path):
         ("/api/open", 200, ids[0]), ("/api/me", 401, ids[1])]
     first = lines[0]
     assert (first["level"], first["logger"], first["process"], first["user"]) == (
-        "INFO", "mitosis.access", "main", None)
+        "INFO", "amoeba.access", "main", None)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"])
     assert first["message"].startswith("method=GET path=/api/open status=200 ")
 
@@ -144,26 +144,26 @@ def test_writes_are_whole_lines_of_at_most_pipe_buf(monkeypatch):
 
 
 def test_ordinary_records_as_json_lines():
-    record = logging.LogRecord("mitosis.host", logging.WARNING, __file__, 1, "slow %s", ("x",), None)
+    record = logging.LogRecord("amoeba.host", logging.WARNING, __file__, 1, "slow %s", ("x",), None)
     record.service = "vacancy"
     line = json.loads(LogFormatter("json", {"process": "main", "replica": 1}).format(record))
     assert {k: line[k] for k in ("level", "logger", "process", "replica", "message", "service")} == {
-        "level": "WARNING", "logger": "mitosis.host", "process": "main", "replica": 1,
+        "level": "WARNING", "logger": "amoeba.host", "process": "main", "replica": 1,
         "message": "slow x", "service": "vacancy"}
-    assert re.fullmatch(r"\S+Z WARNING mitosis\.host: slow x", LogFormatter("text").format(record))
+    assert re.fullmatch(r"\S+Z WARNING amoeba\.host: slow x", LogFormatter("text").format(record))
 
 
 def test_log_format_setting_is_checked(monkeypatch):
-    monkeypatch.setenv("MITOSIS_LOG_FORMAT", "xml")
-    with pytest.raises(ValueError, match="MITOSIS_LOG_FORMAT='xml' is not text, json or auto"):
+    monkeypatch.setenv("AMOEBA_LOG_FORMAT", "xml")
+    with pytest.raises(ValueError, match="AMOEBA_LOG_FORMAT='xml' is not text, json or auto"):
         configure_logging()
 
 
 def test_logging_configured_otherwise_gets_records(caplog):
-    with caplog.at_level(logging.INFO, logger="mitosis.access"):
+    with caplog.at_level(logging.INFO, logger="amoeba.access"):
         log = AccessLog()
         log.write("GET", "/x", 204, 0.5, "r-1", "ann", "10.0.0.1")
     assert "records" in repr(log)
-    [record] = [r for r in caplog.records if r.name == "mitosis.access"]
+    [record] = [r for r in caplog.records if r.name == "amoeba.access"]
     assert record.getMessage().endswith(
         "status=204 duration_ms=0.50 request_id=r-1 trace_id=- user=ann ip=10.0.0.1")

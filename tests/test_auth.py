@@ -19,11 +19,11 @@ from authapp.app import app
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from mitosis import Principal, Unauthorized
-from mitosis.auth.keys import KeyFileError, load_keys
-from mitosis.auth.passwords import hash_password, needs_rehash, verify_password
-from mitosis.auth.tokens import INVALID, AuthConfig, AuthConfigError, TokenVerifier
-from mitosis.testing import InProcessHarness, app_fixture
+from amoeba import Principal, Unauthorized
+from amoeba.auth.keys import KeyFileError, load_keys
+from amoeba.auth.passwords import hash_password, needs_rehash, verify_password
+from amoeba.auth.tokens import INVALID, AuthConfig, AuthConfigError, TokenVerifier
+from amoeba.testing import InProcessHarness, app_fixture
 
 
 def _pem(key: ed25519.Ed25519PrivateKey) -> tuple[str, str]:
@@ -37,7 +37,7 @@ def _pem(key: ed25519.Ed25519PrivateKey) -> tuple[str, str]:
 NEW, OLD = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
 NEW_PRIV, NEW_PUB = _pem(NEW)
 OLD_PRIV, OLD_PUB = _pem(OLD)
-KEYDIR = Path(tempfile.mkdtemp(prefix="mitosis-auth-test-"))
+KEYDIR = Path(tempfile.mkdtemp(prefix="amoeba-auth-test-"))
 KEYFILE = KEYDIR / "keys.json"
 # Rotation in progress: the new key signs, the old one still verifies.
 KEYFILE.write_text(json.dumps({"keys": [
@@ -245,7 +245,7 @@ def test_a_remembered_token_still_expires(tmp_path):
 
 
 def test_concurrent_generation_agrees(tmp_path):
-    from mitosis.auth.keys import _generate
+    from amoeba.auth.keys import _generate
 
     path = tmp_path / "k.json"
     _generate(path)

@@ -1,10 +1,10 @@
-"""The shop behind real nginx and HAProxy, configured by ``mitosis deploy``:
-three gateway replicas under ``mitosis run`` on PostgreSQL, Redis and NATS
+"""The shop behind real nginx and HAProxy, configured by ``amoeba deploy``:
+three gateway replicas under ``amoeba run`` on PostgreSQL, Redis and NATS
 (tests/topologies/shop-lb.yaml), load through the balancer, and then
 
 * ``SIGKILL`` of one gateway replica mid-run: no GET fails, every order key
   ends with exactly one order, and the restarted replica is back in rotation;
-* a rolling restart of every replica (``SIGHUP`` to ``mitosis run``) under
+* a rolling restart of every replica (``SIGHUP`` to ``amoeba run``) under
   the same load: no request fails.
 
 Each test prints its counts.
@@ -28,7 +28,7 @@ from balancers import Balancer, Load
 from e2e import ROOT
 from shop.app import app
 
-from mitosis.testing import TopologyGroup
+from amoeba.testing import TopologyGroup
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +42,7 @@ ENV = {"SHOP_ADMIN_EMAIL": ADMIN[0], "SHOP_ADMIN_PASSWORD": ADMIN[1],
 @pytest.fixture(params=["nginx", "haproxy"])
 def shop_behind(request: pytest.FixtureRequest,
                 tmp_path: Path) -> Iterator[tuple[TopologyGroup, Balancer]]:
-    """The shop started with ``mitosis run``, and a balancer in front of it."""
+    """The shop started with ``amoeba run``, and a balancer in front of it."""
     from balancers import require_binary
 
     require_binary(request.param)

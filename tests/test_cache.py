@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_limits import redis_url
 
-from mitosis import Cache, ResourceContext
+from amoeba import Cache, ResourceContext
 
 
 async def open_cache(backend: str, service: str) -> Cache:
@@ -71,7 +71,7 @@ async def test_ttl_expiry_and_incr(caches):
 
 async def test_prefixes_isolate_services(caches):
     a, b = caches
-    assert a.prefix.startswith("mitosis:test-a-") and a.prefix.endswith(":")
+    assert a.prefix.startswith("amoeba:test-a-") and a.prefix.endswith(":")
     await a.set("same", "from a")
     await b.set("same", "from b")
     assert await a.get("same") == b"from a"

@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 from demo.app import Box, Color, OutOfCoffee, Point, app
 
-from mitosis import Conflict, Internal
-from mitosis.testing import app_fixture
+from amoeba import Conflict, Internal
+from amoeba.testing import app_fixture
 
 demo = app_fixture(app)
 
@@ -107,7 +107,7 @@ async def test_shared_objects(demo):
 async def test_wrong_arguments_are_rejected_by_the_callee(demo):
     if demo.mode == "inprocess":
         pytest.skip("a plain await does no validation, as in Python")
-    from mitosis import Invalid
+    from amoeba import Invalid
 
     with pytest.raises(Invalid, match=r"\$\[0\]"):
         await demo.service("store").echo_int("not an int")

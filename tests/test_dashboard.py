@@ -20,12 +20,12 @@ import httpx
 import pytest
 from snapshots import call, cluster, node, served, snapshot
 
-from mitosis.observe.advise import Advisor
-from mitosis.testing import TopologyGroup
+from amoeba.observe.advise import Advisor
+from amoeba.testing import TopologyGroup
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("MITOSIS_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("MITOSIS_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
+CHROMIUM = os.environ.get("AMOEBA_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("AMOEBA_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--window-size=1400,1000")
@@ -46,7 +46,7 @@ def _missing() -> str | None:
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     why = _missing()
     if why:
-        if os.environ.get("MITOSIS_REQUIRE_SERVICES") == "1":
+        if os.environ.get("AMOEBA_REQUIRE_SERVICES") == "1":
             pytest.fail(why)
         pytest.skip(why)
     from selenium import webdriver
@@ -101,7 +101,7 @@ def test_dashboard_shows_the_tickets_app_live(browser: Any, tmp_path: Path) -> N
     loader = threading.Thread(target=load, daemon=True)
     loader.start()
     try:
-        browser.get(f"http://127.0.0.1:{port}/_mitosis/")
+        browser.get(f"http://127.0.0.1:{port}/_amoeba/")
         wait_for(browser, "document.querySelector('[data-service=\"ticket\"]') && "
                           "document.querySelector('[data-service=\"vacancy\"]')")
         rate = float(wait_for(browser, f"{EDGE.format('ticket->vacancy')}?.dataset.rate > 0 && "
@@ -170,14 +170,14 @@ class _Synthetic:
 
 @pytest.fixture
 def synthetic_server() -> Iterator[str]:
-    page = resources.files("mitosis.observe").joinpath("dashboard.html").read_bytes()
+    page = resources.files("amoeba.observe").joinpath("dashboard.html").read_bytes()
     source = _Synthetic()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path == "/_mitosis/api/cluster":
+            if self.path == "/_amoeba/api/cluster":
                 body, kind = json.dumps(source.cluster()).encode(), "application/json"
-            elif self.path == "/_mitosis/":
+            elif self.path == "/_amoeba/":
                 body, kind = page, "text/html; charset=utf-8"
             else:
                 self.send_error(404)
@@ -195,7 +195,7 @@ def synthetic_server() -> Iterator[str]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/_mitosis/"
+        yield f"http://127.0.0.1:{server.server_address[1]}/_amoeba/"
     finally:
         server.shutdown()
         server.server_close()

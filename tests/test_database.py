@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from mitosis.data import SQLite
-from mitosis.resource import ResourceContext
+from amoeba.data import SQLite
+from amoeba.resource import ResourceContext
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from e2e import ROOT, Run
 
-from mitosis.testing import free_port
+from amoeba.testing import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,7 @@ def _topology(tmp_path, port: int) -> object:
 
 def test_sigterm_readyz_503_then_refused_in_flight_finishes_exit_within_grace(tmp_path):
     port = free_port()
-    run = Run(_topology(tmp_path, port), {"MITOSIS_DATA_DIR": str(tmp_path)}, [port], tmp_path,
+    run = Run(_topology(tmp_path, port), {"AMOEBA_DATA_DIR": str(tmp_path)}, [port], tmp_path,
               args=("--process", "main"))
     url = f"http://127.0.0.1:{port}"
 
@@ -93,13 +93,13 @@ def test_a_draining_replica_loses_no_rpc_call(tmp_path):
     go away, gets its calls in flight answered, and uses the other replica."""
     from demo.app import app
 
-    from mitosis.codec import codec_for
-    from mitosis.observe.fetch import fetch_json
-    from mitosis.testing import _free_run
-    from mitosis.topology.model import Settings
-    from mitosis.transport.client import ProcessClient
-    from mitosis.transport.credential import TokenSigner
-    from mitosis.transport.stub import remote_stub
+    from amoeba.codec import codec_for
+    from amoeba.observe.fetch import fetch_json
+    from amoeba.testing import _free_run
+    from amoeba.topology.model import Settings
+    from amoeba.transport.client import ProcessClient
+    from amoeba.transport.credential import TokenSigner
+    from amoeba.transport.stub import remote_stub
 
     port = _free_run(2)
     secret = "d" * 32
@@ -111,12 +111,12 @@ def test_a_draining_replica_loses_no_rpc_call(tmp_path):
                       "store": {"services": ["store"], "replicas": 2, "private": True,
                                 "listeners": [{"port": port, "host": "127.0.0.1"}]}},
     }))
-    run = Run(path, {"MITOSIS_DATA_DIR": str(tmp_path), "MITOSIS_SECRET": secret},
+    run = Run(path, {"AMOEBA_DATA_DIR": str(tmp_path), "AMOEBA_SECRET": secret},
               [port, port + 1], tmp_path)
     signer = TokenSigner(secret.encode())
 
     async def scenario() -> dict[str, object]:
-        token = {"x-mitosis-token": signer.issue("store", "test")}
+        token = {"x-amoeba-token": signer.issue("store", "test")}
         victim = (await fetch_json("127.0.0.1", port, "/", headers=token))["pid"]
         client = ProcessClient(process="store", settings=Settings(), signer=signer,
                                addresses=[("127.0.0.1", port), ("127.0.0.1", port + 1)],
@@ -141,7 +141,7 @@ def test_a_draining_replica_loses_no_rpc_call(tmp_path):
             long = asyncio.gather(*(store.slow(1.5) for _ in range(4)))
             await asyncio.sleep(0.5)
             os.kill(victim, signal.SIGTERM)
-            await asyncio.sleep(DRAIN_DELAY + 3.0)  # drained, exited, restarted by mitosis run
+            await asyncio.sleep(DRAIN_DELAY + 3.0)  # drained, exited, restarted by amoeba run
             stop.set()
             await asyncio.gather(*callers)
             await long
@@ -159,7 +159,7 @@ def test_a_draining_replica_loses_no_rpc_call(tmp_path):
 
 
 def test_sighup_restarts_every_child_once_and_a_stop_restarts_nothing(tmp_path):
-    from mitosis.testing import _free_run
+    from amoeba.testing import _free_run
 
     port, vport = free_port(), _free_run(2)
     path = tmp_path / "roll.yaml"
@@ -170,7 +170,7 @@ def test_sighup_restarts_every_child_once_and_a_stop_restarts_nothing(tmp_path):
                       "vacancy": {"services": ["vacancy"], "replicas": 2, "private": True,
                                   "listeners": [{"port": vport, "host": "127.0.0.1"}]}},
     }))
-    run = Run(path, {"MITOSIS_DATA_DIR": str(tmp_path / "data")}, [port, vport, vport + 1], tmp_path)
+    run = Run(path, {"AMOEBA_DATA_DIR": str(tmp_path / "data")}, [port, vport, vport + 1], tmp_path)
     try:
         before = httpx.get(f"http://127.0.0.1:{port}/", timeout=5).json()["pid"]
         run.proc.send_signal(signal.SIGHUP)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import servers
 
-from mitosis.events.bus import Delivery, EventBus, Message, open_bus
+from amoeba.events.bus import Delivery, EventBus, Message, open_bus
 
 BACKENDS = ["memory", "nats", "redis"]
 
@@ -22,7 +22,7 @@ def _url(backend: str) -> str | None:
     if backend == "nats":
         return servers.nats_url()  # skips (or fails in CI) when no nats-server -js runs
     if backend == "redis":
-        prefix = f"mitosis-test-events-{uuid.uuid4().hex[:8]}:"
+        prefix = f"amoeba-test-events-{uuid.uuid4().hex[:8]}:"
         _REDIS_PREFIXES.append(prefix)  # deleted by ``_redis_keys_deleted`` after the test
         return f"{servers.redis_url()}/0?prefix={prefix}"
     raise AssertionError(backend)
@@ -49,7 +49,7 @@ async def buses(request) -> AsyncIterator[Callable[[], EventBus]]:
     for bus in made:
         await bus.aclose()
     if url is not None and url.startswith("nats://"):
-        from mitosis.events.nats import delete_stream
+        from amoeba.events.nats import delete_stream
 
         await delete_stream(url, app=app)
 
@@ -131,7 +131,7 @@ async def test_nack_redelivers_later_with_the_attempt_count(buses):
 @pytest.fixture
 async def nats_app() -> AsyncIterator[tuple[str, str]]:
     """A NATS URL and an app namespace whose stream is deleted afterwards."""
-    from mitosis.events.nats import delete_stream
+    from amoeba.events.nats import delete_stream
 
     url, app = servers.nats_url(), f"t{uuid.uuid4().hex[:8]}"
     yield url, app
@@ -189,17 +189,17 @@ async def test_nats_publishing_one_message_id_twice_delivers_it_once(nats_app):
 
 
 def test_nats_names_map_one_to_one():
-    from mitosis.events.nats import consumer_name, stream_name, subject
+    from amoeba.events.nats import consumer_name, stream_name, subject
 
     names = ["shop.order_placed", "shop.order=5Fplaced", "shop.order placed", "shop.order*",
              "shop_order.placed", "shop.order.placed", "caf\u00e9.done"]
     assert len({subject("a", n) for n in names}) == len(names)
-    assert subject("shop", "shop.order_placed") == "mitosis.shop.shop.order_placed"
+    assert subject("shop", "shop.order_placed") == "amoeba.shop.shop.order_placed"
     pairs = [("a", "b__c"), ("a__b", "c"), ("a_", "_b.c"), ("a", "b.c"), ("a", "b=2Ec")]
     consumers = [consumer_name(g, n) for g, n in pairs]
     assert len(set(consumers)) == len(pairs)
     assert all(not set(c) & set(".*> /\\") for c in consumers)
-    assert stream_name("my app") == "MITOSIS_my=20app"
+    assert stream_name("my app") == "AMOEBA_my=20app"
     with pytest.raises(ValueError, match="empty"):
         subject("a", "shop..x")
 
@@ -300,7 +300,7 @@ async def test_redis_held_entries_are_not_reclaimed_from_a_live_consumer():
 
 
 async def test_redis_a_vanished_stream_gets_its_group_back():
-    from mitosis.events.redis import RedisBus
+    from amoeba.events.redis import RedisBus
 
     bus, = await redis_buses(1, "claim_idle=30")
     assert isinstance(bus, RedisBus)
@@ -320,11 +320,11 @@ async def test_redis_a_vanished_stream_gets_its_group_back():
 
 
 async def test_redis_url_options_are_checked_and_not_passed_to_redis():
-    from mitosis.events.redis import RedisBus
+    from amoeba.events.redis import RedisBus
 
     bus = RedisBus("redis://127.0.0.1:6379/0?prefix=p:&claim_idle=2.5&maxlen=0&concurrency=1", app="a")
     assert (bus.claim_idle, bus.maxlen, bus.concurrency) == (2.5, 0, 1)
-    assert bus.stream("shop.x") == "p:mitosis:a:events:shop.x"
+    assert bus.stream("shop.x") == "p:amoeba:a:events:shop.x"
     assert "claim_idle" not in repr(bus.redis.connection_pool.connection_kwargs)
     await bus.aclose()
     with pytest.raises(ValueError, match="claim_idle"):
@@ -451,7 +451,7 @@ async def test_nats_subscribers_ride_out_a_server_restart(tmp_path):
     binary = shutil.which("nats-server", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
     if binary is None:
         message = "nats-server binary not found (needed to restart a private server)"
-        if os.environ.get("MITOSIS_REQUIRE_SERVICES") == "1":
+        if os.environ.get("AMOEBA_REQUIRE_SERVICES") == "1":
             pytest.fail(message)
         pytest.skip(message)
     server = _OwnNats(binary, str(tmp_path))
@@ -481,7 +481,7 @@ async def test_nats_subscribers_ride_out_a_server_restart(tmp_path):
 
 
 async def test_nats_start_raises_when_no_server_listens():
-    from mitosis.events.nats import NatsBus
+    from amoeba.events.nats import NatsBus
 
     port = _OwnNats("nats-server", "").port  # free: nothing listens there
     bus = NatsBus(f"nats://127.0.0.1:{port}?ack_wait=5", app="absent")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from evdemo.app import Reader, app
 
-from mitosis.cli import main
-from mitosis.events import admin
-from mitosis.testing import Harness, app_fixture
+from amoeba.cli import main
+from amoeba.events import admin
+from amoeba.testing import Harness, app_fixture
 
 demo = app_fixture(app, modes=("inprocess", "strict"),
                    settings={"events": {"max_attempts": 3, "backoff": 0.02, "relay_poll": 0.2}})
@@ -81,7 +81,7 @@ async def test_dead_letters_are_parked_and_replayed(demo, tmp_path, monkeypatch,
     topo = tmp_path / "evdemo.yaml"
     topo.write_text(f"name: evdemo\napp: evdemo.app:app\npythonpath: {Path(__file__).parent}\n"
                     f"processes:\n  main:\n    services: ['*']\n    listeners: [{{port: 18999}}]\n")
-    monkeypatch.setenv("MITOSIS_DATA_DIR", str(demo.host.data_dir))
+    monkeypatch.setenv("AMOEBA_DATA_DIR", str(demo.host.data_dir))
     # (in a thread: the commands run their own event loop)
     assert await asyncio.to_thread(main, ["events", "dead-letters", str(topo)]) == 0
     out = capsys.readouterr().out

@@ -1,5 +1,5 @@
 """Events survive the faults the outbox and the inbox exist for, on real
-servers and real processes (``mitosis run``):
+servers and real processes (``amoeba run``):
 
 * the broker is down while the shop takes 1,000 orders: every event still
   becomes exactly one notification once it is back;
@@ -37,8 +37,8 @@ from shop.app import app as shop_app
 from test_shop import ENV as SHOP_ENV
 from test_shop import new_product, new_user
 
-from mitosis.app import App
-from mitosis.testing import TopologyGroup, TopologyHarness
+from amoeba.app import App
+from amoeba.testing import TopologyGroup, TopologyHarness
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,7 @@ PINGS, KILL_AFTER = 500, 250  # the relay dies in its third batch of 100
 
 @contextlib.contextmanager
 def running(app: App, name: str, topology: Path, env: dict[str, str]) -> Iterator[TopologyGroup]:
-    """``mitosis run`` on free ports; stopped and its files deleted afterwards.
+    """``amoeba run`` on free ports; stopped and its files deleted afterwards.
     On failure the tail of the processes' output goes with the report."""
     group = TopologyGroup(app, name, topology, env)
     try:
@@ -169,7 +169,7 @@ async def test_broker_outage_loses_and_repeats_no_event(nats, redis, database):
             placed = await asyncio.gather(*(order() for _ in range(ORDERS)))
             placing = time.monotonic() - down
             await asyncio.sleep(max(0.0, 4.0 - placing))  # down for several seconds
-            held = (await sql(database, "SELECT count(*) FROM orders.mitosis_outbox"))[0][0]
+            held = (await sql(database, "SELECT count(*) FROM orders.amoeba_outbox"))[0][0]
             seen_while_down = await notified()
             outage = time.monotonic() - down
             nats.start()  # same port, same store
@@ -182,7 +182,7 @@ async def test_broker_outage_loses_and_repeats_no_event(nats, redis, database):
             final = await notified()
             rows = await sql(database, "SELECT kind, message, event_id FROM "
                              "notifications.notifications WHERE user_id = $1", uid)
-            left = (await sql(database, "SELECT count(*) FROM orders.mitosis_outbox"))[0][0]
+            left = (await sql(database, "SELECT count(*) FROM orders.amoeba_outbox"))[0][0]
             stored = await stream_messages(nats.url, "shop", "shop.order_placed")
         finally:
             await h.aclose()
@@ -246,7 +246,7 @@ async def stream_messages(url: str, app: str, event: str) -> int:
     """Messages named ``event`` in ``app``'s JetStream stream (repeats it dropped excluded)."""
     import nats as nats_py
 
-    from mitosis.events.nats import stream_name, subject
+    from amoeba.events.nats import stream_name, subject
 
     nc = await nats_py.connect(url)
     try:
@@ -264,14 +264,14 @@ async def broker_holds(kind: str, server: PrivateNats | PrivateRedis) -> int:
 
     client = aioredis.from_url(server.url)
     try:
-        return int(await client.xlen("mitosis:eventapp:events:eventapp.ping"))
+        return int(await client.xlen("amoeba:eventapp:events:eventapp.ping"))
     finally:
         await client.aclose()
 
 
 async def consumed(database: str) -> tuple[list[asyncpg.Record], int]:
     rows = await sql(database, "SELECT event_id, n, pid FROM consumer.received")
-    inbox = (await sql(database, "SELECT count(*) FROM consumer.mitosis_inbox"))[0][0]
+    inbox = (await sql(database, "SELECT count(*) FROM consumer.amoeba_inbox"))[0][0]
     return rows, inbox
 
 
@@ -299,7 +299,7 @@ async def test_consumer_killed_after_commit_before_ack(broker, database, tmp_pat
             redelivered = time.monotonic() - start
             await asyncio.sleep(1)
             rows, inbox = await consumed(database)
-            in_inbox = await sql(database, "SELECT 1 FROM consumer.mitosis_inbox WHERE "
+            in_inbox = await sql(database, "SELECT 1 FROM consumer.amoeba_inbox WHERE "
                                  "event_id = $1", event_id)
             log = group.log.read_text()
 
@@ -334,7 +334,7 @@ async def test_relay_killed_mid_batch(broker, database, tmp_path):
             took = time.monotonic() - start
             await asyncio.sleep(2)  # a late repeat would show up by now
             rows, inbox = await consumed(database)
-            outbox = (await sql(database, "SELECT count(*) FROM publisher.mitosis_outbox"))[0][0]
+            outbox = (await sql(database, "SELECT count(*) FROM publisher.amoeba_outbox"))[0][0]
             publisher = await counts(http, group, "publisher")
             consumer = await counts(http, group, "consumer")
             stored = await broker_holds(kind, server)

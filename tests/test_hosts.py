@@ -10,7 +10,7 @@ The public host does not forward packets between its two networks, so the
 outside can reach ticket and nothing else; ticket calls vacancy over RPC.
 
 Needs root and ``ip netns`` (iproute2): skipped otherwise, or failed when
-``MITOSIS_REQUIRE_SERVICES=1``.  The test creates its own namespaces (named
+``AMOEBA_REQUIRE_SERVICES=1``.  The test creates its own namespaces (named
 after its pid) and deletes them, whatever happens.
 """
 
@@ -73,7 +73,7 @@ def _require_netns() -> None:
     elif shutil.which("ip") is None:
         why = "ip (iproute2) is not installed: apt-get install iproute2"
     else:
-        probe = f"mitosis-probe-{os.getpid()}"
+        probe = f"amoeba-probe-{os.getpid()}"
         made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
         if made.returncode != 0:
             why = f"ip netns add failed: {made.stderr.strip()}"
@@ -81,8 +81,8 @@ def _require_netns() -> None:
             subprocess.run(["ip", "netns", "del", probe], check=False)
     if why is None:
         return
-    message = f"{why}; run as root with iproute2, or unset MITOSIS_REQUIRE_SERVICES to skip"
-    if os.environ.get("MITOSIS_REQUIRE_SERVICES") == "1":
+    message = f"{why}; run as root with iproute2, or unset AMOEBA_REQUIRE_SERVICES to skip"
+    if os.environ.get("AMOEBA_REQUIRE_SERVICES") == "1":
         pytest.fail(message)
     pytest.skip(message)
 
@@ -98,7 +98,7 @@ def _ip(*args: str, ns: str | None = None) -> None:
 def hosts() -> Iterator[dict[str, str]]:
     """Three namespaces, outside - public - private, as described above."""
     _require_netns()
-    base = f"mitosis-{os.getpid()}"
+    base = f"amoeba-{os.getpid()}"
     ns = {"out": f"{base}-out", "pub": f"{base}-pub", "priv": f"{base}-priv"}
     try:
         for name in ns.values():
@@ -135,19 +135,19 @@ def _client(ns: str, host: str, port: int, path: str, *, method: str = "GET", bo
 def _start(ns: str, process: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "mitosis", "run", str(TOPOLOGY),
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "amoeba", "run", str(TOPOLOGY),
              "--process", process],
             env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
 
 
 def test_rpc_across_hosts_and_the_private_host_is_out_of_reach(hosts, tmp_path):
-    env = {"MITOSIS_SECRET": secrets.token_hex(16), "INITIAL_STOCK": "50",
+    env = {"AMOEBA_SECRET": secrets.token_hex(16), "INITIAL_STOCK": "50",
            "PUBLIC_HOST": "0.0.0.0", "PUBLIC_PORT": "8000",
            "VACANCY_HOST": PRIV, "VACANCY_ADDRESS": PRIV, "VACANCY_PORT": "8001"}
     procs = [
-        _start(hosts["priv"], "internal", {**env, "MITOSIS_DATA_DIR": str(tmp_path / "priv")},
+        _start(hosts["priv"], "internal", {**env, "AMOEBA_DATA_DIR": str(tmp_path / "priv")},
                tmp_path / "internal.log"),
-        _start(hosts["pub"], "public", {**env, "MITOSIS_DATA_DIR": str(tmp_path / "pub")},
+        _start(hosts["pub"], "public", {**env, "AMOEBA_DATA_DIR": str(tmp_path / "pub")},
                tmp_path / "public.log"),
     ]
     try:

@@ -13,9 +13,9 @@ import pytest
 from authapp.app import app
 from test_auth import SETTINGS, bearer, claims, sign
 
-from mitosis.gateway.limits import Bucket, MemoryBuckets, RateLimiter, RedisBuckets, parse_rate_limit
-from mitosis.testing import InProcessHarness
-from mitosis.topology.model import TopologyError
+from amoeba.gateway.limits import Bucket, MemoryBuckets, RateLimiter, RedisBuckets, parse_rate_limit
+from amoeba.testing import InProcessHarness
+from amoeba.topology.model import TopologyError
 
 
 def redis_url() -> str:
@@ -30,7 +30,7 @@ def redis_url() -> str:
             import os
 
             msg = "Redis not reachable on 127.0.0.1:6379; start redis-server"
-            if os.environ.get("MITOSIS_REQUIRE_SERVICES") == "1":
+            if os.environ.get("AMOEBA_REQUIRE_SERVICES") == "1":
                 pytest.fail(msg)
             pytest.skip(msg)
         return "redis://127.0.0.1:6379"
@@ -101,7 +101,7 @@ async def test_bad_rate_limit_settings_name_the_key(tmp_path, raw, key):
 
 async def test_redis_buckets_are_shared_between_limiters():
     url = redis_url()
-    prefix = f"mitosis:test-{secrets.token_hex(6)}:rl:"
+    prefix = f"amoeba:test-{secrets.token_hex(6)}:rl:"
     one = RateLimiter({"ip": Bucket(3, 1.0)}, RedisBuckets(url, prefix))
     two = RateLimiter({"ip": Bucket(3, 1.0)}, RedisBuckets(url, prefix))
     try:
@@ -123,9 +123,9 @@ async def test_redis_down_fails_open_and_warns_once(caplog):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
-    store = RedisBuckets(f"redis://127.0.0.1:{port}/0", "mitosis:x:rl:")
+    store = RedisBuckets(f"redis://127.0.0.1:{port}/0", "amoeba:x:rl:")
     try:
-        with caplog.at_level(logging.WARNING, logger="mitosis.limits"):
+        with caplog.at_level(logging.WARNING, logger="amoeba.limits"):
             assert [await store.take("k", Bucket(1, 1.0)) for _ in range(3)] == [0.0, 0.0, 0.0]
         assert len([r for r in caplog.records if "not enforced" in r.getMessage()]) == 1
     finally:
@@ -168,12 +168,12 @@ async def test_no_cors_settings_no_cors_headers(tmp_path):
 async def test_access_log_line(tmp_path, caplog):
     h = await harness(tmp_path, trusted_proxies=["127.0.0.0/8"])
     try:
-        with caplog.at_level(logging.INFO, logger="mitosis.access"):
+        with caplog.at_level(logging.INFO, logger="amoeba.access"):
             await h.get("/api/me", headers={**bearer(sign(claims(sub="dave"))),
                                             "X-Request-Id": "req-1",
                                             "X-Forwarded-For": "203.0.113.9, 127.0.0.2"})
             await h.get("/api/me")
-        lines = [r for r in caplog.records if r.name == "mitosis.access"]
+        lines = [r for r in caplog.records if r.name == "amoeba.access"]
         assert len(lines) == 2
         msg = lines[0].getMessage()
         assert msg.startswith("method=GET path=/api/me status=200 duration_ms=")
@@ -187,11 +187,11 @@ async def test_access_log_line(tmp_path, caplog):
 async def test_forwarded_for_ignored_from_untrusted_peer_and_log_can_be_off(tmp_path, caplog):
     h = await harness(tmp_path, access_log=False, rate_limit={"ip": {"burst": 1, "rate": 0.01}})
     try:
-        with caplog.at_level(logging.INFO, logger="mitosis.access"):
+        with caplog.at_level(logging.INFO, logger="amoeba.access"):
             assert (await h.get("/api/open", headers={"X-Forwarded-For": "1.1.1.1"})).status == 200
             # Spoofing another address does not buy a fresh bucket.
             assert (await h.get("/api/open", headers={"X-Forwarded-For": "2.2.2.2"})).status == 429
-        assert not [r for r in caplog.records if r.name == "mitosis.access"]
+        assert not [r for r in caplog.records if r.name == "amoeba.access"]
     finally:
         await h.aclose()
 

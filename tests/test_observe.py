@@ -1,5 +1,5 @@
 """Metrics, trace ids and logs of the runtime (issue 6's runtime side):
-``/metrics`` through prometheus-client's own parser, ``/_mitosis/api/stats``,
+``/metrics`` through prometheus-client's own parser, ``/_amoeba/api/stats``,
 trace ids across HTTP, RPC and events, spans exported over real OTLP/HTTP,
 JSON log lines with the ids that join them."""
 
@@ -23,12 +23,12 @@ from evdemo.app import app as evdemo_app
 from prometheus_client.parser import text_string_to_metric_families
 from tickets.app import app as tickets_app
 
-from mitosis import context
-from mitosis.gateway.http import Request
-from mitosis.runtime.host import Host
-from mitosis.runtime.process import LogFormatter
-from mitosis.testing import InProcessHarness, free_port
-from mitosis.topology import bind, load_topology
+from amoeba import context
+from amoeba.gateway.http import Request
+from amoeba.runtime.host import Host
+from amoeba.runtime.process import LogFormatter
+from amoeba.testing import InProcessHarness, free_port
+from amoeba.topology import bind, load_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKETS = ROOT / "examples" / "tickets" / "topologies"
@@ -69,26 +69,26 @@ async def test_metrics_count_routes_and_local_calls(tickets):
     assert r.status == 200 and r.headers["content-type"].startswith("text/plain")
     m = samples(r.body.decode())
     route = {"method": "POST", "route": "/api/v1/purchase"}
-    assert value(m, "mitosis_http_request_duration_seconds_count", **route, status="200") == 6
-    assert value(m, "mitosis_http_request_duration_seconds_count", **route, status="422") == 1
-    assert value(m, "mitosis_http_request_duration_seconds_count", method="GET",
+    assert value(m, "amoeba_http_request_duration_seconds_count", **route, status="200") == 6
+    assert value(m, "amoeba_http_request_duration_seconds_count", **route, status="422") == 1
+    assert value(m, "amoeba_http_request_duration_seconds_count", method="GET",
                  route="<unmatched>", status="404") == 1
     call = {"caller": "ticket", "callee": "vacancy", "method": "reserve", "kind": "local"}
-    assert value(m, "mitosis_call_duration_seconds_count", **call, outcome="ok") == 6
+    assert value(m, "amoeba_call_duration_seconds_count", **call, outcome="ok") == 6
     edge = {"caller": "http", "callee": "ticket", "method": "purchase", "kind": "local"}
-    assert value(m, "mitosis_call_duration_seconds_count", **edge, outcome="ok") == 6
+    assert value(m, "amoeba_call_duration_seconds_count", **edge, outcome="ok") == 6
     # The edge's calls are its routed requests: the 422 is an error outcome.
-    assert value(m, "mitosis_call_duration_seconds_count", **edge, outcome="error") == 1
+    assert value(m, "amoeba_call_duration_seconds_count", **edge, outcome="error") == 1
     # The histogram is consistent: +Inf bucket == count, buckets never decrease.
     buckets = sorted((float(dict(k[1])["le"]), v) for k, v in m.items()
-                     if k[0] == "mitosis_call_duration_seconds_bucket"
+                     if k[0] == "amoeba_call_duration_seconds_bucket"
                      and dict(k[1]).get("callee") == "vacancy" and dict(k[1])["outcome"] == "ok")
     assert buckets[-1] == (float("inf"), 6.0)
     assert all(a[1] <= b[1] for a, b in itertools.pairwise(buckets))
     # No raw paths or ids as label values: every route label is a template.
-    routes = {dict(k[1])["route"] for k in m if k[0].startswith("mitosis_http_request")}
+    routes = {dict(k[1])["route"] for k in m if k[0].startswith("amoeba_http_request")}
     assert "/no/such/page" not in routes
-    assert value(m, "mitosis_http_inflight_requests") == 1  # the scrape itself
+    assert value(m, "amoeba_http_inflight_requests") == 1  # the scrape itself
 
     assert value(m, "process_open_fds") > 0
 
@@ -96,7 +96,7 @@ async def test_metrics_count_routes_and_local_calls(tickets):
 async def test_stats_snapshot_counts_and_samples_local_sizes(tickets):
     for _ in range(70):
         await tickets.post("/api/v1/purchase", json={"qty": 1})
-    r = await tickets.get("/_mitosis/api/stats")
+    r = await tickets.get("/_amoeba/api/stats")
     snap = r.json()
     assert (snap["app"], snap["process"], snap["ready"], snap["draining"]) == (
         "tickets", "main", True, False)
@@ -118,10 +118,10 @@ async def test_public_listener_answers_observability_only_to_loopback(tickets):
     assert await get("/metrics", "127.0.0.1") == 200
     assert await get("/metrics", "::1") == 200
     assert await get("/metrics", "10.1.2.3") == 404
-    assert await get("/_mitosis/api/stats", "203.0.113.9") == 404
+    assert await get("/_amoeba/api/stats", "203.0.113.9") == 404
     token = tickets.host.signer.issue(tickets.host.process.name, "prometheus")
-    assert await get("/metrics", "10.1.2.3", {"x-mitosis-token": token}) == 200
-    assert await get("/metrics", "10.1.2.3", {"x-mitosis-token": token[:-2] + "xx"}) == 404
+    assert await get("/metrics", "10.1.2.3", {"x-amoeba-token": token}) == 200
+    assert await get("/metrics", "10.1.2.3", {"x-amoeba-token": token[:-2] + "xx"}) == 404
 
 
 async def test_expose_never_and_metrics_off(tmp_path, monkeypatch):
@@ -133,7 +133,7 @@ async def test_expose_never_and_metrics_off(tmp_path, monkeypatch):
         assert (await never.get("/metrics")).status == 404
     finally:
         await never.aclose()
-    monkeypatch.setenv("MITOSIS_OBSERVE", "off")
+    monkeypatch.setenv("AMOEBA_OBSERVE", "off")
     off = InProcessHarness(tickets_app, tmp_path / "b", strict=False, env={})
     await off.start()
     try:
@@ -147,7 +147,7 @@ async def test_expose_never_and_metrics_off(tmp_path, monkeypatch):
 
 
 def test_bad_observe_settings_name_the_key():
-    from mitosis.observe.config import ObserveSettings
+    from amoeba.observe.config import ObserveSettings
 
     with pytest.raises(ValueError, match=r"settings\.observe\.expose: 'lan'"):
         ObserveSettings.from_settings({"observe": {"expose": "lan"}})
@@ -161,7 +161,7 @@ def test_bad_observe_settings_name_the_key():
 async def test_remote_calls_bytes_served_time_and_replicas_add_up(tmp_path, monkeypatch):
     from test_remote import split, start, two_free_ports  # the two-process demo topology
 
-    monkeypatch.setenv("MITOSIS_SECRET", "test-secret")
+    monkeypatch.setenv("AMOEBA_SECRET", "test-secret")
     base = two_free_ports()
     topo = split([base], replicas=2, eject_for=0.2)
     r0 = await start(topo, "store", tmp_path, 0)
@@ -184,7 +184,7 @@ async def test_remote_calls_bytes_served_time_and_replicas_add_up(tmp_path, monk
                   for h in (r0, r1)]
         assert sum(served) == 40 and all(served)
         # The cluster view: every replica's own snapshot, read over HTTP.
-        from mitosis.observe.cluster import collect_cluster
+        from amoeba.observe.cluster import collect_cluster
 
         cluster = await collect_cluster(demo_app, topo, signer=front.signer, caller="front")
         [store] = [p for p in cluster["processes"] if p["name"] == "store"]
@@ -201,9 +201,9 @@ async def test_remote_calls_bytes_served_time_and_replicas_add_up(tmp_path, monk
                                             "rid")).body.decode()
         m = samples(text)
         dead = {"process": "store", "address": f"127.0.0.1:{base + 1}"}
-        assert value(m, "mitosis_pool_ejections_total", **dead) >= 1
-        assert value(m, "mitosis_pool_replica_ejected", **dead) == 1
-        assert value(m, "mitosis_pool_connections", process="store",
+        assert value(m, "amoeba_pool_ejections_total", **dead) >= 1
+        assert value(m, "amoeba_pool_replica_ejected", **dead) == 1
+        assert value(m, "amoeba_pool_connections", process="store",
                      address=f"127.0.0.1:{base}") == 2
         cluster = await collect_cluster(demo_app, topo, signer=front.signer, caller="front")
         [store] = [p for p in cluster["processes"] if p["name"] == "store"]
@@ -262,13 +262,13 @@ class _OtlpHandler(http.server.BaseHTTPRequestHandler):
 
 
 async def test_spans_are_exported_over_otlp_as_one_trace(tmp_path, monkeypatch):
-    pytest.importorskip("opentelemetry.sdk", reason="pip install 'mitosis[otel]'")
+    pytest.importorskip("opentelemetry.sdk", reason="pip install 'amoeba[otel]'")
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     collector = _Collector()
     threading.Thread(target=collector.serve_forever, daemon=True).start()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.server_port}")
-    monkeypatch.setenv("MITOSIS_SECRET", "test-secret")
+    monkeypatch.setenv("AMOEBA_SECRET", "test-secret")
     monkeypatch.setenv("INITIAL_STOCK", "10")
     port, vport = free_port(), free_port()
     topo = bind(load_topology(TICKETS / "hybrid.yaml",
@@ -312,7 +312,7 @@ def test_json_log_lines_carry_service_request_and_trace_ids():
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(LogFormatter("json", {"process": "ticket", "replica": 0}))
-    logger = logging.getLogger("mitosis.test.json")
+    logger = logging.getLogger("amoeba.test.json")
     logger.addHandler(handler)
     logger.propagate = False
     try:
@@ -337,14 +337,14 @@ def test_json_log_lines_carry_service_request_and_trace_ids():
 def test_log_style_is_text_on_a_terminal_and_json_otherwise(monkeypatch):
     import sys
 
-    from mitosis.runtime.process import log_style
+    from amoeba.runtime.process import log_style
 
-    monkeypatch.delenv("MITOSIS_LOG_FORMAT", raising=False)
+    monkeypatch.delenv("AMOEBA_LOG_FORMAT", raising=False)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert log_style() == "text"
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     assert log_style() == "json"
-    monkeypatch.setenv("MITOSIS_LOG_FORMAT", "text")
+    monkeypatch.setenv("AMOEBA_LOG_FORMAT", "text")
     assert log_style() == "text"
 
 
@@ -353,7 +353,7 @@ async def test_edge_calls_into_a_remote_service_are_counted_once_with_bytes(tmp_
 
     from test_remote import split, start
 
-    monkeypatch.setenv("MITOSIS_SECRET", "test-secret")
+    monkeypatch.setenv("AMOEBA_SECRET", "test-secret")
     topo = split([free_port()])
     front_proc = topo.processes["front"]
     # The front process's public listener also publishes the store's routes.

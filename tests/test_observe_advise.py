@@ -7,7 +7,7 @@ import copy
 import pytest
 from snapshots import call, cluster, node, served, snapshot, tickets_pair
 
-from mitosis.observe.advise import DEFAULT_OVERHEAD, Advisor, advise, render
+from amoeba.observe.advise import DEFAULT_OVERHEAD, Advisor, advise, render
 
 
 def pair(advice, a, b):

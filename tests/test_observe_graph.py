@@ -1,12 +1,12 @@
-"""``mitosis graph``: the static graph of the example apps, exact text."""
+"""``amoeba graph``: the static graph of the example apps, exact text."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mitosis.cli import main
-from mitosis.observe.graph import static_graph, to_dot, to_mermaid
-from mitosis.runtime.process import load_bound
+from amoeba.cli import main
+from amoeba.observe.graph import static_graph, to_dot, to_mermaid
+from amoeba.runtime.process import load_bound
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKETS = ROOT / "examples" / "tickets" / "topologies"
@@ -74,4 +74,4 @@ def test_cli_graph_from_a_topology_or_an_app(tmp_path, capsys):
     assert main(["graph", "tickets.app:app", "--format", "dot", "-o", str(out)]) == 0
     assert '  "ticket" -> "vacancy" [label="reserve"];' in out.read_text()
     assert main(["graph", "tickets.app:nothing"]) == 2
-    assert "not a mitosis.App" in capsys.readouterr().err
+    assert "not a amoeba.App" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``mitosis status`` and ``mitosis advise``: rows from synthetic snapshots, and
+"""``amoeba status`` and ``amoeba advise``: rows from synthetic snapshots, and
 both commands against the tickets app running as microservices."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import httpx
 import pytest
 from snapshots import tickets_pair
 
-from mitosis.cli import main
-from mitosis.observe.status import render, replica_rows
-from mitosis.runtime.process import load_bound
-from mitosis.testing import TopologyGroup, free_port
+from amoeba.cli import main
+from amoeba.observe.status import render, replica_rows
+from amoeba.runtime.process import load_bound
+from amoeba.testing import TopologyGroup, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MICRO = ROOT / "examples" / "tickets" / "topologies" / "microservices.yaml"
@@ -36,7 +36,7 @@ def test_rows_rates_health_and_a_replica_that_is_down():
 
     after["processes"][1]["instances"][0] = {
         "process": "vacancy", "replica": 0, "address": "127.0.0.1:8001",
-        "error": "http://127.0.0.1:8001/_mitosis/api/stats: Connect call failed ('127.0.0.1', 8001)"}
+        "error": "http://127.0.0.1:8001/_amoeba/api/stats: Connect call failed ('127.0.0.1', 8001)"}
     rows = replica_rows(after, before, topo)
     down = next(r for r in rows if r["process"] == "vacancy")
     assert down["health"] == "down: connection refused" and down["pid"] is None
@@ -49,7 +49,7 @@ def test_rows_rates_health_and_a_replica_that_is_down():
     assert lines[3].split()[:4] == ["ticket[0]", "100", "127.0.0.1:8002", "pub"]
     assert "down: connection refused" in text and ":8002 pub" in text and "1.0" in text
     assert max(len(line) for line in lines) <= 100
-    after["processes"][1]["instances"][0]["error"] = "http://127.0.0.1:8001/_mitosis/api/stats: " + "x" * 80
+    after["processes"][1]["instances"][0]["error"] = "http://127.0.0.1:8001/_amoeba/api/stats: " + "x" * 80
     text = render(replica_rows(after, before, topo), "microservices")
     assert max(len(line) for line in text.splitlines()[:6]) <= 100
     assert "vacancy[0] 127.0.0.1:8001: down: " + "x" * 80 in text  # in full under the table
@@ -67,7 +67,7 @@ def test_nothing_running(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TICKET_PORT", str(free_port()))
     assert main(["status", str(MICRO), "--interval", "0"]) == 1
     err = capsys.readouterr().err
-    assert "no replica answered: is `mitosis run" in err and "connection refused" in err
+    assert "no replica answered: is `amoeba run" in err and "connection refused" in err
     assert main(["advise", str(MICRO), "--interval", "0.1"]) == 1
     assert "no replica answered" in capsys.readouterr().err
 

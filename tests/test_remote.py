@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from demo.app import app
 
-from mitosis import DeadlineExceeded, Unauthorized, Unavailable, context
-from mitosis.runtime.host import Host
-from mitosis.testing import free_port
-from mitosis.topology import Listener, Process, Settings, Topology, bind
-from mitosis.transport.credential import TokenSigner
+from amoeba import DeadlineExceeded, Unauthorized, Unavailable, context
+from amoeba.runtime.host import Host
+from amoeba.testing import free_port
+from amoeba.topology import Listener, Process, Settings, Topology, bind
+from amoeba.transport.credential import TokenSigner
 
 
 def split(store_ports: list[int], *, replicas: int = 1, private: bool = True,
@@ -42,7 +42,7 @@ def two_free_ports() -> int:
 
 @pytest.fixture
 def secret(monkeypatch, tmp_path):
-    monkeypatch.setenv("MITOSIS_SECRET", "test-secret")
+    monkeypatch.setenv("AMOEBA_SECRET", "test-secret")
     return tmp_path
 
 
@@ -162,17 +162,17 @@ async def test_private_listener_refuses_bad_credentials(secret, monkeypatch):
             assert r.status_code == 401
             assert r.json()["error"]["type"] == "Unauthorized"
             wrong = TokenSigner(b"another-secret").issue("store", "intruder")
-            assert (await http.get(url, headers={"x-mitosis-token": wrong})).status_code == 401
+            assert (await http.get(url, headers={"x-amoeba-token": wrong})).status_code == 401
             other = TokenSigner(b"test-secret").issue("front", "x")  # valid, wrong audience
-            assert (await http.get(url, headers={"x-mitosis-token": other})).status_code == 401
+            assert (await http.get(url, headers={"x-amoeba-token": other})).status_code == 401
             good = TokenSigner(b"test-secret").issue("store", "ops")
-            assert (await http.get(url, headers={"x-mitosis-token": good})).status_code == 200
+            assert (await http.get(url, headers={"x-amoeba-token": good})).status_code == 200
             assert (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
         # An RPC caller with the wrong secret is refused at the handshake.
-        monkeypatch.setenv("MITOSIS_SECRET", "wrong")
+        monkeypatch.setenv("AMOEBA_SECRET", "wrong")
         front = await start(topo, "front", secret)
         try:
-            with pytest.raises(Unavailable, match="same MITOSIS_SECRET"):
+            with pytest.raises(Unavailable, match="same AMOEBA_SECRET"):
                 await front.instances["front"].store.echo_int(1)
         finally:
             await front.stop()
@@ -210,7 +210,7 @@ async def test_draining_answers_readyz_503_while_still_serving(secret):
 async def test_port_in_use_is_a_clear_error(secret):
     import socket
 
-    from mitosis.runtime.host import ListenError
+    from amoeba.runtime.host import ListenError
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -1,6 +1,6 @@
 """The shop's API, in every topology: in-process (plain and strict) from the
 monolith file, and microservices, hybrid and replicated started with
-``mitosis run`` on PostgreSQL and Redis, and microservices once more on
+``amoeba run`` on PostgreSQL and Redis, and microservices once more on
 MariaDB."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import servers
 from e2e import ROOT
 from shop.app import app
 
-from mitosis.testing import Harness, InProcessHarness, TopologyHarness, app_fixture
+from amoeba.testing import Harness, InProcessHarness, TopologyHarness, app_fixture
 
 TOPOS = ROOT / "examples" / "shop" / "topologies"
 ADMIN = ("admin@shop.test", "admin-password-1")

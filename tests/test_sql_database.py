@@ -1,5 +1,5 @@
 """The SQLAlchemy ``Database`` resource on SQLite, PostgreSQL and MySQL/MariaDB:
-migrations, per-service isolation, transactions, errors, the ``mitosis db`` CLI.
+migrations, per-service isolation, transactions, errors, the ``amoeba db`` CLI.
 
 PostgreSQL and MySQL tests each run in a database of their own, created and
 dropped here; see ``servers.py`` for what happens when a server is not running.
@@ -19,10 +19,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlapp.app import Catalog, Orders, Scratch
 
-from mitosis import Database, Unavailable
-from mitosis.cli import main
-from mitosis.data import migrate
-from mitosis.resource import ResourceContext
+from amoeba import Database, Unavailable
+from amoeba.cli import main
+from amoeba.data import migrate
+from amoeba.resource import ResourceContext
 
 TESTS = Path(__file__).resolve().parent
 
@@ -59,7 +59,7 @@ async def _admin(url: str, sql: str, **params: object) -> list[sa.Row[object]]:
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    name = f"mitosis_t_{uuid.uuid4().hex[:10]}"
+    name = f"amoeba_t_{uuid.uuid4().hex[:10]}"
     if request.param == "sqlite":
         yield Backend("sqlite", None, tmp_path)
     elif request.param == "postgresql":
@@ -216,7 +216,7 @@ async def test_statements_inside_a_transaction_join_it(backend: Backend):
         assert await db.scalar("SELECT count(*) FROM joined") == 0
         committed: list[bool] = []
         async with db.transaction() as conn:
-            from mitosis.data.database import current_transaction
+            from amoeba.data.database import current_transaction
 
             tx = current_transaction()
             assert tx is not None
@@ -279,7 +279,7 @@ def test_service_names_are_checked(tmp_path: Path):
 async def test_cli_upgrade_current_downgrade(backend: Backend, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]):
-    monkeypatch.setenv("MITOSIS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("AMOEBA_DATA_DIR", str(tmp_path / "data"))
     topo = tmp_path / "sqlapp.yaml"
     resources = f"resources: {{database: '{backend.url}'}}\n" if backend.url else ""
     topo.write_text(f"name: sqlapp\napp: sqlapp.app:app\npythonpath: {TESTS}\n{resources}"

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from tickets.app import app
 
-from mitosis.testing import app_fixture
+from amoeba.testing import app_fixture
 
 tickets = app_fixture(app, env={"INITIAL_STOCK": "1000"})
 

@@ -1,4 +1,4 @@
-"""The four tickets topologies (and a replicated one) started with `mitosis run`."""
+"""The four tickets topologies (and a replicated one) started with `amoeba run`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import httpx
 import pytest
 from e2e import ROOT, Run, get, post
 
-from mitosis.testing import free_port
+from amoeba.testing import free_port
 
 pytestmark = pytest.mark.e2e
 TOPOS = ROOT / "examples" / "tickets" / "topologies"
@@ -34,7 +34,7 @@ def start_pair(topology: str, env: dict[str, str], tmp_path) -> tuple[Run, int, 
 
 @pytest.fixture
 def env(tmp_path):
-    return {"MITOSIS_DATA_DIR": str(tmp_path / "data"), "INITIAL_STOCK": "50"}
+    return {"AMOEBA_DATA_DIR": str(tmp_path / "data"), "INITIAL_STOCK": "50"}
 
 
 def test_monolith_single_port(env, tmp_path):
@@ -156,7 +156,7 @@ def test_crashed_process_is_restarted(env, tmp_path):
 def test_sigterm_drains_in_flight_requests(tmp_path):
     port = free_port()
     topo = ROOT / "tests" / "topologies" / "demo.yaml"
-    run = Run(topo, {"PORT": str(port), "MITOSIS_DATA_DIR": str(tmp_path)}, [port], tmp_path,
+    run = Run(topo, {"PORT": str(port), "AMOEBA_DATA_DIR": str(tmp_path)}, [port], tmp_path,
               args=("--process", "main"))
 
     async def scenario() -> tuple[httpx.Response, int, int]:

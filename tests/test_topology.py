@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from tickets.app import app
 
-from mitosis import App, Service
-from mitosis.topology import TopologyError, bind, load_topology
+from amoeba import App, Service
+from amoeba.topology import TopologyError, bind, load_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = "app: tickets.app:app\npythonpath: ../examples\n"
@@ -176,7 +176,7 @@ def test_yaml_syntax_error_has_a_line(tmp_path):
 
 def test_check_command(tmp_path):
     root = Path(__file__).resolve().parent.parent
-    ok = subprocess.run([sys.executable, "-m", "mitosis", "check",
+    ok = subprocess.run([sys.executable, "-m", "amoeba", "check",
                          str(root / "examples/tickets/topologies/hybrid.yaml")],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and "internal: vacancy" in ok.stdout
@@ -185,16 +185,16 @@ def test_check_command(tmp_path):
           a: {services: [ticket], listeners: [{port: 1}]}
         """)
     bad.write_text(bad.read_text().replace("../examples", str(root / "examples")))
-    r = subprocess.run([sys.executable, "-m", "mitosis", "check", str(bad)],
+    r = subprocess.run([sys.executable, "-m", "amoeba", "check", str(bad)],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "not placed" in r.stderr and "fix:" in r.stderr
 
 
 def test_check_command_reads_the_gateway_and_database_settings(tmp_path, capsys, monkeypatch):
-    """`mitosis check` refuses what a process would refuse at start."""
-    from mitosis.cli import main
+    """`amoeba check` refuses what a process would refuse at start."""
+    from amoeba.cli import main
 
-    monkeypatch.setenv("MITOSIS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("AMOEBA_DATA_DIR", str(tmp_path / "data"))
     shop = ROOT / "examples" / "shop" / "topologies" / "monolith.yaml"
     assert main(["check", str(shop)]) == 0
     bad = tmp_path / "bad.yaml"

@@ -22,8 +22,8 @@ from typing import Annotated
 import msgspec
 import sqlalchemy as sa
 
-from mitosis import Cache, Conflict, Database, Invalid, Principal, Service, Tokens, Unauthorized, get, post
-from mitosis.auth.passwords import hash_password, verify_password
+from amoeba import Cache, Conflict, Database, Invalid, Principal, Service, Tokens, Unauthorized, get, post
+from amoeba.auth.passwords import hash_password, verify_password
 from shop.events import UserRegistered
 from shop.sessions import Session, SessionStore, expiry, session_store
 from shop.timestamps import Timestamp

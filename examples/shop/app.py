@@ -1,6 +1,6 @@
 """The shop app: which services exist.  Topologies say where they run."""
 
-from mitosis import App
+from amoeba import App
 from shop.accounts import Accounts
 from shop.catalog import Catalog
 from shop.gateway import Gateway
@@ -10,5 +10,5 @@ from shop.orders import Orders
 app = App(
     "shop",
     services=[Gateway, Accounts, Catalog, Orders, Notifications],
-    title="mitosis shop",
+    title="amoeba shop",
 )

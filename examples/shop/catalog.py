@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import msgspec
 import sqlalchemy as sa
 
-from mitosis import Conflict, Database, Forbidden, NotFound, Principal, Service, get, patch, post
+from amoeba import Conflict, Database, Forbidden, NotFound, Principal, Service, get, patch, post
 from shop.money import from_cents, to_cents
 from shop.timestamps import Timestamp
 

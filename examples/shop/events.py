@@ -1,6 +1,6 @@
 """The events the shop's services exchange.  Their names are the contract."""
 
-from mitosis.events import Event
+from amoeba.events import Event
 
 
 class UserRegistered(Event):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
-from mitosis import Principal, Service, get
+from amoeba import Principal, Service, get
 
 
 class Link(msgspec.Struct):
@@ -46,4 +46,4 @@ class Gateway(Service):
     @get("/api", tags=("shop",))
     async def index(self, principal: Principal | None = None) -> Index:
         """What the shop offers, and who you are to it."""
-        return Index(shop="mitosis shop", you=principal.subject if principal else None, links=LINKS)
+        return Index(shop="amoeba shop", you=principal.subject if principal else None, links=LINKS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
-from mitosis import Invalid
+from amoeba import Invalid
 
 CENT = Decimal("0.01")
 MAX = Decimal("1000000000")

@@ -14,8 +14,8 @@ from typing import Annotated
 import msgspec
 import sqlalchemy as sa
 
-from mitosis import Database, Principal, Service, get
-from mitosis.events import on_event
+from amoeba import Database, Principal, Service, get
+from amoeba.events import on_event
 from shop.events import OrderPlaced, UserRegistered
 from shop.timestamps import Timestamp
 

@@ -22,7 +22,7 @@ from typing import Annotated
 import msgspec
 import sqlalchemy as sa
 
-from mitosis import Conflict, Database, Header, Invalid, NotFound, Principal, Service, get, post
+from amoeba import Conflict, Database, Header, Invalid, NotFound, Principal, Service, get, post
 from shop.catalog import Catalog, Line, PricedLine
 from shop.events import OrderPlaced
 from shop.money import from_cents, to_cents

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import sqlalchemy as sa
 
-from mitosis import Cache, Database
+from amoeba import Cache, Database
 from shop.timestamps import Timestamp
 
 metadata = sa.MetaData()

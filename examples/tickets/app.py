@@ -1,6 +1,6 @@
 """The tickets app: which services exist.  Topologies say where they run."""
 
-from mitosis import App
+from amoeba import App
 from tickets.ticket import Ticket
 from tickets.vacancy import Vacancy
 

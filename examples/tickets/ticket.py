@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from mitosis import Service, post
+from amoeba import Service, post
 from tickets.vacancy import Qty, Vacancy
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import msgspec
 
-from mitosis import Service, SQLite, get, post
+from amoeba import Service, SQLite, get, post
 
 # A quantity a client may ask for: positive and not absurd.
 Qty = Annotated[int, msgspec.Meta(gt=0, le=1_000_000)]

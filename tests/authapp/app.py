@@ -7,7 +7,7 @@ from typing import Annotated
 
 import msgspec
 
-from mitosis import App, Forbidden, Header, Principal, Service, Tokens, get, post
+from amoeba import App, Forbidden, Header, Principal, Service, Tokens, get, post
 
 
 class Me(msgspec.Struct):

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import msgspec
 
-from mitosis import App, Conflict, NotFound, Service, context, delete, get, idempotent, patch, post, put
+from amoeba import App, Conflict, NotFound, Service, context, delete, get, idempotent, patch, post, put
 
 
 class Color(enum.Enum):

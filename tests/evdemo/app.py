@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import msgspec
 
-from mitosis import App, Conflict, Database, Service, get, post
-from mitosis.events import Event, on_event
+from amoeba import App, Conflict, Database, Service, get, post
+from amoeba.events import Event, on_event
 
 
 class Noted(Event):

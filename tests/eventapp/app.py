@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 import msgspec
 import sqlalchemy as sa
 
+from amoeba import App, Database, Service, get, post
+from amoeba.events import Event, on_event
 from eventapp import faults
-from mitosis import App, Database, Service, get, post
-from mitosis.events import Event, on_event
 
 faults.install()
 
@@ -77,7 +77,7 @@ class Consumer(Service):
 
     @get("/consumer/counts")
     async def counts(self) -> Counts:
-        events = self._mitosis_events  # type: ignore[attr-defined]
+        events = self._amoeba_events  # type: ignore[attr-defined]
         c = events.counters.get(("consumer", Ping.event_name))
         if c is None:
             return Counts(os.getpid(), faults.published)

@@ -4,7 +4,7 @@ Each is switched on by an environment variable that the test's topology sets
 for one process only (``processes.<name>.env``), and fires once: the process
 that fires it first creates the marker file named by ``EVENTAPP_MARKER`` and
 SIGKILLs itself, and the replacement the supervisor starts (same environment)
-finds the marker and runs normally.  Nothing here is imported by mitosis or
+finds the marker and runs normally.  Nothing here is imported by amoeba or
 by the example apps.
 
 ``EVENTAPP_KILL_BEFORE_ACK=1``
@@ -22,8 +22,8 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mitosis.events.bus import Delivery, Message
-from mitosis.events.runtime import Events
+from amoeba.events.bus import Delivery, Message
+from amoeba.events.runtime import Events
 
 #: Publishes this process's bus got confirmed (with or without a fault armed).
 published = 0

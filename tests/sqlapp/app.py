@@ -4,7 +4,7 @@ without migrations."""
 
 from __future__ import annotations
 
-from mitosis import App, Database, Service, get
+from amoeba import App, Database, Service, get
 
 
 class Catalog(Service):

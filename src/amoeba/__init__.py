@@ -1,0 +1,93 @@
+"""amoeba: write a system of services once; run it as a monolith or as
+microservices by configuration alone.
+
+Layout (one noun per module):
+
+    service.py   Service base, route decorators, @idempotent
+    spec.py      frozen descriptions of services/methods from type hints
+    errors.py    the error hierarchy (drawn in its docstring)
+    codec.py     wire encoding of arguments, results, errors (msgspec)
+    context.py   per-call deadline, trace and request id (ContextVars)
+    resource.py  the Resource ABC; data/ holds the Database (SQLAlchemy) and
+                 SQLite (raw, group commit) resources, and Cache
+    app.py       App: the list of an application's services
+    topology/    YAML model, loader, validation (no I/O but reading the file)
+    transport/   RPC framing, credentials, client pool, server, stubs
+    auth/        Principal, access tokens (JWT, key rotation), password hashing
+    gateway/     HTTP protocol, router, edge binding, OpenAPI, docs page,
+                 edge policy: token check, rate limits, CORS, access log
+    runtime/     Host (one process), process runner, supervisor
+    testing.py   run one test body in every topology
+    cli.py       `amoeba run | check | db`
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from amoeba.app import App
+from amoeba.auth import Principal, Tokens
+from amoeba.data import SQLite
+from amoeba.data.cache import Cache
+from amoeba.errors import (
+    BadRequest,
+    Conflict,
+    DeadlineExceeded,
+    Forbidden,
+    Internal,
+    Invalid,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from amoeba.resource import Resource, ResourceContext
+from amoeba.runtime.info import RuntimeInfo
+from amoeba.service import Header, Service, delete, get, idempotent, patch, post, put
+
+__all__ = [
+    "App",
+    "BadRequest",
+    "Cache",
+    "Conflict",
+    "Database",
+    "DeadlineExceeded",
+    "Forbidden",
+    "Header",
+    "Internal",
+    "Invalid",
+    "MethodNotAllowed",
+    "NotFound",
+    "PayloadTooLarge",
+    "Principal",
+    "Resource",
+    "ResourceContext",
+    "RuntimeInfo",
+    "SQLite",
+    "Service",
+    "ServiceError",
+    "Tokens",
+    "TooManyRequests",
+    "Unauthorized",
+    "Unavailable",
+    "UnsupportedMediaType",
+    "delete",
+    "get",
+    "idempotent",
+    "patch",
+    "post",
+    "put",
+]
+
+if TYPE_CHECKING:
+    from amoeba.data.database import Database
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Database":  # imported on first use: see amoeba.data
+        from amoeba.data.database import Database
+
+        return Database
+    raise AttributeError(f"module 'amoeba' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+import sys
+
+from amoeba.cli import main
+
+sys.exit(main())

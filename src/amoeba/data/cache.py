@@ -1,0 +1,153 @@
+"""``Cache``: a small key/value store with expiry, kind ``cache``.
+
+``resources.cache: redis://host:6379/0`` gives every service a Redis-backed
+cache shared by all processes and replicas (``shared`` is True, and
+``redis`` is the raw ``redis.asyncio.Redis`` client for anything more);
+without a URL each process keeps an in-memory dict with TTLs.  Keys are
+prefixed ``amoeba:{service}:`` so services never collide.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from amoeba.resource import Resource, ResourceContext
+
+__all__ = ["Cache", "redis_client"]
+
+
+def split_prefix(url: str) -> tuple[str, str]:
+    """``redis://h:6379/0?prefix=staging:`` -> (the URL without it, ``"staging:"``).
+
+    A key prefix in the URL lets several deployments (or test runs) share one
+    Redis without sharing keys."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = "".join(v for k, v in query if k == "prefix")
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+def redis_client(url: str, *, timeout: float | None = None) -> Any:
+    """A ``redis.asyncio.Redis`` for ``url`` (redis-py imported on demand)."""
+    url = split_prefix(url)[0]
+    try:
+        import redis.asyncio as aioredis
+    except ImportError:
+        raise ImportError(f"{url.split('@')[-1]} needs redis-py: pip install 'amoeba[redis]' "
+                          f"(or 'redis>=5')") from None
+    return aioredis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout or 2.0)
+
+
+# INCR, and set the expiry only when this call created the key (atomic).
+_INCR = """
+local v = redis.call('INCR', KEYS[1])
+if v == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return v
+"""
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+class Cache(Resource):
+    kind = "cache"
+
+    def __init__(self, prefix: str, client: Any = None):
+        self.prefix = prefix
+        self.redis: Any = client  # redis.asyncio.Redis, or None for the in-memory store
+        self.shared = client is not None
+        # key -> (value, expiry on the monotonic clock or None)
+        self._mem: dict[str, tuple[bytes, float | None]] = {}
+
+    def __repr__(self) -> str:
+        return f"<Cache {'redis' if self.shared else 'memory'} prefix={self.prefix!r}>"
+
+    @classmethod
+    async def open(cls, ctx: ResourceContext) -> Cache:
+        prefix = f"amoeba:{ctx.service}:"
+        if ctx.url is None:
+            return cls(prefix)
+        prefix = split_prefix(ctx.url)[1] + prefix
+        if not ctx.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"resources.cache: {ctx.url!r} is not a redis:// URL; fix: "
+                             f"cache: redis://127.0.0.1:6379/0, or remove it for an in-memory cache")
+        return cls(prefix, redis_client(ctx.url))
+
+    async def ready(self) -> bool:
+        if self.redis is None:
+            return True
+        try:
+            return bool(await self.redis.ping())
+        except Exception:
+            return False
+
+    async def aclose(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+        self._mem.clear()
+
+    # -- memory store --------------------------------------------------------
+    def _live(self, key: str) -> tuple[bytes, float | None] | None:
+        hit = self._mem.get(key)
+        if hit is not None and hit[1] is not None and hit[1] <= time.monotonic():
+            del self._mem[key]
+            return None
+        return hit
+
+    # -- API -----------------------------------------------------------------
+    async def get(self, key: str) -> bytes | None:
+        k = self.prefix + key
+        if self.redis is not None:
+            value = await self.redis.get(k)
+            return None if value is None else bytes(value)
+        hit = self._live(k)
+        return None if hit is None else hit[0]
+
+    async def set(self, key: str, value: bytes | str, ttl: float | None = None, *,
+                  only_if_absent: bool = False) -> bool:
+        """Store ``value``; with ``only_if_absent`` only when the key is not
+        there yet.  True when it was stored."""
+        if ttl is not None and ttl <= 0:
+            raise ValueError(f"Cache.set({key!r}): ttl must be positive seconds, got {ttl!r}")
+        k = self.prefix + key
+        data = _bytes(value)
+        if self.redis is not None:
+            px = None if ttl is None else max(1, int(ttl * 1000))
+            return bool(await self.redis.set(k, data, px=px, nx=only_if_absent))
+        if only_if_absent and self._live(k) is not None:
+            return False
+        self._mem[k] = (data, None if ttl is None else time.monotonic() + ttl)
+        return True
+
+    async def delete(self, *keys: str) -> int:
+        """How many of ``keys`` existed."""
+        if not keys:
+            return 0
+        full = [self.prefix + k for k in keys]
+        if self.redis is not None:
+            return int(await self.redis.delete(*full))
+        n = 0
+        for k in full:
+            if self._live(k) is not None:
+                del self._mem[k]
+                n += 1
+        return n
+
+    async def incr(self, key: str, ttl: float | None = None) -> int:
+        """Add one and return the new value; ``ttl`` is set when the key is created."""
+        k = self.prefix + key
+        if self.redis is not None:
+            if ttl is None:
+                return int(await self.redis.incr(k))
+            return int(await self.redis.eval(_INCR, 1, k, max(1, int(ttl * 1000))))
+        hit = self._live(k)
+        if hit is None:
+            self._mem[k] = (b"1", None if ttl is None else time.monotonic() + ttl)
+            return 1
+        value = int(hit[0]) + 1
+        self._mem[k] = (str(value).encode(), hit[1])
+        return value

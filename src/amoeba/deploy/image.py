@@ -1,0 +1,67 @@
+"""The container image compose and Kubernetes share: ``Dockerfile``, its
+``Dockerfile.dockerignore`` (BuildKit reads the one next to the Dockerfile)
+and ``topology.yaml``, the topology as containers run it.
+
+The container topology keeps every process and service of the original but
+sees the world from inside an orchestrator: each process listens on
+``0.0.0.0`` at its base port, is reached at its service name (``address:``),
+runs one replica per container (the orchestrator scales), and takes resource
+URLs and secrets from variables, never from values written here.
+"""
+
+from __future__ import annotations
+
+from amoeba.deploy.plan import APP_DIR, DATA_DIR, TOPOLOGY_IN_IMAGE, Plan
+
+__all__ = ["UID", "files"]
+
+UID = 10001
+_IGNORE = """.git
+.venv
+venv
+**/__pycache__
+**/*.pyc
+.amoeba
+.pytest_cache
+.mypy_cache
+.ruff_cache
+node_modules
+"""
+
+
+def _copy(path: str, dest: str) -> str:
+    return f"COPY {path} {dest}\n"
+
+
+def files(plan: Plan, target: str) -> dict[str, str]:
+    out = plan.out_in_context
+    steps = "".join(_copy(f, f"{APP_DIR}/{f}") for f in plan.project_files)
+    code = "".join(_copy(f"{p}/" if p != "." else "./", f"{APP_DIR}/{p}/".replace("/./", "/"))
+                   for p in plan.pythonpath)
+    ports = " ".join(str(n) for n in sorted({p.number for u in plan.units for p in u.ports}))
+    dockerfile = f"""{plan.header(target)}# Build from the project root (the build context):
+#   docker build -f {out}/Dockerfile -t {plan.image} .
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \\
+    PYTHONUNBUFFERED=1 \\
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \\
+    AMOEBA_DATA_DIR={DATA_DIR}
+RUN useradd --system --uid {UID} --user-group --home-dir {DATA_DIR} --create-home amoeba
+WORKDIR {APP_DIR}
+{steps}RUN pip install --no-cache-dir {plan.pip_install}
+{code}COPY {out}/topology.yaml {TOPOLOGY_IN_IMAGE}
+USER {UID}:{UID}
+EXPOSE {ports}
+# SIGTERM drains: /readyz turns 503, in-flight requests finish (settings.grace).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["amoeba"]
+CMD ["run", "{TOPOLOGY_IN_IMAGE}"]
+"""
+    return {
+        "Dockerfile": dockerfile,
+        "Dockerfile.dockerignore": plan.header(target) + _IGNORE,
+        "topology.yaml": plan.header(target)
+        + "# The topology containers run: every process on 0.0.0.0 at its base port, reached\n"
+          "# by its service name; resource URLs and secrets come from the environment.\n"
+        + plan.container_topology,
+    }

@@ -1,0 +1,122 @@
+"""The broker interface: small enough that a backend is one module.
+
+A backend moves opaque messages (an event's name, id, optional ordering key
+and JSON payload) from publishers to *groups*: each group (a consuming
+service) gets every message once per group, handed to one of the group's
+subscribers (its replicas).  Delivery is at-least-once: a message counts as
+handled only when the subscriber acks it; a nack, a crash or a timeout sends
+it again, later.  Retries, dead letters and deduplication are the consumer
+side of amoeba (``consumer.py``), not the backend's.
+
+Backends, chosen once from the topology's ``resources.events`` URL:
+
+    (none) / memory://   MemoryBus   in-process queues (one process only)
+    nats://host:4222     NatsBus     NATS JetStream: durable consumers, explicit acks
+    redis://host:6379    RedisBus    Redis Streams: consumer groups, XACK, XAUTOCLAIM
+
+A Kafka or RabbitMQ backend is one more module implementing ``EventBus``:
+``publish`` that returns once the broker holds the message, ``subscribe``
+with a consumer group and manual acks, and redelivery with a delay.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+__all__ = ["Delivery", "EventBus", "Handler", "Message", "open_bus"]
+
+
+@dataclass(frozen=True)
+class Message:
+    name: str  # the event's stable name, e.g. "shop.order_placed"
+    id: str  # unique per event; brokers that can deduplicate on publish use it
+    payload: bytes  # the event as JSON
+    key: str | None = None  # ordering key, where the backend keeps an order
+    # What a broker deduplicates publishes on (default: ``id``); a replay of a
+    # dead letter sends the same event under a new one.
+    dedupe: str | None = None
+
+
+class Delivery(ABC):
+    """One message handed to one subscriber; it must ``ack`` or ``nack`` it."""
+
+    message: Message
+    attempt: int  # 1 on first delivery
+
+    @abstractmethod
+    async def ack(self) -> None:
+        """Handled: never deliver it to this group again."""
+
+    @abstractmethod
+    async def nack(self, delay: float) -> None:
+        """Not handled: deliver it again (to any subscriber of the group) after ``delay`` s."""
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class EventBus(ABC):
+    #: Does ``publish`` return only once the message survives a crash of this process?
+    durable: bool = True
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect; create streams/consumers as needed.  Raise when unreachable."""
+
+    @abstractmethod
+    async def publish(self, message: Message) -> None:
+        """Return once the broker holds ``message`` (raise if it could not)."""
+
+    @abstractmethod
+    async def subscribe(self, group: str, names: list[str], handler: Handler) -> None:
+        """Start delivering messages named in ``names`` to ``handler``, as a member
+        of ``group``.  The handler acks or nacks each delivery itself."""
+
+    @abstractmethod
+    async def pending(self, group: str) -> int:
+        """Messages published but not yet acked by ``group`` (consumer lag)."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop delivering; in-flight deliveries not acked will be redelivered."""
+
+
+def _namespace(url: str | None) -> tuple[str | None, str]:
+    """``nats://h:4222?namespace=staging`` -> (the URL without it, ``"staging"``)."""
+    if not url or "namespace=" not in url:
+        return url, ""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ns = "".join(v for k, v in query if k == "namespace")
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", ns):
+        raise ValueError(f"resources.events: namespace={ns!r}: use letters, digits, '_' and '-'")
+    rest = urlencode([(k, v) for k, v in query if k != "namespace"])
+    return urlunsplit(parts._replace(query=rest)), ns
+
+
+def open_bus(url: str | None, *, app: str) -> EventBus:
+    """The backend for ``url`` (``None``: in-process).  ``app`` namespaces
+    streams and subjects, so two apps can share one broker; ``?namespace=``
+    in the URL adds to it, so two deployments of one app can too."""
+    url, namespace = _namespace(url)
+    if namespace:
+        app = f"{app}_{namespace}"
+    if not url or url.startswith("memory:"):
+        from amoeba.events.memory import MemoryBus
+
+        return MemoryBus()
+    if url.startswith("nats://") or url.startswith("tls://"):
+        from amoeba.events.nats import NatsBus
+
+        return NatsBus(url, app=app)
+    if url.startswith(("redis://", "rediss://")):
+        from amoeba.events.redis import RedisBus
+
+        return RedisBus(url, app=app)
+    raise ValueError(f"resources.events: {url!r} is not a supported broker URL; fix: "
+                     f"nats://127.0.0.1:4222, redis://127.0.0.1:6379/0, or remove it for "
+                     f"the in-process bus")

@@ -1,0 +1,81 @@
+"""``Event``: a typed record with a stable name and a unique id, and
+``on_event``, which marks a service method as the handler of one event type.
+
+::
+
+    class OrderPlaced(Event):
+        event_name = "shop.order_placed"     # stable across renames of the class
+        order_id: int
+        user_id: str
+
+    class Orders(Service):
+        publishes = (OrderPlaced,)            # what this service may publish
+
+        async def place(...):
+            async with self.db.transaction():
+                ...                             # the order row, and:
+                await self.publish(OrderPlaced(order_id=..., user_id=...))
+
+    class Notifications(Service):
+        @on_event(OrderPlaced)
+        async def order_placed(self, event: OrderPlaced) -> None: ...
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+
+__all__ = ["ON_EVENT_ATTR", "Event", "event_name", "on_event"]
+
+ON_EVENT_ATTR = "__amoeba_on_event__"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(msgspec.Struct, kw_only=True):
+    """Base of every event: ``id`` (unique, the key of deduplication) and
+    ``occurred_at`` are filled in; subclasses add their own fields."""
+
+    #: The name the event travels under.  Default: the class name in snake_case.
+    event_name: ClassVar[str]
+
+    id: str = msgspec.field(default_factory=_new_id)
+    occurred_at: datetime = msgspec.field(default_factory=_now)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "event_name" not in cls.__dict__:
+            cls.event_name = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,200}", cls.event_name):
+            raise TypeError(f"{cls.__qualname__}.event_name {cls.event_name!r}: use letters, "
+                            f"digits, '_', '.', '-' only")
+
+
+def event_name(cls: type[Event]) -> str:
+    return cls.event_name
+
+
+def on_event(event: type[Event]) -> Callable[[F], F]:
+    """Make the method the handler of ``event`` for its service (at least once;
+    a redelivered event is skipped when the service has a ``Database``)."""
+    if not (isinstance(event, type) and issubclass(event, Event)):
+        raise TypeError(f"@on_event({event!r}): pass an Event subclass")
+
+    def decorate(func: F) -> F:
+        setattr(func, ON_EVENT_ATTR, event)
+        return func
+
+    return decorate

@@ -1,0 +1,401 @@
+"""``Events``: one per process.  It publishes for the process's services,
+relays their outboxes to the broker and runs their ``@on_event`` handlers.
+
+Publishing.  Inside ``db.transaction()`` an event is one more row in the
+service's ``amoeba_outbox``, written by the same transaction: a rollback
+publishes nothing, a commit wakes the relay.  Outside a transaction a service
+with a ``Database`` still goes through its outbox (a transaction of one row);
+a service without one publishes to the broker directly.
+
+The relay hands outbox rows to the broker in order and deletes them once the
+broker holds them (the in-process bus: once every subscriber acked).  A broker
+outage or a crash between commit and publish leaves the rows in place; the
+relay retries with backoff and catches up.  A row can be published twice (a
+relay killed after publishing, before deleting): brokers deduplicate on the
+event id where they can (NATS ``Nats-Msg-Id``) and consumers' inboxes do the
+rest.  Replicas of a service each run a relay over the shared outbox: that is
+correct (duplicates are dropped as above), merely redundant work.
+
+Consuming.  Each ``@on_event`` method is subscribed with its service's name as
+the group, so replicas share the events and every service gets each one.  A
+delivery runs in one transaction of the service's ``Database``: if the
+event's id is in ``amoeba_inbox`` it was handled already and is only acked;
+else the handler runs (its own ``self.db`` statements join the transaction)
+and the id is inserted, then the transaction commits and the delivery is
+acked.  A crash anywhere before the commit undoes the handler's writes and the
+event is redelivered; a crash after the commit and before the ack is a
+redelivery the inbox turns into a no-op.  A failing handler is retried with
+exponential backoff up to ``settings.events.max_attempts``, then its event is
+parked in ``amoeba_dead_letters``.  Without a ``Database`` a service's
+handlers are at-least-once with no deduplication, and dead letters are only
+logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from amoeba import context
+from amoeba.events.bus import Delivery, EventBus, Message
+from amoeba.events.event import Event
+
+if TYPE_CHECKING:
+    from amoeba.data.database import Database
+    from amoeba.observe.tracing import Tracer
+    from amoeba.service import Service
+    from amoeba.spec import ServiceSpec
+
+__all__ = ["EventSettings", "Events", "SubscriptionCounters"]
+
+log = logging.getLogger("amoeba.events")
+_encoder = msgspec.json.Encoder()
+PUBLISH_WINDOW = 16  # outbox rows published to a broker at once
+TRACE_KEY = "$trace"  # the publisher's W3C traceparent, added to an event's JSON
+
+
+class _Trace(msgspec.Struct):
+    trace: str = msgspec.field(default="", name=TRACE_KEY)
+
+
+_trace_decoder = msgspec.json.Decoder(_Trace)
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    """``settings.events`` of the topology."""
+
+    max_attempts: int = 5  # deliveries of one event to a failing handler before it is parked
+    backoff: float = 0.5  # seconds before the second attempt; doubles each time
+    max_backoff: float = 30.0
+    relay_poll: float = 1.0  # seconds between outbox checks when nothing woke the relay
+    batch: int = 100  # outbox rows relayed per round
+
+    @classmethod
+    def from_settings(cls, extra: dict[str, Any]) -> EventSettings:
+        raw = extra.get("events") or {}
+        if not isinstance(raw, dict):
+            raise ValueError("settings.events: must be a mapping; fix: events: {max_attempts: 5}")
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"settings.events: unknown key(s) {unknown}; fix: use only "
+                             f"{sorted(cls.__dataclass_fields__)}")
+        kw: dict[str, Any] = {}
+        for key, value in raw.items():
+            want = type(getattr(cls(), key))
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"settings.events.{key}: {value!r} is not a positive number; "
+                                 f"fix: {key}: {getattr(cls(), key)}")
+            kw[key] = want(value)
+        return cls(**kw)
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.backoff * 2 ** (attempt - 1), self.max_backoff))
+
+
+@dataclass
+class SubscriptionCounters:
+    """What the metrics issue reads per (service, event): monotonic counts."""
+
+    delivered: int = 0
+    acked: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0  # redeliveries the inbox turned into no-ops
+
+
+@dataclass
+class _Relay:
+    service: str
+    db: Database
+    events: Events
+    wake_event: asyncio.Event = field(default_factory=asyncio.Event)
+    handed: int = 0  # the last outbox seq handed to an in-process bus
+    settled: list[int] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    warned_at: float = 0.0
+
+    def wake(self) -> None:
+        self.wake_event.set()
+
+    async def run(self) -> None:
+        settings = self.events.settings
+        delay = settings.relay_poll
+        while True:
+            # A timer, not asyncio.wait_for: on 3.11 a cancel that meets wait_for's
+            # own timeout can be lost, and the relay would never stop.
+            timer = asyncio.get_running_loop().call_later(delay, self.wake_event.set)
+            try:
+                await self.wake_event.wait()
+            finally:
+                timer.cancel()
+            self.wake_event.clear()
+            try:
+                await self.drain()
+                delay = settings.relay_poll
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker or database unavailable: keep the rows, retry
+                delay = min(delay * 2, 30.0)
+                now = time.monotonic()
+                if now - self.warned_at > 30:
+                    self.warned_at = now
+                    log.warning("%s: outbox relay cannot publish (%s: %s); retrying every %.0fs "
+                                "at most, nothing is lost", self.service, type(exc).__name__, exc,
+                                delay)
+
+    async def drain(self) -> None:
+        from amoeba.events.memory import MemoryBus
+        from amoeba.events.outbox import outbox
+
+        bus = self.events.bus
+        limit = self.events.settings.batch
+        while True:
+            await self._forget_settled()
+            query = outbox.select().order_by(outbox.c.seq).limit(limit)
+            if isinstance(bus, MemoryBus):
+                # Rows handed over and not yet settled stay in the table; read past
+                # them.  (Safe only here: one process, one connection, so rows are
+                # committed in seq order.)
+                query = query.where(outbox.c.seq > self.handed)
+            rows = await self.db.fetchall(query)
+            if not rows:
+                return
+            msgs = [Message(name=r.name, id=r.id, payload=r.payload.encode(), key=r.event_key,
+                            dedupe=r.dedupe) for r in rows]
+            if isinstance(bus, MemoryBus):
+                for r, m in zip(rows, msgs, strict=True):
+                    bus.publish_settled(m).add_done_callback(self._settler(r.seq))
+                self.handed = rows[-1].seq
+                continue
+            # A few at a time: a broker client's connection pool is finite.
+            for i in range(0, len(msgs), PUBLISH_WINDOW):
+                await asyncio.gather(*(bus.publish(m) for m in msgs[i:i + PUBLISH_WINDOW]))
+            await self.db.execute(outbox.delete().where(outbox.c.seq.in_([r.seq for r in rows])))
+
+    def _settler(self, seq: int) -> Callable[[asyncio.Future[None]], None]:
+        def settle(_: asyncio.Future[None]) -> None:
+            self.settled.append(seq)
+            self.wake()
+
+        return settle
+
+    async def _forget_settled(self) -> None:
+        from amoeba.events.outbox import outbox
+
+        if not self.settled:
+            return
+        done, self.settled = self.settled, []
+        await self.db.execute(outbox.delete().where(outbox.c.seq.in_(done)))
+
+
+class Events:
+    def __init__(self, bus: EventBus, settings: EventSettings):
+        self.bus = bus
+        self.settings = settings
+        self.dbs: dict[str, Database] = {}
+        self.specs: dict[str, ServiceSpec] = {}
+        self.relays: dict[str, _Relay] = {}
+        self.published: dict[str, int] = {}  # event name -> count published by this process
+        self.counters: dict[tuple[str, str], SubscriptionCounters] = {}
+        self.groups: list[str] = []
+        self.tracer: Tracer | None = None  # set by the host when spans are exported
+
+    def __repr__(self) -> str:
+        return f"<Events {self.bus!r} services={sorted(self.specs)}>"
+
+    async def start(self) -> None:
+        await self.bus.start()
+
+    async def attach(self, spec: ServiceSpec, db: Database | None) -> None:
+        """Before the service's ``start()``: its tables and its relay."""
+        self.specs[spec.name] = spec
+        if db is None:
+            return
+        from amoeba.events.outbox import metadata
+
+        async with db.transaction() as conn:
+            await conn.run_sync(metadata.create_all, checkfirst=True)
+        self.dbs[spec.name] = db
+        self.relays[spec.name] = _Relay(spec.name, db, self)
+
+    def begin(self) -> None:
+        """Once every subscription of the process is in place: relays start, with
+        what a previous run left in the outboxes (an in-process bus delivers only
+        to subscribers present when an event is relayed)."""
+        for relay in self.relays.values():
+            relay.task = asyncio.create_task(relay.run(), name=f"outbox relay of {relay.service}")
+            relay.wake()
+
+    # -- publishing --------------------------------------------------------
+    async def publish(self, inst: Service, event: Any) -> None:
+        from amoeba.data.database import current_transaction
+        from amoeba.events.outbox import outbox
+
+        spec = self.specs.get(inst.name)
+        if not isinstance(event, Event):
+            raise TypeError(f"{type(inst).__qualname__}.publish({event!r}): publish an Event")
+        if spec is None or type(event) not in spec.publishes:
+            raise TypeError(f"{type(inst).__qualname__}.publish: {type(event).__name__} is not in "
+                            f"{type(inst).__qualname__}.publishes; fix: publishes = "
+                            f"({type(event).__name__}, ...)")
+        name = type(event).event_name
+        payload = _encoder.encode(event)
+        trace = context.current_traceparent()
+        if trace:  # the trace travels in the payload; consumers' decoders ignore the key
+            payload = b"%s,\"%s\":\"%s\"}" % (payload[:-1], TRACE_KEY.encode(), trace.encode())
+        db = self.dbs.get(inst.name)
+        if db is None:
+            await self.bus.publish(Message(name=name, id=event.id, payload=payload))
+        else:
+            row = {"id": event.id, "name": name, "event_key": None, "payload": payload.decode(),
+                   "dedupe": None, "created_at": datetime.now(UTC)}
+            tx = current_transaction()
+            relay = self.relays[inst.name]
+            if tx is not None and tx.db is db:
+                await tx.conn.execute(outbox.insert(), row)
+                tx.after_commit.append(relay.wake)
+            else:
+                await db.execute(outbox.insert(), row)
+                relay.wake()
+        self.published[name] = self.published.get(name, 0) + 1
+
+    # -- consuming ---------------------------------------------------------
+    async def subscribe(self, spec: ServiceSpec, inst: Service) -> None:
+        """After the service's ``start()``: deliveries begin."""
+        if not spec.handlers:
+            return
+        routes: dict[str, Callable[[Delivery], Awaitable[None]]] = {}
+        for attr, event_cls in spec.handlers.items():
+            routes[event_cls.event_name] = self._consumer(spec.name, attr, getattr(inst, attr),
+                                                          event_cls)
+
+        async def dispatch(delivery: Delivery) -> None:
+            handler = routes.get(delivery.message.name)
+            if handler is None:  # not ours (a shared subscription): nothing to do
+                await delivery.ack()
+                return
+            await handler(delivery)
+
+        await self.bus.subscribe(spec.name, sorted(routes), dispatch)
+        self.groups.append(spec.name)
+
+    def _consumer(self, service: str, attr: str, fn: Callable[[Any], Awaitable[Any]],
+                  event_cls: type[Event]) -> Callable[[Delivery], Awaitable[None]]:
+        decoder = msgspec.json.Decoder(event_cls)
+        counters = self.counters.setdefault((service, event_cls.event_name), SubscriptionCounters())
+        where = f"{service}.{attr}"
+
+        async def handle(delivery: Delivery) -> None:
+            counters.delivered += 1
+            msg = delivery.message
+            db = self.dbs.get(service)
+            context.service.set(service)
+            span = None
+            try:
+                parent = _trace_decoder.decode(msg.payload).trace
+            except msgspec.DecodeError:
+                parent = ""
+            if self.tracer is not None:
+                span, tp = self.tracer.start(f"{msg.name} process", parent, "consumer", {
+                    "messaging.operation": "process", "messaging.destination.name": msg.name,
+                    "messaging.message.id": msg.id, "messaging.consumer.group.name": service})
+                context.traceparent.set(tp)
+            else:
+                context.traceparent.set(context.new_traceparent(parent))
+            try:
+                await self._handle(delivery, counters, db, fn, decoder, service, where)
+            finally:
+                if span is not None:
+                    assert self.tracer is not None
+                    self.tracer.end(span)
+
+        return handle
+
+    async def _handle(self, delivery: Delivery, counters: SubscriptionCounters,
+                      db: Database | None, fn: Callable[[Any], Awaitable[Any]],
+                      decoder: msgspec.json.Decoder[Any], service: str, where: str) -> None:
+        from amoeba.events.outbox import inbox
+
+        msg = delivery.message
+        try:
+            event = decoder.decode(msg.payload)
+            if db is None:
+                await fn(event)
+            else:
+                async with db.transaction() as conn:
+                    seen = (await conn.execute(inbox.select().where(
+                        inbox.c.event_id == msg.id))).first()
+                    if seen is not None:
+                        counters.duplicates += 1
+                    else:
+                        await fn(event)
+                        await conn.execute(inbox.insert(), {
+                            "event_id": msg.id, "name": msg.name,
+                            "handled_at": datetime.now(UTC)})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            poison = isinstance(exc, msgspec.DecodeError)
+            if poison or delivery.attempt >= self.settings.max_attempts:
+                await self._dead_letter(service, where, msg, delivery.attempt, exc)
+                counters.dead_lettered += 1
+                await delivery.ack()
+            else:
+                counters.retried += 1
+                delay = self.settings.delay(delivery.attempt)
+                log.warning("%s failed on %s %s (attempt %d): %s: %s; retrying in %.1fs",
+                            where, msg.name, msg.id, delivery.attempt, type(exc).__name__,
+                            exc, delay)
+                await delivery.nack(delay)
+            return
+        await delivery.ack()
+        counters.acked += 1
+
+    async def _dead_letter(self, service: str, where: str, msg: Message, attempts: int,
+                           exc: Exception) -> None:
+        from amoeba.events.outbox import dead_letters
+
+        log.error("%s gave up on %s %s after %d attempt(s): %s: %s; parked as a dead letter "
+                  "(amoeba events dead-letters / replay)", where, msg.name, msg.id, attempts,
+                  type(exc).__name__, exc)
+        db = self.dbs.get(service)
+        if db is None:
+            return
+        row = {"event_id": msg.id, "name": msg.name, "handler": where,
+               "payload": msg.payload.decode(errors="replace"),
+               "attempts": attempts, "error": f"{type(exc).__name__}: {exc}"[:4000],
+               "failed_at": datetime.now(UTC)}
+        async with db.transaction() as conn:
+            await conn.execute(dead_letters.delete().where(dead_letters.c.event_id == msg.id))
+            await conn.execute(dead_letters.insert(), row)
+
+    # -- observing and stopping ----------------------------------------------
+    async def lag(self) -> dict[str, int]:
+        """Per consuming service here: events published but not yet acked."""
+        return {g: await self.bus.pending(g) for g in self.groups}
+
+    async def outbox_waiting(self) -> dict[str, int]:
+        """Per publishing service here: outbox rows not yet handed to the broker."""
+        import sqlalchemy as sa
+
+        from amoeba.events.outbox import outbox
+
+        query = sa.select(sa.func.count()).select_from(outbox)
+        return {svc: int(await relay.db.scalar(query) or 0)
+                for svc, relay in self.relays.items()}
+
+    async def aclose(self) -> None:
+        for relay in self.relays.values():
+            if relay.task is not None:
+                relay.task.cancel()
+        await asyncio.gather(*(r.task for r in self.relays.values() if r.task),
+                             return_exceptions=True)
+        await self.bus.aclose()

@@ -1,0 +1,185 @@
+"""Run exactly one process (one replica) of a topology in this interpreter:
+what ``amoeba run TOPOLOGY --process NAME`` does, and what systemd or
+Kubernetes run."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from amoeba import context
+from amoeba.app import App
+from amoeba.gateway.access import iso_utc
+from amoeba.runtime.host import Host, ListenError
+from amoeba.spec import SpecError
+from amoeba.topology import Problem, Topology, TopologyError, bind, load_topology
+
+__all__ = ["LogFormatter", "configure_logging", "load_app", "load_bound", "run_process", "serve"]
+
+log = logging.getLogger("amoeba.process")
+
+
+class LogFormatter(logging.Formatter):
+    """``2025-05-01T12:00:00.123Z INFO amoeba.host: message`` lines (UTC), or
+    with ``style="json"`` one JSON object per line: time, level, logger, the
+    constant ``fields`` (process, replica), message, any ``extra=`` fields, and
+    ``exc``/``stack`` when present.  A :class:`~amoeba.gateway.access.LineFormat`,
+    so the access log writes its lines in the same shape without a LogRecord."""
+
+    def __init__(self, style: Literal["text", "json"] = "text",
+                 fields: Mapping[str, object] | None = None):
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.line_style: Literal["text", "json"] = style
+        self.fields: Mapping[str, object] = dict(fields or {})
+
+    def __repr__(self) -> str:
+        return f"<LogFormatter {self.line_style} {dict(self.fields)}>"
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return iso_utc(record.created)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.line_style == "text":
+            return super().format(record)
+        line: dict[str, object] = {"time": iso_utc(record.created), "level": record.levelname,
+                                   "logger": record.name, **self.fields}
+        # The call being served when the record was made (the record is formatted
+        # in the same task, so the context is still the caller's).
+        service, rid, trace = context.service.get(), context.request_id.get(), context.trace_id()
+        if service:
+            line["service"] = service
+        if rid:
+            line["request_id"] = rid
+        if trace:
+            line["trace_id"] = trace
+        line["message"] = record.getMessage()
+        line.update((k, v) for k, v in record.__dict__.items()
+                    if k not in _RECORD_KEYS and not k.startswith("_"))
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return _encode_json(line).decode()
+
+
+_RECORD_KEYS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_encode_json = msgspec.json.Encoder(enc_hook=repr).encode
+
+
+def log_style() -> Literal["text", "json"]:
+    """``AMOEBA_LOG_FORMAT``: ``text``, ``json``, or ``auto`` (the default):
+    text when stderr is a terminal, JSON lines otherwise (a log collector)."""
+    style = os.environ.get("AMOEBA_LOG_FORMAT", "auto").lower()
+    if style == "auto":
+        return "text" if sys.stderr.isatty() else "json"
+    if style not in ("text", "json"):
+        raise ValueError(f"AMOEBA_LOG_FORMAT={style!r} is not text, json or auto; "
+                         f"fix: unset it, or set AMOEBA_LOG_FORMAT=json")
+    return "json" if style == "json" else "text"
+
+
+def configure_logging(process: str | None = None, replica: int = 0) -> None:
+    """Root logging to stderr at ``AMOEBA_LOG_LEVEL`` (default INFO), in the
+    style :func:`log_style` says."""
+    level = os.environ.get("AMOEBA_LOG_LEVEL", "INFO").upper()
+    style = log_style()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter(style,
+                                      {"process": process, "replica": replica} if process else None))
+    logging.basicConfig(level=level, handlers=[handler])
+    # Alembic narrates every step at INFO; amoeba.data says what changed.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def load_app(topo: Topology) -> App:
+    """Import the ``app:`` named by the topology (after adding its pythonpath)."""
+    if not topo.app:
+        raise TopologyError([Problem(topo.file, None, "app", "no app is named",
+                                     "add app: package.module:attribute")])
+    for p in reversed(topo.pythonpath):
+        if str(p) not in sys.path:
+            sys.path.insert(0, str(p))
+    module_name, _, attr = topo.app.partition(":")
+    where = Problem(topo.file, topo.lines.get("app"), "app", "", "")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise TopologyError([Problem(where.file, where.line, "app",
+                                     f"cannot import {module_name!r}: {exc}",
+                                     "check app: and pythonpath: (relative to the topology file)")]
+                            ) from None
+    except (SpecError, ValueError) as exc:
+        raise TopologyError([Problem(where.file, where.line, "app",
+                                     f"importing {module_name!r} failed: {exc}",
+                                     "fix the service class named in the message")]) from None
+    app = getattr(module, attr or "app", None)
+    if not isinstance(app, App):
+        raise TopologyError([Problem(where.file, where.line, "app",
+                                     f"{topo.app!r} is not a amoeba.App ({type(app).__name__})",
+                                     "point app: at the module-level App(...) object")])
+    return app
+
+
+def load_bound(path: str | Path) -> tuple[App, Topology]:
+    topo = load_topology(path)
+    app = load_app(topo)
+    return app, bind(topo, app)
+
+
+async def serve(host: Host) -> None:
+    """Start the host and run until SIGTERM/SIGINT, then drain.
+
+    SIGTERM (systemd, Kubernetes, a rolling restart) drains with the
+    topology's ``drain_delay``, so balancers see ``/readyz`` fail before the
+    listener closes; SIGINT (Ctrl-C, or ``amoeba run`` stopping everything,
+    when no replica is left to take over) skips that delay."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    delay = True
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal delay
+        delay = delay and sig == signal.SIGTERM
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await host.start()
+    # What startup made (modules, classes, the app) lives as long as the
+    # process: keep it out of every later garbage collection, whose full
+    # passes would otherwise walk it all and show up as latency spikes.
+    gc.freeze()
+    await stop.wait()
+    log.info("%s: draining%s", host, "" if delay else " (no drain_delay: SIGINT)")
+    await host.drain(delay)
+    log.info("%s: stopped", host)
+
+
+def run_process(path: str, process: str, replica: int = 0, *, strict: bool = False) -> int:
+    configure_logging(process, replica)
+    app, topo = load_bound(path)
+    for key, value in topo.processes[process].env.items():
+        os.environ.setdefault(key, value)
+    host = Host(app, topo, process, replica, strict=strict)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(serve(host))
+    except ListenError as exc:
+        print(f"amoeba run: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,5 +1,0 @@
-import sys
-
-from mitosis.cli import main
-
-sys.exit(main())
