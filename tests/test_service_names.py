@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from amoeba import App, Service, post
+from amoeba.events import Event
 from amoeba.service import snake_name
 
 
@@ -42,3 +43,15 @@ def test_the_rule_names_services_and_name_overrides_it() -> None:
     app = App("names", [GREETER, HTTPFront, Custom])
     assert list(app.specs) == ["greeter", "http_front", "front_desk"]
     assert app.specs["http_front"].dependencies == {"greeter": "greeter"}
+
+
+class HTTPHit(Event):
+    path: str
+
+
+class Named(Event):
+    event_name = "shop.named"
+
+
+def test_events_follow_the_same_rule_unless_named() -> None:
+    assert (HTTPHit.event_name, Named.event_name) == ("http_hit", "shop.named")
