@@ -167,3 +167,25 @@ def test_tutorial_dockerfile_is_what_the_tutorial_shows(tmp_path: Path) -> None:
     for path, text in excerpts:
         generated = (project / path).read_text()
         assert text in generated, f"{path}:\n{generated}\n--- the tutorial shows:\n{text}"
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/tutorial.md", "docs/deploy.md"])
+def test_every_python_and_yaml_block_parses(page: str) -> None:
+    import yaml
+
+    text = (ROOT / page).read_text()
+    for m in re.finditer(r"^```(python|yaml)\n(.*?)^```$", text, re.M | re.S):
+        where = f"{page}:{text[:m.start()].count(chr(10)) + 2}"
+        if m.group(1) == "python":
+            compile(m.group(2), where, "exec")
+        else:
+            assert yaml.safe_load(m.group(2)) is not None, where
+
+
+def test_commands_work_on_linux_as_pasted() -> None:
+    """No macOS-only commands in a shell block (``open URL``)."""
+    for page in (README, TUTORIAL, ROOT / "docs" / "deploy.md"):
+        text = page.read_text()
+        for m in re.finditer(r"^```(?:bash|sh|console)\n(.*?)^```$", text, re.M | re.S):
+            for line in m.group(1).splitlines():
+                assert not re.match(r"^\s*(\$ )?(open|pbcopy|brew) ", line), f"{page.name}: {line}"
