@@ -188,9 +188,20 @@ def _events(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _version() -> str:
+    """The installed distribution's version (what ``pip show amoeba`` says)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("amoeba")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "unknown (not installed; pip install -e . in the checkout)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="amoeba", description="Run a system of services as a monolith or as microservices.")
+    parser.add_argument("--version", action="version", version=f"amoeba {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start a topology (every process, or one with --process)")
     run.add_argument("topology", help="path to a topology YAML file")

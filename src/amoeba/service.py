@@ -54,14 +54,24 @@ class Header:
             raise ValueError(f"Header({self.name!r}): not a valid header name")
 
 
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+# A word starts at an upper-case letter that follows a lower-case letter or a
+# digit, or at the last capital of a run followed by a lower-case letter, so
+# acronyms stay whole: ``HTTPGateway`` -> ``http_gateway``, ``GREETER`` -> ``greeter``.
+_WORD = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def snake_name(name: str) -> str:
+    """The service name of a class named ``name`` (see ``Service``)."""
+    return _WORD.sub("_", name).lower()
 
 
 class Service:
     """Base class of every service.
 
-    Subclasses may set ``name`` (default: the class name in snake_case) and
+    Subclasses may set ``name``; by default it is the class name in snake_case,
+    an acronym kept as one word: ``Vacancy`` -> ``vacancy``, ``TicketOffice``
+    -> ``ticket_office``, ``HTTPGateway`` -> ``http_gateway``, ``GREETER`` ->
+    ``greeter``, ``OrdersV2`` -> ``orders_v2``.  They may also
     override the ``start`` / ``stop`` hooks, which run once per process after
     every dependency is wired, in dependency order (``stop`` in reverse).
     """
@@ -73,7 +83,7 @@ class Service:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__:
-            cls.name = _snake(cls.__name__)
+            cls.name = snake_name(cls.__name__)
 
     async def start(self) -> None:
         """Called once the service's dependencies and resources are in place."""

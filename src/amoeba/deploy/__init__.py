@@ -9,6 +9,8 @@ Layout (a pure core; only ``cli`` reads or writes files):
 - ``compose``:  ``compose.yaml`` with PostgreSQL / Redis / NATS as needed
 - ``k8s``:      Namespace, Deployments, Services, ConfigMap, HPA, Ingress, NetworkPolicies
 - ``image``:    the ``Dockerfile`` and container topology compose and k8s share
+- ``install``:  what that image copies and ``pip install``s: the project as it
+                declares itself, the framework as the project declares it
 - ``cli``:      ``amoeba deploy TARGET TOPOLOGY -o DIR [--check]``
 
 Every renderer is ``render(plan) -> {relative path: text}``: deterministic

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from amoeba.deploy.install import FRAMEWORK, Project
 from amoeba.deploy.plan import Plan, build_plan
 from amoeba.topology import TopologyError
 
@@ -54,17 +55,47 @@ def plan_for(topology: str, out: str | os.PathLike[str], cwd: Path | None = None
                              f"{root.name!r}, so a container image cannot include it; fix: run "
                              f"amoeba deploy from the directory that holds the app's code")
         pythonpath.append(rel)
-    project = None
-    pyproject = root / "pyproject.toml"
-    if pyproject.is_file():
-        project = tomllib.loads(pyproject.read_text()).get("project", {}).get("name")
-    # What `pip install .` needs; the app's own code comes in through its pythonpath.
-    files = tuple(f"{name}/" if (root / name).is_dir() else name
-                  for name in ("pyproject.toml", "README.md", "src") if (root / name).exists())
     return build_plan(topo, app, raw, source=Path(topology).as_posix(),
                       context=_rel(root, outdir), out_in_context=_rel(outdir, root),
-                      pythonpath=tuple(pythonpath), project=project,
-                      project_files=files if project else ())
+                      pythonpath=tuple(pythonpath), project=find_project(Path(topology), root),
+                      version=_framework_version())
+
+
+def _framework_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(FRAMEWORK)
+    except PackageNotFoundError:
+        return None
+
+
+def find_project(topology: Path, root: Path) -> Project | None:
+    """What declares the app's dependencies: the first ``pyproject.toml`` with a
+    ``[project]`` table, or ``requirements.txt``, in the topology's directory or
+    one above it, up to the build context ``root``."""
+    here = topology.resolve().parent
+    if not here.is_relative_to(root):
+        here = root
+    while True:
+        pyproject = here / "pyproject.toml"
+        meta = tomllib.loads(pyproject.read_text()).get("project") if pyproject.is_file() else None
+        where = _rel(here, root)
+        if isinstance(meta, dict) and meta.get("name"):
+            name = str(meta["name"])
+            # The framework's own checkout: what `pip install .` reads; the
+            # examples come in through their pythonpath, after the install layer.
+            files = tuple(f"{n}/" if (here / n).is_dir() else n
+                          for n in ("pyproject.toml", "README.md", "src") if (here / n).exists())
+            return Project(where, name, tuple(str(d) for d in meta.get("dependencies") or ()),
+                           files if name.lower() == FRAMEWORK else ())
+        requirements = here / "requirements.txt"
+        if requirements.is_file():
+            lines = (line.split(" #", 1)[0].strip() for line in requirements.read_text().splitlines())
+            return Project(where, None, tuple(x for x in lines if x and not x.startswith(("#", "-"))))
+        if here == root:
+            return None
+        here = here.parent
 
 
 def render(target: str, plan: Plan) -> dict[str, str]:

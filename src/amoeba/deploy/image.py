@@ -16,12 +16,16 @@ from amoeba.deploy.plan import APP_DIR, DATA_DIR, TOPOLOGY_IN_IMAGE, Plan
 __all__ = ["UID", "files"]
 
 UID = 10001
+# Never baked into an image: secrets (.env files), local data (.amoeba, with
+# its generated keys), virtual environments; at any depth, since an outside
+# project is copied whole.
 _IGNORE = """.git
-.venv
-venv
+**/.env*
+**/.amoeba
+**/.venv
+**/venv
 **/__pycache__
 **/*.pyc
-.amoeba
 .pytest_cache
 .mypy_cache
 .ruff_cache
@@ -29,15 +33,16 @@ node_modules
 """
 
 
-def _copy(path: str, dest: str) -> str:
-    return f"COPY {path} {dest}\n"
+def _copy(path: str) -> str:
+    """``path`` relative to the context, at the same place under APP_DIR."""
+    return f"COPY {path} {APP_DIR}/{path.removeprefix('./')}\n"
 
 
 def files(plan: Plan, target: str) -> dict[str, str]:
     out = plan.out_in_context
-    steps = "".join(_copy(f, f"{APP_DIR}/{f}") for f in plan.project_files)
-    code = "".join(_copy(f"{p}/" if p != "." else "./", f"{APP_DIR}/{p}/".replace("/./", "/"))
-                   for p in plan.pythonpath)
+    steps = "".join(_copy(f) for f in plan.install.copy)
+    code = "".join(_copy(f"{p}/" if p != "." else "./") for p in plan.pythonpath
+                   if not plan.install.covers(p))
     ports = " ".join(str(n) for n in sorted({p.number for u in plan.units for p in u.ports}))
     dockerfile = f"""{plan.header(target)}# Build from the project root (the build context):
 #   docker build -f {out}/Dockerfile -t {plan.image} .
@@ -48,7 +53,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \\
     AMOEBA_DATA_DIR={DATA_DIR}
 RUN useradd --system --uid {UID} --user-group --home-dir {DATA_DIR} --create-home amoeba
 WORKDIR {APP_DIR}
-{steps}RUN pip install --no-cache-dir {plan.pip_install}
+{steps}RUN pip install --no-cache-dir {plan.install.pip}
 {code}COPY {out}/topology.yaml {TOPOLOGY_IN_IMAGE}
 USER {UID}:{UID}
 EXPOSE {ports}

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from amoeba.deploy.install import Install, Project, extra_for_url, install_for
 from amoeba.topology import Problem, Settings, Topology, TopologyError
 from amoeba.topology.check import find_cycle
 from amoeba.topology.deploy import DeploySpec, ProcessDeploy
@@ -138,8 +139,7 @@ class Plan:
     out_in_context: str  # the output directory relative to the build context
     pythonpath: tuple[str, ...]  # relative to the build context
     container_topology: str  # the topology containers run (YAML, without header)
-    pip_install: str  # what the Dockerfile installs
-    project_files: tuple[str, ...] = ()  # files of the context the image installs from
+    install: Install  # what the Dockerfile copies before pip install, and installs
     extras: tuple[str, ...] = field(default=())
 
     def __repr__(self) -> str:
@@ -314,13 +314,14 @@ def _container_topology(topo: Topology, raw: dict[str, Any], units: dict[str, Un
 
 def build_plan(topo: Topology, app: App, raw: dict[str, Any], *, source: str,
                context: str = ".", out_in_context: str = ".",
-               pythonpath: tuple[str, ...] = (), project: str | None = None,
-               project_files: tuple[str, ...] = ()) -> Plan:
+               pythonpath: tuple[str, ...] = (), project: Project | None = None,
+               version: str | None = None) -> Plan:
     """``raw``: the topology file's YAML before expansion.  ``context``: the
     build context (project root) relative to the output directory;
     ``out_in_context`` the reverse; ``pythonpath``: the topology's pythonpath
-    relative to the context; ``project``: the context's pyproject name and
-    ``project_files`` what of it to copy before ``pip install`` (pyproject.toml, ...)."""
+    relative to the context; ``project``: what declares the app's dependencies
+    and ``version`` the framework's, for the image's ``pip install`` (see
+    :mod:`amoeba.deploy.install`)."""
     from amoeba.auth.tokens import Tokens
 
     dep = topo.deploy
@@ -359,14 +360,8 @@ def build_plan(topo: Topology, app: App, raw: dict[str, Any], *, source: str,
     keys_given = isinstance(topo.settings.extra.get("auth"), dict) and "keys" in topo.settings.extra["auth"]
     auth_secret = dns_name(app.name, "auth-keys") if uses_auth and not keys_given else None
     upstreams, routes = _edge(topo, app, units)
-    extras = tuple(sorted({r.infra for r in resources if r.infra}))
-    amoeba_req = f"amoeba[{','.join(extras)}]" if extras else "amoeba"
-    if project == "amoeba":
-        pip = f'".[{",".join(extras)}]"' if extras else "."
-    elif project is not None:
-        pip = f'. "{amoeba_req}"'
-    else:
-        pip = f'"{amoeba_req}"'
+    extras = tuple(sorted({e for r in resources
+                           if (e := extra_for_url(r.default or topo.resources[r.kind]))}))
     return Plan(
         source=source, topology=topo.name, app=app.name,
         image=dep.image or f"amoeba-{dns_name(app.name)}:latest",
@@ -380,5 +375,5 @@ def build_plan(topo: Topology, app: App, raw: dict[str, Any], *, source: str,
         context=context, out_in_context=out_in_context, pythonpath=pythonpath,
         container_topology=_container_topology(topo, raw, units, resources, list(pythonpath),
                                                auth_secret),
-        pip_install=pip, project_files=project_files, extras=extras,
+        install=install_for(project, extras, version), extras=extras,
     )

@@ -31,6 +31,8 @@ from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
+from amoeba.service import snake_name
+
 __all__ = ["ON_EVENT_ATTR", "Event", "event_name", "on_event"]
 
 ON_EVENT_ATTR = "__amoeba_on_event__"
@@ -49,7 +51,8 @@ class Event(msgspec.Struct, kw_only=True):
     """Base of every event: ``id`` (unique, the key of deduplication) and
     ``occurred_at`` are filled in; subclasses add their own fields."""
 
-    #: The name the event travels under.  Default: the class name in snake_case.
+    #: The name the event travels under.  Default: the class name in snake_case,
+    #: acronyms kept whole, as for service names (``HTTPHit`` -> ``http_hit``).
     event_name: ClassVar[str]
 
     id: str = msgspec.field(default_factory=_new_id)
@@ -58,7 +61,7 @@ class Event(msgspec.Struct, kw_only=True):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "event_name" not in cls.__dict__:
-            cls.event_name = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+            cls.event_name = snake_name(cls.__name__)  # the rule service names follow
         if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,200}", cls.event_name):
             raise TypeError(f"{cls.__qualname__}.event_name {cls.event_name!r}: use letters, "
                             f"digits, '_', '.', '-' only")
