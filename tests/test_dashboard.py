@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from require import missing
 from snapshots import call, cluster, node, served, snapshot
 
 from amoeba.observe.advise import Advisor
@@ -46,9 +47,7 @@ def _missing() -> str | None:
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     why = _missing()
     if why:
-        if os.environ.get("AMOEBA_REQUIRE_SERVICES") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
+        missing(why)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

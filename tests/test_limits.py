@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from authapp.app import app
+from require import missing
 from test_auth import SETTINGS, bearer, claims, sign
 
 from amoeba.gateway.limits import Bucket, MemoryBuckets, RateLimiter, RedisBuckets, parse_rate_limit
@@ -27,12 +28,8 @@ def redis_url() -> str:
         try:
             socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
         except OSError:
-            import os
 
-            msg = "Redis not reachable on 127.0.0.1:6379; start redis-server"
-            if os.environ.get("AMOEBA_REQUIRE_SERVICES") == "1":
-                pytest.fail(msg)
-            pytest.skip(msg)
+            missing("Redis not reachable on 127.0.0.1:6379; start redis-server")
         return "redis://127.0.0.1:6379"
     return shared()
 

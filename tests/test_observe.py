@@ -21,6 +21,7 @@ from demo.app import app as demo_app
 from evdemo.app import Reader
 from evdemo.app import app as evdemo_app
 from prometheus_client.parser import text_string_to_metric_families
+from require import import_or_missing
 from tickets.app import app as tickets_app
 
 from amoeba import context
@@ -262,7 +263,7 @@ class _OtlpHandler(http.server.BaseHTTPRequestHandler):
 
 
 async def test_spans_are_exported_over_otlp_as_one_trace(tmp_path, monkeypatch):
-    pytest.importorskip("opentelemetry.sdk", reason="pip install 'amoeba[otel]'")
+    import_or_missing("opentelemetry.sdk", "pip install 'amoeba[otel]'")
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     collector = _Collector()
