@@ -245,13 +245,14 @@ class _Collector(http.server.ThreadingHTTPServer):
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
+        self.paths: list[str] = []  # checked by the test: an assert in this thread would be lost
         super().__init__(("127.0.0.1", 0), _OtlpHandler)
 
 
 class _OtlpHandler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
-        assert self.path == "/v1/traces"
+        self.server.paths.append(self.path)  # type: ignore[attr-defined]
         self.server.bodies.append(body)  # type: ignore[attr-defined]
         self.send_response(200)
         self.send_header("content-type", "application/x-protobuf")
@@ -288,6 +289,7 @@ async def test_spans_are_exported_over_otlp_as_one_trace(tmp_path, monkeypatch):
         await internal.stop()
         collector.shutdown()
         collector.server_close()
+    assert collector.paths and set(collector.paths) == {"/v1/traces"}, collector.paths
     spans = {}
     for body in collector.bodies:
         req = ExportTraceServiceRequest()
