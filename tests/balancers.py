@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
+from require import missing
 
 from amoeba.testing import free_port
 
@@ -36,11 +36,7 @@ def require_binary(kind: str) -> str:
     path = shutil.which(kind) or (BINARIES[kind] if os.access(BINARIES[kind], os.X_OK) else None)
     if path is not None:
         return path
-    message = (f"{kind} is not installed: apt-get install {kind}, "
-               f"or unset AMOEBA_REQUIRE_SERVICES to skip")
-    if os.environ.get("AMOEBA_REQUIRE_SERVICES") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    missing(f"{kind} is not installed: apt-get install {kind}")
 
 
 class Balancer:

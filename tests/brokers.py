@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
+from require import missing
 
 from amoeba.testing import free_port
 
@@ -23,7 +23,7 @@ __all__ = ["PrivateNats", "PrivateRedis"]
 def _binary(name: str, *fallbacks: str) -> str:
     found = shutil.which(name) or next((f for f in fallbacks if Path(f).is_file()), None)
     if found is None:
-        pytest.skip(f"{name} not installed (needed for a private broker)")
+        missing(f"{name} not installed (needed for a private broker): apt-get install {name}")
     return found
 
 

@@ -19,6 +19,7 @@ import socket
 from urllib.parse import urlsplit
 
 import pytest
+from require import missing
 
 __all__ = ["mysql_url", "nats_url", "postgres_url", "redis_url", "require"]
 
@@ -51,11 +52,7 @@ def require(server: str) -> str:
     if reachable(host, port):
         return url.rstrip("/")
     how = "start it (nats-server -js: JetStream on)" if server == "NATS" else "start it"
-    message = (f"{server} not reachable on {host}:{port}; {how}, point {env} at one, "
-               f"or unset AMOEBA_REQUIRE_SERVICES to skip")
-    if os.environ.get("AMOEBA_REQUIRE_SERVICES") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    missing(f"{server} not reachable on {host}:{port}; {how}, or point {env} at one")
 
 
 def postgres_url() -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from require import missing
 from snapshots import call, cluster, node, served, snapshot
 
 from amoeba.observe.advise import Advisor
@@ -46,9 +47,7 @@ def _missing() -> str | None:
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     why = _missing()
     if why:
-        if os.environ.get("AMOEBA_REQUIRE_SERVICES") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
+        missing(why)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -133,7 +132,8 @@ def test_dashboard_shows_the_tickets_app_live(browser: Any, tmp_path: Path) -> N
 
 class _Synthetic:
     """A two-process app with events whose counters grow with time: ``api``
-    and ``audit`` share a process, ``ledger`` runs apart and is called a lot."""
+    and ``audit`` share a process, ``ledger`` runs apart and is called a lot;
+    ``ledger`` declares ``audit`` as a dependency it never calls (an idle edge)."""
 
     def __init__(self) -> None:
         self.t0 = time.time()
@@ -145,7 +145,7 @@ class _Synthetic:
         n = int((now - self.t0) * 400)
         services = {"api": node("main", ["ledger", "audit"], ["pay"]),
                     "audit": node("main", [], ["record"]),
-                    "ledger": node("ledger", [], ["post"])}
+                    "ledger": node("ledger", ["audit"], ["post"])}
         services["api"]["publishes"] = ["paid"]
         services["audit"]["handles"] = ["paid"]
         events = {"published": {"api/paid": n // 4},
@@ -212,6 +212,13 @@ def test_dashboard_shows_advice_events_and_idle_edges(browser: Any, synthetic_se
     assert browser.execute_script(f"return {EDGE.format('api->ledger')}.dataset.kind;") == "remote"
     assert browser.execute_script(f"return {EDGE.format('api->audit')}.dataset.kind;") == "local"
     assert browser.execute_script("return document.querySelector('[data-event=\"paid\"]') !== null;")
+    idle = browser.execute_script(
+        f"const g = {EDGE.format('ledger->audit')}; return [g.dataset.kind, g.dataset.rate, "
+        "g.querySelector('path').getAttribute('class')];")
+    assert idle == ["remote", "0.000", "edge remote idle"], idle
+    labels = browser.execute_script(
+        "return [...document.querySelectorAll('.edge-label.idle')].map(t => t.textContent);")
+    assert "remote · idle" in labels, labels
     text = browser.find_element("id", "advice").text
     assert "move ledger into process 'main'" in text
     consumer = browser.execute_script(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from require import import_or_missing, missing
 
 from amoeba.cli import main
 from amoeba.deploy import cli as deploy_cli
@@ -82,15 +83,11 @@ def write_topology(tmp_path: Path, body: str) -> Path:
     return p
 
 
-def require_tool(name: str) -> str:
+def require_tool(name: str, package: str | None = None) -> str:
     path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
     if path:
         return path
-    message = (f"{name} is not installed; install it (apt-get install {name}) or unset "
-               f"AMOEBA_REQUIRE_SERVICES to skip")
-    if os.environ.get("AMOEBA_REQUIRE_SERVICES") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    missing(f"{name} is not installed: apt-get install {package or name}")
 
 
 # -- determinism, header, secrets ----------------------------------------------------------
@@ -264,7 +261,7 @@ def k8s_objects(files: dict[str, str]) -> list[tuple[str, dict]]:
 
 @pytest.mark.parametrize("example", sorted(EXAMPLES))
 def test_k8s_validates_strictly_against_the_official_schemas(example: str) -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate = import_or_missing("kubernetes_validate", "pip install -e '.[test]'")
     files = render(example, "k8s")
     objs = k8s_objects(files)
     kinds = {d["kind"] for _, d in objs}
@@ -281,7 +278,7 @@ def test_k8s_validates_strictly_against_the_official_schemas(example: str) -> No
 
 
 def test_k8s_strict_validation_can_fail() -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate = import_or_missing("kubernetes_validate", "pip install -e '.[test]'")
     files = render("tickets-hybrid", "k8s")
     dep = next(d for _, d in k8s_objects(files) if d["kind"] == "Deployment")
     dep["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGett"] = {}
@@ -363,7 +360,7 @@ def test_dockerfile_copies_only_what_exists() -> None:
 # -- docker compose --------------------------------------------------------------------------
 
 def test_compose_validates_against_the_compose_spec() -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema = import_or_missing("jsonschema", "pip install -e '.[test]'")
     schema = json.loads((ROOT / "tests/schemas/compose-spec/compose-spec.json").read_text())
     validator = jsonschema.Draft201909Validator(schema)
     for example in EXAMPLES:
@@ -472,9 +469,7 @@ def test_systemd_units(tmp_path: Path) -> None:
     wants = next(x for x in files["amoeba-shop.target"].splitlines() if x.startswith("Wants="))
     assert "amoeba-shop-gateway@1.service" in wants and "amoeba-shop-accounts@0.service" in wants
     assert "amoeba-shop-accounts@1.service" not in wants
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        return
+    analyze = require_tool("systemd-analyze", "systemd")
     d = _write(files, tmp_path / "units")
     r = subprocess.run([analyze, "verify", "--man=no", str(d / "amoeba-shop-gateway@0.service")],
                        capture_output=True, text=True, timeout=60,

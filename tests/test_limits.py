@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from authapp.app import app
+from require import missing
 from test_auth import SETTINGS, bearer, claims, sign
 
 from amoeba.gateway.limits import Bucket, MemoryBuckets, RateLimiter, RedisBuckets, parse_rate_limit
@@ -27,12 +28,8 @@ def redis_url() -> str:
         try:
             socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
         except OSError:
-            import os
 
-            msg = "Redis not reachable on 127.0.0.1:6379; start redis-server"
-            if os.environ.get("AMOEBA_REQUIRE_SERVICES") == "1":
-                pytest.fail(msg)
-            pytest.skip(msg)
+            missing("Redis not reachable on 127.0.0.1:6379; start redis-server")
         return "redis://127.0.0.1:6379"
     return shared()
 
@@ -154,6 +151,46 @@ async def test_cors_preflight_and_response_headers(tmp_path):
         assert r.status == 405 and "access-control-allow-origin" not in r.headers
     finally:
         await h.aclose()
+
+
+async def test_cors_any_origin_without_credentials_is_a_plain_star(tmp_path):
+    h = await harness(tmp_path, cors={"origins": ["*"]})
+    try:
+        r = await h.get("/api/open", headers={"Origin": "https://anywhere.example"})
+        assert r.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in r.headers
+        pre = {"Origin": "https://anywhere.example", "Access-Control-Request-Method": "POST"}
+        r = await h.request("OPTIONS", "/api/orders", headers=pre)
+        assert r.status == 204 and r.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in r.headers
+    finally:
+        await h.aclose()
+
+
+async def test_cors_any_origin_with_credentials_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(TopologyError) as info:
+        await harness(tmp_path, cors={"origins": ["*"], "credentials": True})
+    text = str(info.value)
+    assert "settings.cors" in text and "any web page" in text
+    assert 'origins: ["https://app.example"]' in text and "credentials: false" in text
+
+
+def test_check_refuses_cors_any_origin_with_credentials(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from amoeba.cli import main
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.setenv("AMOEBA_DATA_DIR", str(tmp_path / "data"))
+    shop = root / "examples" / "shop" / "topologies" / "monolith.yaml"
+    text = shop.read_text().replace("pythonpath: ../..", f"pythonpath: {root / 'examples'}")
+    origins = '    origins: ["${SHOP_CORS_ORIGIN:-http://localhost:3000}"]\n'
+    assert origins in text
+    bad = tmp_path / "cors.yaml"
+    bad.write_text(text.replace(origins, '    origins: ["*"]\n    credentials: true\n'))
+    assert main(["check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "cors.yaml:" in err and "settings.cors" in err and "fix:" in err and "credentials: false" in err
 
 
 async def test_no_cors_settings_no_cors_headers(tmp_path):

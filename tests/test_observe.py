@@ -21,6 +21,7 @@ from demo.app import app as demo_app
 from evdemo.app import Reader
 from evdemo.app import app as evdemo_app
 from prometheus_client.parser import text_string_to_metric_families
+from require import import_or_missing
 from tickets.app import app as tickets_app
 
 from amoeba import context
@@ -244,13 +245,14 @@ class _Collector(http.server.ThreadingHTTPServer):
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
+        self.paths: list[str] = []  # checked by the test: an assert in this thread would be lost
         super().__init__(("127.0.0.1", 0), _OtlpHandler)
 
 
 class _OtlpHandler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
-        assert self.path == "/v1/traces"
+        self.server.paths.append(self.path)  # type: ignore[attr-defined]
         self.server.bodies.append(body)  # type: ignore[attr-defined]
         self.send_response(200)
         self.send_header("content-type", "application/x-protobuf")
@@ -262,7 +264,7 @@ class _OtlpHandler(http.server.BaseHTTPRequestHandler):
 
 
 async def test_spans_are_exported_over_otlp_as_one_trace(tmp_path, monkeypatch):
-    pytest.importorskip("opentelemetry.sdk", reason="pip install 'amoeba[otel]'")
+    import_or_missing("opentelemetry.sdk", "pip install 'amoeba[otel]'")
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     collector = _Collector()
@@ -287,6 +289,7 @@ async def test_spans_are_exported_over_otlp_as_one_trace(tmp_path, monkeypatch):
         await internal.stop()
         collector.shutdown()
         collector.server_close()
+    assert collector.paths and set(collector.paths) == {"/v1/traces"}, collector.paths
     spans = {}
     for body in collector.bodies:
         req = ExportTraceServiceRequest()

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-import pytest
+from require import import_or_missing
 
-api = pytest.importorskip("mypy.api", reason="mypy is a dev dependency: pip install -e .[dev]")
+api = import_or_missing("mypy.api", "mypy is a dev dependency: pip install -e '.[dev]'")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -72,6 +72,13 @@ class Cors:
         credentials = raw.get("credentials", False)
         if not isinstance(credentials, bool):
             raise CorsConfigError(f"settings.cors.credentials: {credentials!r} is not true/false")
+        if credentials and "*" in origins:
+            # Echoing any origin with Allow-Credentials lets every web page make
+            # credentialed calls as the visitor: browsers forbid "*" there for that reason.
+            raise CorsConfigError("settings.cors: origins [\"*\"] with credentials: true would let "
+                                  "any web page call the API with the visitor's cookies; fix: list "
+                                  "the origins (origins: [\"https://app.example\"]) or set "
+                                  "credentials: false")
         return cls(origins, _strings(raw, "methods", _DEFAULT_METHODS),
                    _strings(raw, "headers", ()), max_age, credentials)
 
@@ -79,10 +86,7 @@ class Cors:
         """The Access-Control-Allow-Origin value for ``origin``, or None."""
         if origin in self.origins:
             return origin
-        if self.any_origin:
-            # With credentials the browser rejects "*": echo the origin instead.
-            return origin if self.credentials else "*"
-        return None
+        return "*" if self.any_origin else None  # "*" never comes with credentials
 
     def preflight(self, req: Request) -> Response | None:
         """The answer to a CORS preflight, or None when it is not one we allow."""

@@ -1,0 +1,47 @@
+"""What a test needs from the machine, and one switch for its absence.
+
+A test that needs a server, a binary or an optional package calls
+:func:`missing` when it is not there: that skips the test on a laptop, saying
+what to install or start, and fails it when ``AMOEBA_REQUIRE_SERVICES=1``
+(CI sets it), so CI cannot go green while the evidence did not run.
+``conftest.py`` then checks every skip of such a run against ``ALLOWED_SKIPS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+from typing import NoReturn
+
+import pytest
+
+__all__ = ["ALLOWED_SKIPS", "import_or_missing", "missing", "required"]
+
+# Skips that are part of a test's design, not a missing tool: (node id prefix,
+# reason substring).  Anything else skipped under the switch fails the run.
+ALLOWED_SKIPS: tuple[tuple[str, str], ...] = (
+    # The strict codec mode checks a call the in-process mode deliberately does not.
+    ("tests/test_codec_calls.py::", "a plain await does no validation"),
+    # Topologies with no public listener have no nginx/HAProxy upstream to render.
+    ("tests/test_deploy.py::test_output_is_deterministic_headed_and_secret_free", "no public listener"),
+)
+
+
+def required() -> bool:
+    return os.environ.get("AMOEBA_REQUIRE_SERVICES") == "1"
+
+
+def missing(message: str) -> NoReturn:
+    """Skip, or fail under ``AMOEBA_REQUIRE_SERVICES=1``, with what to do."""
+    if required():
+        pytest.fail(f"{message} (AMOEBA_REQUIRE_SERVICES=1: this test must run)")
+    pytest.skip(f"{message}, or set nothing and accept the skip")
+
+
+def import_or_missing(module: str, install: str) -> ModuleType:
+    """``pytest.importorskip`` that honours the switch; ``install`` says how to get it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        missing(f"{module} is not importable; {install}")
