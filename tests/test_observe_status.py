@@ -30,7 +30,8 @@ def test_rows_rates_health_and_a_replica_that_is_down():
     rows = replica_rows(after, before, topo)
     ticket = next(r for r in rows if r["process"] == "ticket")
     assert ticket["requests"] == pytest.approx(200) and ticket["errors"] == pytest.approx(0.01)
-    assert ticket["calls"] == pytest.approx(200) and ticket["health"] == "draining"
+    # 200 purchases/s through its edge (local) and 200 reserves/s to vacancy (remote)
+    assert ticket["calls"] == pytest.approx(400) and ticket["health"] == "draining"
     vacancy = next(r for r in rows if r["process"] == "vacancy")
     assert vacancy["served"] == pytest.approx(200) and vacancy["health"] == "ready"
 
@@ -100,8 +101,10 @@ def test_status_and_advise_on_running_microservices(capsys):
         assert ticket["requests"] > 0 and ticket["calls"] > 0
         assert main(["advise", str(group.file), "--interval", "1", "--json"]) == 0
         advice = json.loads(capsys.readouterr().out)
-        pair = advice["pairs"][0]
-        assert pair["services"] == ["ticket", "vacancy"] and pair["placement"] == "remote"
+        pair = next(p for p in advice["pairs"] if p["services"] == ["ticket", "vacancy"])
+        assert pair["placement"] == "remote"
+        edge = next(p for p in advice["pairs"] if p["services"] == ["edge:ticket", "ticket"])
+        assert edge["placement"] == "local" and edge["calls"] > 0
         assert pair["calls"] > 0 and pair["bytes"] > 0 and pair["crossing"] > 0
         assert advice["overhead_source"] == "measured"
     finally:
