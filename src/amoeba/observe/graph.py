@@ -3,8 +3,9 @@ calls whom (a service attribute annotated with another service), who
 publishes which event and who handles it; with a topology, which process
 hosts each service, and the HTTP edge of each process with a public listener
 (node ``edge:<process>``, as in ``amoeba advise``) with an edge to every
-service whose routes it serves, wherever that service runs.  Rendered as Mermaid or Graphviz DOT, deterministically
-(sorted), so the output can be committed and diffed.
+service whose routes it serves, wherever that service runs.  Rendered as
+Mermaid or Graphviz DOT, deterministically (sorted), so the output can be
+committed and diffed.
 
 The methods on a call edge are read from the caller's source
 (``self.<dependency>.<method>(``); when the source cannot be read the edge
