@@ -200,7 +200,7 @@ async def test_probes_and_observability_polls_stay_out_of_the_access_log(tmp_pat
 
 
 async def test_access_log_setting_is_true_false_or_all(tmp_path):
-    with pytest.raises(TopologyError, match="settings.access_log.*true, false or all"):
+    with pytest.raises(TopologyError, match=r"settings\.access_log.*true, false or all"):
         await harness(tmp_path, access_log="some")
 
 

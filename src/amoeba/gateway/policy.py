@@ -87,7 +87,8 @@ class EdgePolicy:
         except ValueError as exc:
             raise fail("settings.trusted_proxies",
                        f"settings.trusted_proxies: {exc}; fix: trusted_proxies: [10.0.0.0/8]") from None
-        return cls(verifier, limiter, cors, AccessLog(everything=enabled == "all") if enabled else None, trusted)
+        access = AccessLog(everything=enabled == "all") if enabled else None
+        return cls(verifier, limiter, cors, access, trusted)
 
     def _is_trusted(self, addr: str) -> bool:
         try:
