@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from amoeba import Counter, Gauge, Histogram  # noqa: E402
+from amoeba import Counter, Gauge, Histogram
 
 
 class Bare:
