@@ -42,7 +42,7 @@ def test_declaration_errors_say_what_to_do():
         Counter(name, "again")
     with pytest.raises(ValueError, match="does not start with amoeba_"):
         Counter("amoeba_mine", "reserved")
-    with pytest.raises(ValueError, match="fix: e.g. shop_orders_placed"):
+    with pytest.raises(ValueError, match=r"fix: e\.g\. shop_orders_placed"):
         Counter("orders placed", "spaces")
     with pytest.raises(ValueError, match="labels must be distinct identifiers"):
         Counter(unique("labels"), "dup", labels=("a", "a"))

@@ -4,7 +4,8 @@ import amoeba
 def test_public_api_is_pinned():
     assert sorted(amoeba.__all__) == [
         "App", "BadRequest", "Cache", "Conflict", "Counter", "Database", "DeadlineExceeded",
-        "Forbidden", "Gauge", "Header", "Histogram", "Internal", "Invalid", "MethodNotAllowed", "NotFound", "PayloadTooLarge",
+        "Forbidden", "Gauge", "Header", "Histogram", "Internal", "Invalid", "MethodNotAllowed",
+        "NotFound", "PayloadTooLarge",
         "Principal", "Resource", "ResourceContext", "RuntimeInfo", "SQLite", "Service",
         "ServiceError", "Tokens", "TooManyRequests", "Unauthorized", "Unavailable",
         "UnsupportedMediaType", "delete", "get", "idempotent", "patch", "post", "put",
