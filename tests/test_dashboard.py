@@ -79,6 +79,7 @@ def wait_for(driver: Any, script: str, timeout: float = 40.0) -> Any:
         time.sleep(0.2)
 
 
+NONE = "\u2013"  # the page's "no value" (an en dash)
 EDGE = "document.querySelector('[data-edge=\"{}\"]')"
 
 
@@ -226,13 +227,13 @@ def test_dashboard_shows_advice_events_and_idle_edges(browser: Any, synthetic_se
     assert "audit" in consumer and "paid" in consumer
     assert "api 5" in browser.find_element("id", "outbox").text
     wait_for(browser, "(document.querySelector('[data-appmetric=\"shop_orders_placed|web\"] "
-                      "td:nth-child(5)')?.textContent ?? '–') !== '–'")
+                      f"td:nth-child(5)')?.textContent ?? '{NONE}') !== '{NONE}'")
     cells = browser.execute_script(
         "return [...document.querySelectorAll('[data-appmetric] td')].map(t => t.textContent);")
     checkout, orders = cells[:7], cells[7:]  # sorted by name
     assert orders[:3] == ["shop_orders_placed", "channel=web", "counter"], cells
     assert float(orders[4]) == pytest.approx(40, rel=0.25)  # per second over the window
-    assert checkout[:3] == ["shop_checkout_value", "–", "histogram"] and checkout[5] == "20", cells
+    assert checkout[:3] == ["shop_checkout_value", NONE, "histogram"] and checkout[5] == "20", cells
     shot = tmp_path / "dashboard-advice.png"
     browser.save_screenshot(str(shot))
     print(f"screenshot: {shot}")
