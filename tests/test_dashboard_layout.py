@@ -95,9 +95,10 @@ def page(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, str]]]
 MEASURE = """
 const box = (e) => { const b = e.getBBox(); return [b.x, b.y, b.x + b.width, b.y + b.height]; };
 return {
-  nodes: [...document.querySelectorAll('g[data-service]')].map(g => [g.dataset.service, box(g.querySelector('rect'))]),
-  boxes: [...document.querySelectorAll('g[data-process]')].map(g => [g.dataset.process, box(g.querySelector('rect')),
-                                                                     box(g.querySelector('text'))]),
+  nodes: [...document.querySelectorAll('g[data-service]')]
+    .map(g => [g.dataset.service, box(g.querySelector('rect'))]),
+  boxes: [...document.querySelectorAll('g[data-process]')]
+    .map(g => [g.dataset.process, box(g.querySelector('rect')), box(g.querySelector('text'))]),
   labels: [...document.querySelectorAll('text.edge-label')].map(t => [t.dataset.label, box(t)]),
   edges: [...document.querySelectorAll('g[data-edge]')].map(g => {
     const p = g.querySelector('path'), n = p.getTotalLength(), pts = [];
