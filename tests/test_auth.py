@@ -175,12 +175,12 @@ async def test_openapi_has_bearer_and_header_but_not_principal_in_body(monolith)
     doc = (await monolith.get("/openapi.json")).json()
     order = doc["paths"]["/api/orders"]["post"]
     assert order["security"] == [{"bearer": []}]
-    assert {"name": "idempotency-key", "in": "header", "required": False,
+    assert {"name": "Idempotency-Key", "in": "header", "required": False,  # as declared
             "schema": {"anyOf": [{"type": "string"}, {"type": "null"}]}} in order["parameters"]
     ref = order["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     body = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
     assert list(body["properties"]) == ["qty"]
-    assert [p["name"] for p in order["parameters"]] == ["idempotency-key", "x-attempt"]
+    assert [p["name"] for p in order["parameters"]] == ["Idempotency-Key", "X-Attempt"]
     assert doc["paths"]["/api/hello"]["get"]["security"] == [{"bearer": []}, {}]
     assert "security" not in doc["paths"]["/api/open"]["get"]
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"

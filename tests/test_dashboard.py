@@ -78,6 +78,7 @@ def wait_for(driver: Any, script: str, timeout: float = 40.0) -> Any:
         time.sleep(0.2)
 
 
+NONE = "\u2013"  # the page's "no value" (an en dash)
 EDGE = "document.querySelector('[data-edge=\"{}\"]')"
 
 
@@ -158,6 +159,13 @@ class _Synthetic:
             call("api", "ledger", "post", "remote", n, 0.0006, size=300),
             call("api", "audit", "record", "local", n // 200, 0.00002, sampled=n // 2000)],
             events=events)
+        main["metrics"] = [  # the app's own: a counter at 40/s and a histogram of values
+            {"name": "shop_orders_placed", "kind": "counter", "help": "Orders placed",
+             "labels": ["channel"], "series": [{"labels": ["web"], "value": n // 10}]},
+            {"name": "shop_checkout_value", "kind": "histogram", "help": "Totals",
+             "labels": [], "buckets": [10.0, 100.0],
+             "series": [{"labels": [], "value": n // 10, "sum": 20.0 * (n // 10),
+                         "hist": [0, n // 10, 0]}]}]
         ledger = snapshot("ledger", ["ledger"], now=now, started=self.t0 - 60, pid=300, port=9000,
                           public=False, served_=[served("ledger", "post", n, 0.0004)])
         data = cluster(now, services, [("main", False, [main]), ("ledger", True, [ledger])])
@@ -225,6 +233,14 @@ def test_dashboard_shows_advice_events_and_idle_edges(browser: Any, synthetic_se
         "return document.querySelector('[data-consumer=\"audit|paid\"]').textContent;")
     assert "audit" in consumer and "paid" in consumer
     assert "api 5" in browser.find_element("id", "outbox").text
+    wait_for(browser, "(document.querySelector('[data-appmetric=\"shop_orders_placed|web\"] "
+                      f"td:nth-child(5)')?.textContent ?? '{NONE}') !== '{NONE}'")
+    cells = browser.execute_script(
+        "return [...document.querySelectorAll('[data-appmetric] td')].map(t => t.textContent);")
+    checkout, orders = cells[:7], cells[7:]  # sorted by name
+    assert orders[:3] == ["shop_orders_placed", "channel=web", "counter"], cells
+    assert float(orders[4]) == pytest.approx(40, rel=0.25)  # per second over the window
+    assert checkout[:3] == ["shop_checkout_value", NONE, "histogram"] and checkout[5] == "20", cells
     shot = tmp_path / "dashboard-advice.png"
     browser.save_screenshot(str(shot))
     print(f"screenshot: {shot}")

@@ -221,6 +221,26 @@ async def test_access_log_line(tmp_path, caplog):
         await h.aclose()
 
 
+@pytest.mark.parametrize("setting", [True, "all"])
+async def test_probes_and_observability_polls_stay_out_of_the_access_log(tmp_path, caplog, setting):
+    h = await harness(tmp_path, access_log=setting)
+    quiet = ["/healthz", "/readyz", "/metrics", "/_amoeba/api/stats", "/_amoeba/api/cluster"]
+    try:
+        with caplog.at_level(logging.INFO, logger="amoeba.access"):
+            for path in quiet:
+                assert (await h.get(path)).status == 200, path
+            assert (await h.get("/api/open")).status == 200
+        logged = [r.path for r in caplog.records if r.name == "amoeba.access"]  # type: ignore[attr-defined]
+        assert logged == (["/api/open"] if setting is True else [*quiet, "/api/open"])
+    finally:
+        await h.aclose()
+
+
+async def test_access_log_setting_is_true_false_or_all(tmp_path):
+    with pytest.raises(TopologyError, match=r"settings\.access_log.*true, false or all"):
+        await harness(tmp_path, access_log="some")
+
+
 async def test_forwarded_for_ignored_from_untrusted_peer_and_log_can_be_off(tmp_path, caplog):
     h = await harness(tmp_path, access_log=False, rate_limit={"ip": {"burst": 1, "rate": 0.01}})
     try:

@@ -48,8 +48,11 @@ def test_known_pattern_co_locate_and_split():
     assert ra["crossing"] == pytest.approx(0.2 * 120e-6)  # estimated with the measured overhead
     assert ra["bytes"] == pytest.approx(0.2 * 400) and ra["estimated"]
     assert ra["verdict"] == "safe to split"
-    silent = pair(advice, "report", "ticket")
-    assert silent["calls"] == 0 and silent["verdict"] == "fine apart"  # remote already, no calls
+    # report -> ticket is declared but never called: no row, no advice.
+    assert not any(p["services"] == ["report", "ticket"] for p in advice["pairs"])
+    edge = pair(advice, "edge:ticket", "ticket")  # the edge of process ticket serves purchase
+    assert edge["placement"] == "local" and edge["calls"] == pytest.approx(1000)
+    assert edge["methods"] == ["edge:ticket->ticket.purchase"] and edge["verdict"] == "keep together"
 
     first, second = advice["recommendations"]
     assert first["action"] == "co-locate" and first["services"] == ["ticket", "vacancy"]
@@ -64,16 +67,52 @@ def test_known_pattern_co_locate_and_split():
     assert "1. co-locate ticket and vacancy" in text
 
 
-def test_local_pair_with_no_calls_is_safe_to_split_at_no_cost():
+def test_a_pair_that_never_called_gets_no_row_and_no_advice():
     services = {"a": node("main", ["b"]), "b": node("main")}
     before = cluster(0.0, services, [("main", False, [snapshot("main", ["a", "b"], now=10.0)])])
     after = cluster(5.0, services, [("main", False, [snapshot("main", ["a", "b"], now=15.0)])])
     advice = advise(before, after)
-    ab = pair(advice, "a", "b")
-    assert ab["verdict"] == "safe to split" and ab["crossing"] == 0 and ab["calls"] == 0
+    assert advice["pairs"] == [] and advice["recommendations"] == []
     assert advice["overhead"] == DEFAULT_OVERHEAD and advice["overhead_source"] == "default"
     assert advice["interval"] == 5.0
-    assert [r["action"] for r in advice["recommendations"]] == ["split"]
+    assert "recommendations: none" in render(advice)
+
+
+def gateway(t: float, scale: float):
+    """A gateway process whose edge routes requests to catalog (remote, 500/s,
+    100 µs crossing) and to orders (remote, 5/s); orders calls catalog 5/s."""
+    services = {"gateway": node("gateway"), "catalog": node("catalog"),
+                "orders": node("orders", ["catalog"])}
+    n = int(500 * scale)
+    m = int(5 * scale)
+    gw = snapshot("gateway", ["gateway"], now=t, port=8080, requests=n + m, calls=[
+        call("http", "catalog", "get", "remote", n, 0.0003, size=400),
+        call("http", "orders", "place", "remote", m, 0.002, size=600)])
+    cat = snapshot("catalog", ["catalog"], now=t, port=8081, pid=101, public=False,
+                   served_=[served("catalog", "get", n, 0.0002), served("catalog", "reserve", m, 0.0005)])
+    orders = snapshot("orders", ["orders"], now=t, port=8082, pid=102, public=False,
+                      calls=[call("orders", "catalog", "reserve", "remote", m, 0.0006)],
+                      served_=[served("orders", "place", m, 0.0019)])
+    return cluster(t, services, [("gateway", False, [gw]), ("catalog", True, [cat]),
+                                 ("orders", True, [orders])])
+
+
+def test_the_edge_is_a_node_and_its_busiest_pair_is_advised():
+    advice = advise(gateway(100.0, 0), gateway(110.0, 10), 10.0)
+    busiest = advice["pairs"][0]
+    assert busiest["services"] == ["catalog", "edge:gateway"]
+    assert busiest["placement"] == "remote" and busiest["processes"] == ["catalog", "gateway"]
+    assert busiest["calls"] == pytest.approx(500)
+    assert busiest["crossing"] == pytest.approx(500 * 100e-6)  # 0.05 cores
+    assert busiest["verdict"] == "co-locate"
+    assert pair(advice, "edge:gateway", "orders")["calls"] == pytest.approx(5)
+    rec = advice["recommendations"][0]
+    # The edge stays with its listener: catalog moves into the gateway's process.
+    assert (rec["action"], rec["move"], rec["into"]) == ("co-locate", "catalog", "gateway")
+    assert "co-locate catalog and edge:gateway: move catalog into process 'gateway'" in rec["text"]
+    assert not any(r["move"].startswith("edge:") for r in advice["recommendations"])
+    text = render(advice)
+    assert "catalog <> edge:gateway" in text
 
 
 def test_busy_local_pair_keeps_together_with_the_default_overhead():

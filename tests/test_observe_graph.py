@@ -18,12 +18,14 @@ def test_tickets_hybrid_mermaid_and_dot():
     assert to_mermaid(g) == (
         "flowchart LR\n"
         '  subgraph process_public["public"]\n'
+        '    edge_public(["HTTP edge"])\n'
         '    ticket["ticket"]\n'
         "  end\n"
         '  subgraph process_internal["internal (private)"]\n'
         '    vacancy["vacancy"]\n'
         "  end\n"
-        '  ticket -->|"reserve"| vacancy\n')
+        '  ticket -->|"reserve"| vacancy\n'
+        '  edge_public ==>|"purchase"| ticket\n')
     assert to_dot(g) == (
         'digraph "tickets" {\n'
         "  rankdir=LR;\n"
@@ -31,6 +33,7 @@ def test_tickets_hybrid_mermaid_and_dot():
         '  edge [fontname="Helvetica", fontsize=10];\n'
         '  subgraph "cluster_public" {\n'
         '    label="public";\n'
+        '    "edge:public" [label="HTTP edge", shape=oval];\n'
         '    "ticket";\n'
         "  }\n"
         '  subgraph "cluster_internal" {\n'
@@ -39,7 +42,21 @@ def test_tickets_hybrid_mermaid_and_dot():
         '    "vacancy";\n'
         "  }\n"
         '  "ticket" -> "vacancy" [label="reserve"];\n'
+        '  "edge:public" -> "ticket" [style=bold, label="purchase"];\n'
         "}\n")
+
+
+def test_the_gateway_edge_reaches_every_service_it_routes_to():
+    """The shop's hybrid topology: only the gateway process is public, and its
+    listener routes to every service; private listeners draw no edge."""
+    g = static_graph(*load_bound(SHOP / "hybrid.yaml"))
+    http = {(e.source, e.target) for e in g.edges if e.kind == "http"}
+    assert http == {("edge:gateway", s) for s in ("accounts", "catalog", "gateway", "notifications",
+                                                   "orders")}
+    assert [grp.edge for grp in g.groups] == ["edge:gateway", None, None, None, None]
+    mermaid = to_mermaid(g).splitlines()
+    assert mermaid[1:3] == ['  subgraph process_gateway["gateway"]', '    edge_gateway(["HTTP edge"])']
+    assert '  edge_gateway ==>|"get_order, list_orders, place_order"| orders' in mermaid
 
 
 def test_shop_calls_and_events_in_a_monolith():

@@ -30,7 +30,8 @@ def test_rows_rates_health_and_a_replica_that_is_down():
     rows = replica_rows(after, before, topo)
     ticket = next(r for r in rows if r["process"] == "ticket")
     assert ticket["requests"] == pytest.approx(200) and ticket["errors"] == pytest.approx(0.01)
-    assert ticket["calls"] == pytest.approx(200) and ticket["health"] == "draining"
+    # 200 purchases/s through its edge (local) and 200 reserves/s to vacancy (remote)
+    assert ticket["calls"] == pytest.approx(400) and ticket["health"] == "draining"
     vacancy = next(r for r in rows if r["process"] == "vacancy")
     assert vacancy["served"] == pytest.approx(200) and vacancy["health"] == "ready"
 
@@ -100,10 +101,56 @@ def test_status_and_advise_on_running_microservices(capsys):
         assert ticket["requests"] > 0 and ticket["calls"] > 0
         assert main(["advise", str(group.file), "--interval", "1", "--json"]) == 0
         advice = json.loads(capsys.readouterr().out)
-        pair = advice["pairs"][0]
-        assert pair["services"] == ["ticket", "vacancy"] and pair["placement"] == "remote"
+        pair = next(p for p in advice["pairs"] if p["services"] == ["ticket", "vacancy"])
+        assert pair["placement"] == "remote"
+        edge = next(p for p in advice["pairs"] if p["services"] == ["edge:ticket", "ticket"])
+        assert edge["placement"] == "local" and edge["calls"] > 0
         assert pair["calls"] > 0 and pair["bytes"] > 0 and pair["crossing"] > 0
         assert advice["overhead_source"] == "measured"
+    finally:
+        stop.set()
+        loader.join(10)
+        group.stop()
+
+
+@pytest.mark.e2e
+def test_the_busiest_pair_of_the_shop_microservices_under_load_is_a_gateway_pair(request, capsys):
+    """Browsing through the gateway: its edge's calls to catalog cross processes,
+    so the top row of the advice is the gateway's edge and catalog."""
+    import servers
+    from shop.app import app
+
+    env = {**servers.distributed_env("microservices", request),
+           "SHOP_RATE_IP_BURST": "100000", "SHOP_RATE_IP_RATE": "100000"}
+    group = TopologyGroup(app, "microservices", ROOT / "examples" / "shop" / "topologies"
+                          / "microservices.yaml", env)
+    group.start()
+    stop = threading.Event()
+    port = group.topo.processes["gateway"].listeners[0].port
+
+    def load() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                assert client.get(f"http://127.0.0.1:{port}/api/products/1").status_code == 200
+                time.sleep(0.005)
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    try:
+        time.sleep(1.0)
+        assert main(["advise", str(group.file), "--interval", "2"]) == 0
+        text = capsys.readouterr().out
+        with capsys.disabled():
+            print(f"\namoeba advise on the shop's microservices under load:\n{text}")
+        assert "catalog <> edge:gateway" in text
+        assert main(["advise", str(group.file), "--interval", "2", "--json"]) == 0
+        advice = json.loads(capsys.readouterr().out)
+        busiest = advice["pairs"][0]
+        assert busiest["services"] == ["catalog", "edge:gateway"], advice["pairs"]
+        assert busiest["placement"] == "remote" and busiest["calls"] > 10
+        assert advice["overhead_source"] == "measured"
+        assert main(["graph", str(group.file)]) == 0
+        assert "edge_gateway ==>" in capsys.readouterr().out
     finally:
         stop.set()
         loader.join(10)

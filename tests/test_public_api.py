@@ -3,8 +3,9 @@ import amoeba
 
 def test_public_api_is_pinned():
     assert sorted(amoeba.__all__) == [
-        "App", "BadRequest", "Cache", "Conflict", "Database", "DeadlineExceeded", "Forbidden",
-        "Header", "Internal", "Invalid", "MethodNotAllowed", "NotFound", "PayloadTooLarge",
+        "App", "BadRequest", "Cache", "Conflict", "Counter", "Database", "DeadlineExceeded",
+        "Forbidden", "Gauge", "Header", "Histogram", "Internal", "Invalid", "MethodNotAllowed",
+        "NotFound", "PayloadTooLarge",
         "Principal", "Resource", "ResourceContext", "RuntimeInfo", "SQLite", "Service",
         "ServiceError", "Tokens", "TooManyRequests", "Unauthorized", "Unavailable",
         "UnsupportedMediaType", "delete", "get", "idempotent", "patch", "post", "put",

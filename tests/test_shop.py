@@ -382,3 +382,33 @@ async def test_events_become_notifications(shop):
     mine = await notifications_of(shop, other, 1)
     assert [n["kind"] for n in mine] == ["welcome"]  # only the caller's own
     assert (await shop.get("/api/notifications")).status == 401
+
+
+async def _shop_metric(h: Harness, name: str) -> tuple[float, float]:
+    """(value, sum) of the app metric ``name`` over every replica of the shop."""
+    if isinstance(h, InProcessHarness):
+        snaps = [(await h.get("/_amoeba/api/stats")).json()]
+    else:
+        cluster = (await h.get("/_amoeba/api/cluster")).json()
+        snaps = [i for p in cluster["processes"] for i in p["instances"]]
+        assert all("error" not in s for s in snaps), snaps
+    value = total = 0.0
+    for snap in snaps:
+        for m in snap.get("metrics", []):
+            if m["name"] == name:
+                value += sum(s["value"] for s in m["series"])
+                total += sum(s.get("sum", 0.0) for s in m["series"])
+    return value, total
+
+
+async def test_orders_placed_and_checkout_value_are_the_shops_own_metrics(shop):
+    _, user = await new_user(shop)
+    p = await new_product(shop, 10, price="2.50")
+    placed, _ = await _shop_metric(shop, "shop_orders_placed")
+    count, value = await _shop_metric(shop, "shop_checkout_value")
+    r = await shop.post("/api/orders", headers=user, json={"items": [{"product_id": p["id"], "qty": 3}]})
+    assert r.status == 201, r.json()
+    r = await shop.post("/api/orders", headers=user, json={"items": [{"product_id": p["id"], "qty": 99}]})
+    assert r.status == 409  # refused: not counted
+    assert (await _shop_metric(shop, "shop_orders_placed"))[0] == placed + 1
+    assert await _shop_metric(shop, "shop_checkout_value") == (count + 1, pytest.approx(value + 7.5))

@@ -17,6 +17,8 @@ Layout (one noun per module):
     gateway/     HTTP protocol, router, edge binding, OpenAPI, docs page,
                  edge policy: token check, rate limits, CORS, access log
     runtime/     Host (one process), process runner, supervisor
+    observe/     metrics, tracing, logs, status, dashboard, advice; the
+                 application's own Counter, Gauge, Histogram (instruments.py)
     testing.py   run one test body in every topology
     cli.py       `amoeba run | check | db`
 """
@@ -43,6 +45,7 @@ from amoeba.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from amoeba.observe.instruments import Counter, Gauge, Histogram
 from amoeba.resource import Resource, ResourceContext
 from amoeba.runtime.info import RuntimeInfo
 from amoeba.service import Header, Service, delete, get, idempotent, patch, post, put
@@ -52,10 +55,13 @@ __all__ = [
     "BadRequest",
     "Cache",
     "Conflict",
+    "Counter",
     "Database",
     "DeadlineExceeded",
     "Forbidden",
+    "Gauge",
     "Header",
+    "Histogram",
     "Internal",
     "Invalid",
     "MethodNotAllowed",

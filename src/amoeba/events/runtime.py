@@ -59,10 +59,12 @@ log = logging.getLogger("amoeba.events")
 _encoder = msgspec.json.Encoder()
 PUBLISH_WINDOW = 16  # outbox rows published to a broker at once
 TRACE_KEY = "$trace"  # the publisher's W3C traceparent, added to an event's JSON
+REQUEST_KEY = "$request"  # the request id of the request that published it
 
 
 class _Trace(msgspec.Struct):
     trace: str = msgspec.field(default="", name=TRACE_KEY)
+    request: str = msgspec.field(default="", name=REQUEST_KEY)
 
 
 _trace_decoder = msgspec.json.Decoder(_Trace)
@@ -251,6 +253,9 @@ class Events:
         trace = context.current_traceparent()
         if trace:  # the trace travels in the payload; consumers' decoders ignore the key
             payload = b"%s,\"%s\":\"%s\"}" % (payload[:-1], TRACE_KEY.encode(), trace.encode())
+        rid = context.request_id.get()
+        if rid:  # and the request id, so the handler's log lines name the request
+            payload = b"%s,\"%s\":%s}" % (payload[:-1], REQUEST_KEY.encode(), _encoder.encode(rid))
         db = self.dbs.get(inst.name)
         if db is None:
             await self.bus.publish(Message(name=name, id=event.id, payload=payload))
@@ -300,7 +305,9 @@ class Events:
             context.service.set(service)
             span = None
             try:
-                parent = _trace_decoder.decode(msg.payload).trace
+                carried = _trace_decoder.decode(msg.payload)
+                parent = carried.trace
+                context.request_id.set(carried.request)
             except msgspec.DecodeError:
                 parent = ""
             if self.tracer is not None:

@@ -23,6 +23,10 @@ made once, when the AccessLog is built; logging configured any other way (a
 test's caplog, a user's handlers) gets ordinary records with the fields as
 ``extra=``.
 
+Probes (``/healthz``, ``/readyz``) and the observability endpoints (``/metrics``,
+``/_amoeba/...``: the dashboard's polls, Prometheus' scrapes) are not the
+app's traffic and are left out, unless ``settings.access_log: all``.
+
 Off with ``settings.access_log: false``, or with standard logging config:
 ``amoeba.access`` disabled or above INFO.  :meth:`AccessLog.active` is
 checked per request, so that is one cached level check and nothing else.
@@ -77,8 +81,10 @@ class LineFormat(Protocol):
 
 
 class AccessLog:
-    def __init__(self, enabled: bool = True, logger: logging.Logger = log):
+    def __init__(self, enabled: bool = True, logger: logging.Logger = log, *,
+                 everything: bool = False):
         self.enabled = enabled
+        self.everything = everything  # probes and observability requests too
         self.logger = logger
         self._lines: list[str] = []
         self._handler = _sole_handler(logger)

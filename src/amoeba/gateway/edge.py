@@ -189,6 +189,8 @@ class Edge:
             builtins.update(observe.routes())
             self.open_paths.update(observe.routes())
             self.unmetered.update(observe.routes())  # readers' polls are not the app's traffic
+        # Probes and observability polls: not the app's traffic, not in the access log.
+        self.unlogged = frozenset(self.open_paths)
         for path, fn in builtins.items():
             if ("GET", path) not in self.router.static:
                 self.router.add("GET", path, fn)
@@ -224,7 +226,8 @@ class Edge:
                     hist.observe(elapsed)
                 elif req.route not in self.unmetered:
                     metrics.http(req.method, req.route or "<unmatched>", resp.status, elapsed)
-            if access is not None and access.active():
+            if access is not None and access.active() and (
+                    access.everything or req.path not in self.unlogged):
                 assert self.policy is not None
                 access.write(req.method, req.path, resp.status, elapsed * 1e3, rid,
                              req.principal.subject if req.principal else None,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from amoeba.codec import MethodCodec
+from amoeba.spec import header_of
 
 if TYPE_CHECKING:
     from amoeba.app import App
@@ -29,6 +30,24 @@ _REF = "#/components/schemas/{name}"
 
 def _clean(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def summary_of(doc: str | None, name: str) -> str:
+    """The operation's one-line summary: the docstring's first paragraph, whole
+    (a docstring wraps its first sentence over lines), as plain text; or the
+    method's name in words when it has no docstring."""
+    if not doc:
+        return name.replace("_", " ").strip().capitalize()
+    first = " ".join(line.strip() for line in doc.strip().split("\n\n")[0].splitlines())
+    return re.sub(r"``(.+?)``", r"\1", first)
+
+
+def _with_default(schema: dict[str, Any], default: Any) -> dict[str, Any]:
+    """A parameter's schema with its Python default, when JSON can say it
+    (the docs page shows it and fills it in; clients learn it)."""
+    if isinstance(default, bool | int | float | str) and "$ref" not in schema:
+        return {**schema, "default": default}
+    return schema
 
 
 def openapi_document(app: App, codecs: list[MethodCodec], *, bearer: bool = True) -> dict[str, Any]:
@@ -54,15 +73,16 @@ def openapi_document(app: App, codecs: list[MethodCodec], *, bearer: bool = True
             (schema,), _ = msgspec.json.schema_components([by_name[n].annotation], ref_template=_REF)
             params.append({"name": n, "in": "path" if n in route.path_params else "query",
                            "required": n in route.path_params or by_name[n].required,
-                           "schema": schema})
+                           "schema": _with_default(schema, by_name[n].default)})
         for n, header in route.header_params:
             (schema,), _ = msgspec.json.schema_components([by_name[n].annotation], ref_template=_REF)
-            params.append({"name": header, "in": "header", "required": by_name[n].required,
-                           "schema": schema})
+            declared = header_of(by_name[n].annotation)  # its name as written: Idempotency-Key
+            params.append({"name": declared.name if declared else header, "in": "header",
+                           "required": by_name[n].required, "schema": schema})
         op: dict[str, Any] = {
             "operationId": c.spec.qualname.replace(".", "_"),
             "tags": list(route.tags) or [c.spec.service],
-            "summary": route.summary or (c.spec.doc or c.spec.name).splitlines()[0],
+            "summary": route.summary or summary_of(c.spec.doc, c.spec.name),
             "responses": {
                 str(route.status): {"description": "success",
                                     "content": {"application/json": {"schema": ret}}},

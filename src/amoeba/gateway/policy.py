@@ -4,7 +4,8 @@ which peers may state the client address in ``X-Forwarded-For``.
 
 Settings (all optional, under ``settings:``): ``auth`` (see
 :mod:`amoeba.auth.tokens`), ``rate_limit`` (:mod:`.limits`), ``cors``
-(:mod:`.cors`), ``access_log`` (default true, :mod:`.access`),
+(:mod:`.cors`), ``access_log`` (true, the default: the app's requests; ``all``:
+probes and observability polls too; false: none; :mod:`.access`),
 ``trusted_proxies`` (addresses or CIDRs of the proxies in front).
 """
 
@@ -74,9 +75,10 @@ class EdgePolicy:
         except CorsConfigError as exc:
             raise fail("settings.cors", str(exc)) from None
         enabled = extra.get("access_log", True)
-        if not isinstance(enabled, bool):
+        if not isinstance(enabled, bool) and enabled != "all":
             raise fail("settings.access_log",
-                       f"settings.access_log: {enabled!r} is not true/false; fix: access_log: true")
+                       f"settings.access_log: {enabled!r} is not true, false or all; "
+                       f"fix: access_log: true")
         raw_proxies = extra.get("trusted_proxies") or []
         try:
             if not isinstance(raw_proxies, list):
@@ -85,7 +87,8 @@ class EdgePolicy:
         except ValueError as exc:
             raise fail("settings.trusted_proxies",
                        f"settings.trusted_proxies: {exc}; fix: trusted_proxies: [10.0.0.0/8]") from None
-        return cls(verifier, limiter, cors, AccessLog() if enabled else None, trusted)
+        access = AccessLog(everything=enabled == "all") if enabled else None
+        return cls(verifier, limiter, cors, access, trusted)
 
     def _is_trusted(self, addr: str) -> bool:
         try:

@@ -6,7 +6,10 @@ taken some seconds apart and returns plain data (JSON-ready); no I/O.
 
 For every pair of services it reports, over the interval:
 
-* **calls/s**, both directions summed (the edge's own ``http`` calls excluded);
+* **calls/s**, both directions summed.  The edge of each process that serves
+  routes is a node of its own, :func:`edge_node` (``edge:<process>``): its calls
+  into services (``caller="http"`` in the metrics) form pairs like any other,
+  so a gateway's busiest crossings are advised on; an edge never moves;
 * **bytes/s** crossing processes: measured for a remote pair; for a local pair,
   what *would* cross if it were split (bytes per call from the calls the
   runtime sampled through the wire codec, times calls/s);
@@ -23,8 +26,10 @@ advice never produces the opposite advice on the next run:
 * remote pair, crossing >= :data:`CO_LOCATE_CORES` (2 % of a core) -> **co-locate**
   (below that the saving is noise next to the services' own work) else *fine apart*;
 * local pair, estimated crossing < :data:`SPLIT_CORES` (0.5 % of a core) and
-  calls/s < :data:`SPLIT_CALLS` -> **safe to split**, else *keep together*;
-  a pair that never calls each other is safe to split at no cost.
+  calls/s < :data:`SPLIT_CALLS` -> **safe to split**, else *keep together*.
+
+A pair that exchanged no call in the interval gets no row and no advice: there
+is nothing measured to advise on.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from amoeba.observe.snapshot import ClusterSnapshot, InstanceError, Snapshot
 from amoeba.observe.table import cores, human_bytes, rate, seconds, table
 
 __all__ = ["CO_LOCATE_CORES", "DEFAULT_OVERHEAD", "SPLIT_CALLS", "SPLIT_CORES", "Advice", "Advisor",
-           "PairAdvice", "Recommendation", "advise", "render"]
+           "PairAdvice", "Recommendation", "advise", "edge_node", "render"]
 
 #: Per-call cost of crossing processes when no remote call was measured
 #: (seconds): a local loopback RPC round trip in ``bench/calls.py``.
@@ -48,6 +53,16 @@ CO_LOCATE_CORES = 0.02
 SPLIT_CORES = 0.005
 #: ... and below this many calls per second.
 SPLIT_CALLS = 10.0
+
+def edge_node(process: str) -> str:
+    """The node that stands for the HTTP edge of ``process`` (its listeners'
+    routed requests) in pairs, graphs and the dashboard."""
+    return f"edge:{process}"
+
+
+def is_edge(node: str) -> bool:
+    return node.startswith("edge:")
+
 
 Verdict = Literal["co-locate", "fine apart", "keep together", "safe to split", "no data"]
 
@@ -103,6 +118,7 @@ class _Rates:
     flows: dict[tuple[str, str, str], _Flow] = field(default_factory=dict)
     served: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)  # calls, time
     edge: dict[str, float] = field(default_factory=dict)  # callee -> http calls/s
+    edges: set[str] = field(default_factory=set)  # processes whose edge called a service
     notes: list[str] = field(default_factory=list)
     replicas: int = 0  # replicas that gave rates
 
@@ -127,11 +143,11 @@ def _rates(before: ClusterSnapshot, after: ClusterSnapshot) -> _Rates:
             if was is None or "error" in was:
                 out.notes.append(f"{where}: no earlier snapshot; its traffic is missing")
                 continue
-            _add_replica(out, was, new, where)
+            _add_replica(out, was, new, where, proc["name"])
     return out
 
 
-def _add_replica(out: _Rates, was: Snapshot, new: Snapshot, where: str) -> None:
+def _add_replica(out: _Rates, was: Snapshot, new: Snapshot, where: str, process: str) -> None:
     reset = new["pid"] != was["pid"] or new["started"] != was["started"]
     dt = new["now"] - was["now"]
     if reset:
@@ -148,10 +164,12 @@ def _add_replica(out: _Rates, was: Snapshot, new: Snapshot, where: str) -> None:
         count, time, out_, in_, sampled = (
             _delta(c[k], p[k] if p is not None else 0, r) / dt
             for k in ("count", "sum", "bytes_out", "bytes_in", "sampled"))
-        if c["caller"] == "http":
+        caller = c["caller"]
+        if caller == "http":
             out.edge[c["callee"]] = out.edge.get(c["callee"], 0.0) + count
-            continue
-        f = out.flows.setdefault((c["caller"], c["callee"], c["method"]), _Flow())
+            out.edges.add(process)
+            caller = edge_node(process)
+        f = out.flows.setdefault((caller, c["callee"], c["method"]), _Flow())
         f.calls += count
         f.time += time
         f.bytes += out_ + in_
@@ -183,6 +201,7 @@ def advise(before: ClusterSnapshot, after: ClusterSnapshot, interval: float | No
     rates = _rates(before, after)
     span = interval if interval is not None else after["now"] - before["now"]
     placed = {name: node["process"] for name, node in after["services"].items()}
+    placed.update({edge_node(proc): proc for proc in rates.edges})
     remote_calls = remote_time = 0.0
     per_flow: dict[tuple[str, str, str], float | None] = {}
     for key, flow in rates.flows.items():
@@ -211,6 +230,8 @@ def advise(before: ClusterSnapshot, after: ClusterSnapshot, interval: float | No
                 estimated = True
                 x = overhead
             crossing += flow.calls * x
+        if calls <= 0:
+            continue  # never exchanged a call in the interval: nothing to advise on
         local = placed[a] == placed[b]
         pairs.append(PairAdvice(
             services=[a, b], processes=[placed[a], placed[b]],
@@ -227,7 +248,7 @@ def advise(before: ClusterSnapshot, after: ClusterSnapshot, interval: float | No
         interval=span, overhead=overhead, overhead_source="measured" if measured else "default",
         thresholds={"co_locate_cores": CO_LOCATE_CORES, "split_cores": SPLIT_CORES,
                     "split_calls": SPLIT_CALLS},
-        pairs=pairs, recommendations=_recommend(pairs, after, rates.edge), notes=notes)
+        pairs=pairs, recommendations=_recommend(pairs, placed, after, rates.edge), notes=notes)
 
 
 def _verdict(local: bool, calls: float, crossing: float) -> Verdict:
@@ -236,17 +257,18 @@ def _verdict(local: bool, calls: float, crossing: float) -> Verdict:
     return "co-locate" if crossing >= CO_LOCATE_CORES else "fine apart"
 
 
-def _recommend(pairs: list[PairAdvice], cluster: ClusterSnapshot,
+def _recommend(pairs: list[PairAdvice], placed: dict[str, str], cluster: ClusterSnapshot,
                edge: dict[str, float]) -> list[Recommendation]:
-    placed = {name: node["process"] for name, node in cluster["services"].items()}
     private = {p["name"]: p["private"] for p in cluster["processes"]}
     hosted: dict[str, list[str]] = {}
     for svc, proc in placed.items():
-        hosted.setdefault(proc, []).append(svc)
+        if not is_edge(svc):
+            hosted.setdefault(proc, []).append(svc)
     by_pair = {tuple(p["services"]): p for p in pairs}
 
-    def pair(x: str, y: str) -> PairAdvice:
-        return by_pair[(x, y) if x < y else (y, x)]
+    def crossing(x: str, y: str) -> float:
+        p = by_pair.get((x, y) if x < y else (y, x))
+        return p["crossing"] if p is not None else 0.0
 
     def move_gain(svc: str, into: str) -> float:
         """Cores saved by moving ``svc`` into ``into``, over all its pairs."""
@@ -255,9 +277,9 @@ def _recommend(pairs: list[PairAdvice], cluster: ClusterSnapshot,
             if other == svc:
                 continue
             if proc == into:
-                gain += pair(svc, other)["crossing"]
+                gain += crossing(svc, other)
             elif proc == placed[svc]:
-                gain -= pair(svc, other)["crossing"]
+                gain -= crossing(svc, other)
         return gain
 
     def traffic(svc: str) -> float:
@@ -272,7 +294,9 @@ def _recommend(pairs: list[PairAdvice], cluster: ClusterSnapshot,
                 exposed = bool(private.get(into)) and edge.get(svc, 0.0) > 0
                 return (not exposed, round(move_gain(svc, into), 9), len(hosted[placed[svc]]) == 1, svc)
 
-            move, into = max(((a, placed[b]), (b, placed[a])), key=lambda m: rank(*m))
+            # An edge stays with its listener: the service moves to it.
+            moves = [(x, placed[y]) for x, y in ((a, b), (b, a)) if not is_edge(x)]
+            move, into = max(moves, key=lambda m: rank(*m))
             saved = move_gain(move, into)
             text = (f"co-locate {a} and {b}: move {move} into process {into!r} — saves "
                     f"≈ {cores(saved)} cores, {human_bytes(p['bytes'])}/s across processes")
@@ -284,8 +308,9 @@ def _recommend(pairs: list[PairAdvice], cluster: ClusterSnapshot,
         elif p["verdict"] == "safe to split":
             # Move out whichever service costs less to take out of the process,
             # then the one with less traffic overall.
-            move = min((a, b), key=lambda s: (round(-move_gain(s, ""), 9), traffic(s), s))
-            cost = pair(a, b)["crossing"]
+            move = min((s for s in (a, b) if not is_edge(s)),
+                       key=lambda s: (round(-move_gain(s, ""), 9), traffic(s), s))
+            cost = p["crossing"]
             text = (f"safe to split {a} and {b}: move {move} out of process {placed[move]!r} "
                     f"into one of its own — costs {cores(cost)} cores, "
                     f"{human_bytes(p['bytes'])}/s, {rate(p['calls'])} calls/s")

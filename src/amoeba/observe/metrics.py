@@ -32,8 +32,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from amoeba.codec import MethodCodec, msgpack_encoder
+from amoeba.observe.instruments import REGISTRY, Counter, Gauge, Histogram
 from amoeba.observe.snapshot import (
     BUCKETS,
+    AppMetric,
+    AppSeries,
     CallStats,
     ConsumerStats,
     EventStats,
@@ -289,7 +292,27 @@ def snapshot(host: Host, ready: bool, backlog: Backlog | None = None) -> Snapsho
         "http": {"requests": requests, "errors": errors, "client_errors": client_errors,
                  "inflight": host.inflight, "routes": routes},
         "calls": calls, "served": served, "pools": pools, "events": events,
+        "metrics": app_metrics(),
     }
+
+
+def app_metrics() -> list[AppMetric]:
+    """The application's own metrics (declared with Counter, Gauge, Histogram)."""
+    out: list[AppMetric] = []
+    for inst in REGISTRY:
+        series: list[AppSeries] = []
+        for values, child in sorted(inst.children.items()):
+            if isinstance(inst, Histogram):
+                series.append({"labels": list(values), "value": child.count, "sum": child.sum,
+                               "hist": list(child.counts)})
+            else:
+                series.append({"labels": list(values), "value": child.value})
+        metric: AppMetric = {"name": inst.name, "kind": inst.kind,  # type: ignore[typeddict-item]
+                             "help": inst.help, "labels": list(inst.label_names), "series": series}
+        if isinstance(inst, Histogram):
+            metric["buckets"] = list(inst.bounds)
+        out.append(metric)
+    return out
 
 
 async def backlog(host: Host, wait: float = 1.0) -> Backlog:
@@ -303,10 +326,31 @@ async def backlog(host: Host, wait: float = 1.0) -> Backlog:
         return {g: -1 for g in ev.groups}, {s: -1 for s in ev.relays}
 
 
-def _buckets(hist: list[int], total: float) -> list[tuple[str, float]]:
+def _app_families() -> Iterator[Any]:
+    for inst in REGISTRY:
+        names = list(inst.label_names)
+        if isinstance(inst, Counter):
+            counter = CounterMetricFamily(inst.name, inst.help, labels=names)
+            for values, c in sorted(inst.children.items()):
+                counter.add_metric(list(values), c.value)
+            yield counter
+        elif isinstance(inst, Gauge):
+            gauge = GaugeMetricFamily(inst.name, inst.help, labels=names)
+            for values, g in sorted(inst.children.items()):
+                gauge.add_metric(list(values), g.value)
+            yield gauge
+        elif isinstance(inst, Histogram):
+            hist = HistogramMetricFamily(inst.name, inst.help, labels=names)
+            for values, h in sorted(inst.children.items()):
+                hist.add_metric(list(values), _buckets(h.counts, h.sum, inst.bounds), h.sum)
+            yield hist
+
+
+def _buckets(hist: list[int], total: float,
+             bounds: tuple[float, ...] = BUCKETS) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
     acc = 0
-    for bound, n in zip(BUCKETS, hist, strict=False):
+    for bound, n in zip(bounds, hist, strict=False):
         acc += n
         out.append((repr(bound), acc))
     out.append(("+Inf", acc + hist[-1]))
@@ -381,6 +425,7 @@ class PrometheusCollector(Collector):
         yield ready
         if host.events is not None:
             yield from self._events()
+        yield from _app_families()
 
     def _events(self) -> Iterator[Any]:
         ev = self.host.events

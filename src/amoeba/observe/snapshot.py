@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from amoeba.observe.advise import Advice
 
 __all__ = [
-    "BUCKETS", "CallStats", "ClusterSnapshot", "ConsumerStats", "EventStats", "HttpRoute",
-    "HttpStats", "InstanceError", "ListenerInfo", "PoolReplica", "PoolStats", "ProcessEntry",
+    "BUCKETS", "AppMetric", "AppSeries", "CallStats", "ClusterSnapshot", "ConsumerStats", "EventStats",
+    "HttpRoute", "HttpStats", "InstanceError", "ListenerInfo", "PoolReplica", "PoolStats", "ProcessEntry",
     "ServedStats", "ServiceNode", "Snapshot",
 ]
 
@@ -109,6 +109,24 @@ class EventStats(TypedDict):
     outbox: dict[str, int]  # service -> rows waiting in its outbox, -1 when unknown
 
 
+class AppSeries(TypedDict):
+    labels: list[str]  # values, in the order of the metric's label names
+    value: float  # counter or gauge value; a histogram's count
+    sum: NotRequired[float]  # histogram
+    hist: NotRequired[list[int]]  # histogram: non-cumulative, one per bound plus +Inf
+
+
+class AppMetric(TypedDict):
+    """A metric the application declared (:mod:`amoeba.observe.instruments`)."""
+
+    name: str
+    kind: Literal["counter", "gauge", "histogram"]
+    help: str
+    labels: list[str]  # label names
+    buckets: NotRequired[list[float]]  # histogram upper bounds
+    series: list[AppSeries]
+
+
 class Snapshot(TypedDict):
     app: str
     topology: str
@@ -128,6 +146,7 @@ class Snapshot(TypedDict):
     served: list[ServedStats]
     pools: list[PoolStats]
     events: EventStats | None
+    metrics: NotRequired[list[AppMetric]]  # the application's own
 
 
 class InstanceError(TypedDict):

@@ -83,8 +83,10 @@ def _rates(row: ReplicaRow, was: Snapshot, now: Snapshot) -> None:
     row["requests"] = requests / dt
     if requests:
         row["errors"] = delta(now["http"]["errors"], was["http"]["errors"]) / requests
-    out_now = sum(c["count"] for c in now["calls"] if c["caller"] != "http")
-    out_was = sum(c["count"] for c in was["calls"] if c["caller"] != "http")
+    # Every call this process made into a service, its edge's included: a
+    # gateway's row shows the calls it forwards, not 0.
+    out_now = sum(c["count"] for c in now["calls"])
+    out_was = sum(c["count"] for c in was["calls"])
     row["calls"] = delta(out_now, out_was) / dt
     row["served"] = delta(sum(s["count"] for s in now["served"]),
                           sum(s["count"] for s in was["served"])) / dt
@@ -117,6 +119,6 @@ def render(rows: list[ReplicaRow], title: str) -> str:
     notes = "".join(f"{r['process']}[{r['replica']}] {r['address']}: {r['health']}\n"
                     for r in rows if _short(r["health"]) != r["health"])
     footer = (
-        "\nREQ/S: HTTP requests answered; RPC/S: remote calls served; CALLS/S: calls its services "
-        "made\n" + (f"\n{notes}" if notes else ""))
+        "\nREQ/S: HTTP requests answered; RPC/S: remote calls served;\n"
+        "CALLS/S: calls it made into services, its edge's included\n" + (f"\n{notes}" if notes else ""))
     return f"{title}: {ready}/{len(rows)} replicas ready\n\n{grid}\n{footer}"

@@ -94,7 +94,8 @@ class _Connection(asyncio.Protocol):
         fut: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
         self.pending[call_id] = fut
         assert self.transport is not None
-        data = frame(msgpack_encoder.encode((call_id, method, timeout, trace, caller, args)))
+        data = frame(msgpack_encoder.encode((call_id, method, timeout, trace, caller, args,
+                                             context.request_id.get())))
         self.transport.write(data)
         return call_id, fut, len(data)
 

@@ -110,6 +110,7 @@ class RpcServerProtocol(asyncio.Protocol):
         host = self.host
         host.inflight += 1
         handler = host.rpc_handlers.get(call.method)
+        context.request_id.set(call.request)  # this call's task: its log lines name the request
         try:
             if handler is None:
                 raise NotFound(f"{host.process.name} does not serve {call.method!r}")

@@ -35,6 +35,9 @@ class Call(msgspec.Struct, array_like=True):
     trace: str  # W3C traceparent
     caller: str  # calling service
     args: msgspec.Raw
+    # The edge's request id, so the callee's log lines name the request the
+    # client was told about ("" outside a request; absent from older callers).
+    request: str = ""
 
 
 class Reply(msgspec.Struct, array_like=True):
