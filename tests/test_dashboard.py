@@ -226,7 +226,7 @@ def test_dashboard_shows_advice_events_and_idle_edges(browser: Any, synthetic_se
     assert idle == ["remote", "0.000", "edge remote idle"], idle
     labels = browser.execute_script(
         "return [...document.querySelectorAll('.edge-label.idle')].map(t => t.textContent);")
-    assert "remote · idle" in labels, labels
+    assert "ledger → audit · remote · idle" in labels, labels
     text = browser.find_element("id", "advice").text
     assert "move ledger into process 'main'" in text
     consumer = browser.execute_script(
