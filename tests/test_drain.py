@@ -83,7 +83,9 @@ def test_sigterm_readyz_503_then_refused_in_flight_finishes_exit_within_grace(tm
     assert seen["in flight"] == (200, 2.0)
     assert seen["past grace"] == "RemoteProtocolError"  # cut when grace ran out
     assert seen["exit"] == 0
-    assert DRAIN_DELAY + GRACE - 0.5 <= seen["stopped after"] <= DRAIN_DELAY + GRACE + 1.5  # type: ignore[operator]
+    # Not before drain_delay + grace (the in-flight request had that long); the upper bound
+    # is generous: a loaded machine may be slow to reap, never early.
+    assert DRAIN_DELAY + GRACE - 0.5 <= seen["stopped after"] <= DRAIN_DELAY + GRACE + 8  # type: ignore[operator]
     assert "still running after 3.0s grace" in run.output()
 
 

@@ -42,18 +42,24 @@ async def harness(tmp_path: Any, **settings: Any) -> InProcessHarness:
 
 
 async def test_ip_bucket_bursts_then_429_with_retry_after_then_refills(tmp_path):
-    h = await harness(tmp_path, rate_limit={"ip": {"burst": 3, "rate": 4}})
+    # 0.5/s: a token comes back 2 s after it was taken, so a loaded machine's
+    # slow requests cannot refill the bucket between the burst and the 429.
+    h = await harness(tmp_path, rate_limit={"ip": {"burst": 3, "rate": 0.5}})
     try:
         assert [(await h.get("/api/open")).status for _ in range(3)] == [200, 200, 200]
         r = await h.get("/api/open")
         assert r.status == 429
         assert r.json()["error"]["type"] == "TooManyRequests"
-        assert r.headers["retry-after"] == "1"
+        assert r.headers["retry-after"] == "2"
         assert r.headers["x-request-id"]
         assert (await h.get("/healthz")).status == 200  # probes are never limited
-        await asyncio.sleep(0.3)  # 4/s: one token back after 0.25 s
-        assert (await h.get("/api/open")).status == 200
-        assert (await h.get("/api/open")).status == 429
+        loop = asyncio.get_running_loop()
+        refused_at = loop.time()
+        while (status := (await h.get("/api/open")).status) == 429:  # wait for the refill
+            assert loop.time() - refused_at < 10, "no token came back within 10 s at 0.5/s"
+            await asyncio.sleep(0.1)
+        assert status == 200 and loop.time() - refused_at >= 1.0  # not before a token was due
+        assert (await h.get("/api/open")).status == 429  # that one token, and no more
     finally:
         await h.aclose()
 
