@@ -1,6 +1,8 @@
 """Frozen descriptions of services and methods, built from type hints.
 
-Pure data: building a spec imports nothing and opens nothing.  Every other
+Pure data: building a spec opens nothing; it asks msgspec whether each
+parameter and return type can be encoded and described, so a type that
+cannot fails when the class is described, not on its first call.  Every other
 part of amoeba (codec, router, stubs, OpenAPI, topology checks) reads these
 records instead of re-inspecting classes.
 """
@@ -14,6 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from amoeba.auth.principal import Principal
 from amoeba.events.event import ON_EVENT_ATTR, Event
 from amoeba.resource import Resource
@@ -26,7 +30,21 @@ _PATH_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class SpecError(TypeError):
-    """A service class cannot be described: says which class, method and why."""
+    """A service class cannot be described: says which class, method and why.
+
+    When the fault is one method's, ``file`` and ``line`` say where it is
+    defined and ``key`` names it (``Class.method``), so ``amoeba check``
+    reports it like a topology problem."""
+
+    def __init__(self, message: str, *, fix: str | None = None, key: str | None = None,
+                 func: Any = None):
+        self.message = message
+        self.fix = fix
+        self.key = key
+        code = getattr(inspect.unwrap(func), "__code__", None) if func is not None else None
+        self.file: str | None = code.co_filename if code is not None else None
+        self.line: int | None = code.co_firstlineno if code is not None else None
+        super().__init__(message if fix is None else f"{message}; fix: {fix}")
 
 
 @dataclass(frozen=True)
@@ -122,6 +140,18 @@ def _build(cls: type[Service]) -> ServiceSpec:
         elif isinstance(hint, type) and issubclass(hint, Resource):
             resources[attr] = hint
 
+    for attr, func in inspect.getmembers(cls, inspect.isfunction):
+        decl: RouteDecl | None = getattr(func, ROUTE_ATTR, None)
+        marked = decl is not None or hasattr(func, ON_EVENT_ATTR) or hasattr(func, IDEMPOTENT_ATTR)
+        if marked and not inspect.iscoroutinefunction(func):
+            # Without this the method is silently not part of the interface: a 404.
+            what = (f"@{decl.method.lower()}({decl.path!r})" if decl is not None else
+                    "@on_event" if hasattr(func, ON_EVENT_ATTR) else "@idempotent")
+            raise SpecError(f"{cls.__qualname__}.{attr}: {what} is on a plain `def`; only "
+                            f"`async def` methods are served",
+                            fix=f"declare it `async def {attr}(...)`",
+                            key=f"{name}.{attr}", func=func)
+
     methods: dict[str, MethodSpec] = {}
     handlers: dict[str, type[Event]] = {}
     for attr, func in inspect.getmembers(cls, inspect.iscoroutinefunction):
@@ -173,6 +203,9 @@ def _method(service: str, cls: type, attr: str, func: Any) -> MethodSpec:
             raise SpecError(f"{where}: parameter {p.name!r} needs a type hint")
         params.append(Param(p.name, hints[p.name], p.default))
 
+    for param in params:
+        _check_wire(service, where, f"parameter {param.name!r}", param.annotation, func)
+    _check_wire(service, where, "return type", hints["return"], func)
     decl: RouteDecl | None = getattr(func, ROUTE_ATTR, None)
     route = _route(where, decl, params) if decl else None
     return MethodSpec(
@@ -184,6 +217,30 @@ def _method(service: str, cls: type, attr: str, func: Any) -> MethodSpec:
         idempotent=bool(getattr(func, IDEMPOTENT_ATTR, False)) or (decl is not None and decl.method == "GET"),
         doc=inspect.getdoc(func),
     )
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__qualname__
+    return repr(annotation).replace("typing.", "")
+
+
+def _check_wire(service: str, where: str, what: str, annotation: Any, func: Any) -> None:
+    """Refuse a type the codec cannot encode or decode, or OpenAPI describe:
+    msgspec treats an unknown class as a custom type that needs hooks amoeba
+    does not give, so it would fail on the first call (a 500) and break
+    ``/openapi.json`` for every route of the listener."""
+    try:
+        msgspec.json.schema(annotation)
+        msgspec.msgpack.Decoder(annotation)
+    except (TypeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[-1]
+        raise SpecError(
+            f"{where}: {what} {_type_name(annotation)} cannot cross the wire or be described "
+            f"in OpenAPI ({reason})",
+            fix="use a msgspec.Struct, a dataclass, a TypedDict, an Enum or built-in types "
+                "(int, float, str, bool, bytes, datetime, Decimal, UUID, list[...], dict[str, ...])",
+            key=f"{service}.{where.rpartition('.')[2]}", func=func) from None
 
 
 def principal_kind(annotation: Any) -> bool | None:

@@ -63,7 +63,6 @@ fail on lock upgrade.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -79,6 +78,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from amoeba.data import sqlite_driver
+from amoeba.drivers import require
 from amoeba.errors import Unavailable
 from amoeba.resource import Resource, ResourceContext
 
@@ -90,13 +90,14 @@ Statement = sa.Executable | str
 Params = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 
 _SERVICE = re.compile(r"[a-z0-9_]+")
-# scheme -> (async driver URL scheme, module to import, extra to install)
-_DRIVERS: dict[str, tuple[str, str, str | None]] = {
-    "sqlite": ("sqlite+amoeba", "sqlite3", None),  # see sqlite_driver.py
-    "postgresql": ("postgresql+asyncpg", "asyncpg", "postgres"),
-    "postgres": ("postgresql+asyncpg", "asyncpg", "postgres"),
-    "mysql": ("mysql+aiomysql", "aiomysql", "mysql"),
-    "mariadb": ("mysql+aiomysql", "aiomysql", "mysql"),
+# scheme -> the asyncio driver it is rewritten to; which library that needs, and
+# which extra installs it, is amoeba.drivers' table.
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+amoeba",  # see sqlite_driver.py
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "mysql": "mysql+aiomysql",
+    "mariadb": "mysql+aiomysql",
 }
 SQLITE_BUSY_MS = 5000
 _RESULT, _ONE, _ALL, _SCALAR = range(4)
@@ -152,20 +153,13 @@ class DatabaseSettings:
 
 
 def async_url(url: str | URL) -> URL:
-    """``url`` with its driver replaced by the asyncio one (checked installed)."""
+    """``url`` with its driver replaced by the asyncio one (checked installed:
+    :class:`amoeba.drivers.MissingDriver` names the extra that brings it)."""
     parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    entry = _DRIVERS.get(backend)
-    if entry is None:
-        raise ValueError(f"resources.database: {parsed.render_as_string(hide_password=True)!r}: "
-                         f"unsupported database; use sqlite://, postgresql:// or mysql://")
-    driver, module, extra = entry
-    if "+" in parsed.drivername:  # the user named a driver: theirs to install
+    driver = require("database", parsed.render_as_string(hide_password=False))
+    if driver is None:  # the user named a driver: theirs to install
         return parsed
-    if importlib.util.find_spec(module) is None:
-        raise ImportError(f"resources.database: {parsed.render_as_string(hide_password=True)!r} "
-                          f"needs the {module} driver: pip install 'amoeba[{extra}]'")
-    return parsed.set(drivername=driver)
+    return parsed.set(drivername=_ASYNC_DRIVERS[parsed.get_backend_name()])
 
 
 def _sqlite_path(url: URL, service: str) -> Path:

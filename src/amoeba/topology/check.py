@@ -1,7 +1,9 @@
 """Validate a topology against an app before anything starts.
 
 ``bind(topology, app)`` returns the topology with ``"*"`` expanded, or raises
-``TopologyError`` listing every problem with its file, line, key and fix.
+``TopologyError`` listing every problem with its file, line, key and fix:
+unknown keys of ``settings:`` and ``resources:`` (``schema.py``), placement,
+ports, privacy, routes and dependency cycles.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from amoeba.topology.model import Problem, Process, Topology, TopologyError
+from amoeba.topology.schema import APP_SETTINGS, RESOURCES, SETTINGS, unknown_keys
 
 if TYPE_CHECKING:
     from amoeba.app import App
@@ -46,6 +49,16 @@ def bind(topo: Topology, app: App) -> Topology:
 
     def add(key: str, message: str, fix: str) -> None:
         problems.append(Problem(topo.file, topo.lines.get(key), key, message, fix))
+
+    # Keys of settings: and resources:, at every level; the app's own resource
+    # kinds may be configured under both.
+    kinds = {r.kind for spec in known.values() for r in spec.resources.values() if r.kind}
+    settings_schema = {**SETTINGS, APP_SETTINGS: None, **dict.fromkeys(kinds - SETTINGS.keys())}
+    for key, message, fix in unknown_keys(topo.settings.extra, settings_schema, "settings"):
+        add(key, message, fix)
+    resources_schema = dict.fromkeys({*RESOURCES, *kinds})
+    for key, message, fix in unknown_keys(topo.resources, resources_schema, "resources"):
+        add(key, message, fix)
 
     names = ", ".join(sorted(known))
     placed: dict[str, str] = {}
