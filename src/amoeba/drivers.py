@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["DRIVERS", "Driver", "MissingDriver", "UnsupportedURL", "driver_for", "load_backend",
-           "require", "safe_url"]
+__all__ = ["DRIVERS", "Driver", "MissingDriver", "UnsupportedURL", "driver_for", "extra_for_url",
+           "load_backend", "require", "safe_url"]
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class MissingDriver(ImportError):
 
     def __init__(self, driver: Driver, url: str):
         self.driver, self.url = driver, url
-        if driver.backend_present():
+        if not driver.installed():
             self.message = f"{safe_url(url)!r} needs {driver.package}, which is not installed"
             self.fix = (f"pip install 'amoeba[{driver.extra}]'" if driver.extra else
                         f"use a Python built with the {driver.module} module")
@@ -152,6 +152,13 @@ def require(kind: str, url: str) -> Driver | None:
     if driver is not None and not (driver.installed() and driver.backend_present()):
         raise MissingDriver(driver, url)
     return driver
+
+
+def extra_for_url(url: str) -> str | None:
+    """The extra that brings the library ``url`` needs, whatever the resource
+    kind (``postgresql+asyncpg://`` -> ``postgres``); None when none does."""
+    scheme = url.partition(":")[0].partition("+")[0].lower()
+    return next((d.extra for d in DRIVERS.values() if d.scheme == scheme and d.extra), None)
 
 
 def load_backend(driver: Driver) -> Any:

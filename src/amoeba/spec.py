@@ -10,6 +10,7 @@ records instead of re-inspecting classes.
 from __future__ import annotations
 
 import inspect
+import linecache
 import re
 import types
 import typing
@@ -43,8 +44,17 @@ class SpecError(TypeError):
         self.key = key
         code = getattr(inspect.unwrap(func), "__code__", None) if func is not None else None
         self.file: str | None = code.co_filename if code is not None else None
-        self.line: int | None = code.co_firstlineno if code is not None else None
+        self.line: int | None = _def_line(code) if code is not None else None
         super().__init__(message if fix is None else f"{message}; fix: {fix}")
+
+
+def _def_line(code: types.CodeType) -> int:
+    """The line of ``def`` itself: a code object's first line is its first decorator's."""
+    for n in range(code.co_firstlineno, code.co_firstlineno + 40):
+        text = linecache.getline(code.co_filename, n).lstrip()
+        if text.startswith(("def ", "async def ")):
+            return n
+    return code.co_firstlineno
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -117,6 +118,11 @@ def load_app(topo: Topology) -> App:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if exc.name and not (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
+            # The app's module was found; something it imports is not installed.
+            raise TopologyError([_raised_in(topo, module_name, exc,
+                                            f"install {exc.name!r} (pip install ...) in the "
+                                            f"environment that runs the app")]) from None
         raise TopologyError([Problem(where.file, where.line, "app",
                                      f"cannot import {module_name!r}: {exc}",
                                      "check app: and pythonpath: (relative to the topology file)")]
@@ -132,12 +138,27 @@ def load_app(topo: Topology) -> App:
         raise TopologyError([Problem(where.file, where.line, "app",
                                      f"importing {module_name!r} failed: {exc}",
                                      "fix the service class named in the message")]) from None
+    except Exception as exc:  # the app's own code fails on import: where, not a traceback
+        raise TopologyError([_raised_in(topo, module_name, exc, "fix the app's code there")]
+                            ) from None
     app = getattr(module, attr or "app", None)
     if not isinstance(app, App):
         raise TopologyError([Problem(where.file, where.line, "app",
                                      f"{topo.app!r} is not a amoeba.App ({type(app).__name__})",
                                      "point app: at the module-level App(...) object")])
     return app
+
+
+def _raised_in(topo: Topology, module: str, exc: BaseException, fix: str) -> Problem:
+    """``exc``, raised while importing the app, at the app's innermost line it
+    passed through (else the innermost line, else the topology's ``app:``)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    roots = tuple(str(p) for p in topo.pythonpath)
+    mine = [f for f in frames if roots and f.filename.startswith(roots)] or frames
+    message = f"importing {module!r} raised {type(exc).__name__}: {exc}"
+    if not mine:
+        return Problem(topo.file, topo.lines.get("app"), "app", message, fix)
+    return Problem(mine[-1].filename, mine[-1].lineno, "app", message, fix)
 
 
 def load_bound(path: str | Path) -> tuple[App, Topology]:
