@@ -80,7 +80,7 @@ def _from_message(topo: Topology, exc: Exception) -> Problem:
 
 def _settings(topo: Topology, app: App, data_dir: Path, *, drivers_ok: bool) -> list[Problem]:
     from amoeba.auth.tokens import AuthConfig
-    from amoeba.data.database import DatabaseSettings
+    from amoeba.data.settings import DatabaseSettings
     from amoeba.events.runtime import EventSettings
     from amoeba.observe.config import ObserveSettings
 
