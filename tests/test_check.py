@@ -23,9 +23,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from amoeba import App, Service, post
+from amoeba import App, Service, get, post
 from amoeba.cli import main
 from amoeba.drivers import DRIVERS, MissingDriver, UnsupportedURL, extra_for_url, require
+from amoeba.events import Event, on_event
 from amoeba.resource import Resource, ResourceContext
 from amoeba.runtime.preflight import EX_CONFIG
 from amoeba.spec import SpecError, spec_of
@@ -362,8 +363,8 @@ def test_route_on_a_plain_def_is_refused(tmp_path):
         """)
     src = tmp_path / module / "app.py"
     line = line_of(src, "def books")
-    problem = (f"{src}:{line}: shelf.books: Shelf.books: @get('/api/books') is on a plain `def`; "
-               f"only `async def` methods are served\n    fix: declare it `async def books(...)`")
+    problem = (f"{src}:{line}: shelf.books: @get('/api/books') is on a plain `def`; only `async def` "
+               f"methods are served\n    fix: declare it `async def books(...)`")
     check, _ = amoeba(tmp_path, "check", str(topo))
     assert check.returncode == 1 and check.stderr == f"{topo}: 1 problem(s)\n{problem}\n"
     run, seconds = amoeba(tmp_path, "run", str(topo), "--process", "main")
@@ -448,6 +449,44 @@ def test_types_the_codec_cannot_encode_or_describe_are_refused():
         spec_of(Either)
 
 
+class Shipped(Event):
+    parcel: Opaque
+
+
+class Sender(Service):
+    publishes = (Shipped,)
+
+
+class Receiver(Service):
+    @on_event(Shipped)
+    async def shipped(self, event: Shipped) -> None:
+        pass
+
+
+def test_events_the_codec_cannot_encode_are_refused():
+    with pytest.raises(SpecError, match=r"Sender.publishes: event .*Shipped cannot cross the wire"):
+        spec_of(Sender)
+    with pytest.raises(SpecError) as info:
+        spec_of(Receiver)
+    assert info.value.key == "receiver.shipped" and info.value.message.startswith(
+        "event Shipped cannot cross the wire or be described in OpenAPI (type <class")
+
+
+def test_a_route_naming_a_missing_parameter_is_located_at_its_def():
+    class Lost(Service):
+        @get("/items/{item_id}")
+        async def item(self, id: int) -> int:
+            return id
+
+    with pytest.raises(SpecError) as info:
+        spec_of(Lost)
+    e = info.value
+    assert (e.key, e.file, e.message, e.fix) == (
+        "lost.item", __file__, "route GET /items/{item_id} has {item_id} but the method has no "
+        "parameter 'item_id'", "add a parameter `item_id`, or take {item_id} out of the path")
+    assert Path(__file__).read_text().splitlines()[e.line - 1].strip().startswith("async def item")
+
+
 def test_unencodable_return_type_fails_check_and_run_not_openapi(tmp_path):
     """It passed check, answered 500 and broke /openapi.json for the whole app."""
     topo, module = write_app(tmp_path, """\
@@ -466,7 +505,7 @@ def test_unencodable_return_type_fails_check_and_run_not_openapi(tmp_path):
     line = line_of(src, "async def point")
     check, _ = amoeba(tmp_path, "check", str(topo))
     assert check.returncode == 1, check.stderr
-    head = f"{src}:{line}: plot.point: Plot.point: return type Point cannot cross the wire or be " \
+    head = f"{src}:{line}: plot.point: return type Point cannot cross the wire or be " \
            f"described in OpenAPI (type <class '{module}.app.Point'> is not supported)\n    fix: "
     assert head in check.stderr, check.stderr
     run, seconds = amoeba(tmp_path, "run", str(topo), "--process", "main")

@@ -8,11 +8,12 @@ ports, privacy, routes and dependency cycles.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from amoeba.topology.model import Problem, Process, Topology, TopologyError
-from amoeba.topology.schema import APP_SETTINGS, RESOURCES, SETTINGS, unknown_keys
+from amoeba.topology.schema import APP_SETTINGS, RESOURCES, SETTINGS, did_you_mean, unknown_keys
 
 if TYPE_CHECKING:
     from amoeba.app import App
@@ -41,6 +42,11 @@ def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
         if node not in state and (found := visit(node)):
             return found
     return None
+
+
+def _close(word: str, choices: Iterable[str]) -> str:
+    close = did_you_mean(word, choices)
+    return f"; did you mean {close!r}?" if close else ""
 
 
 def bind(topo: Topology, app: App) -> Topology:
@@ -80,7 +86,7 @@ def bind(topo: Topology, app: App) -> Topology:
         for i, s in enumerate(services):
             if s not in known:
                 add(f"{key}[{i}]" if "*" not in proc.services else key,
-                    f"unknown service {s!r}", f"the app's services are: {names}")
+                    f"unknown service {s!r}{_close(s, known)}", f"the app's services are: {names}")
             elif s in placed:
                 add(f"{key}[{i}]", f"service {s!r} is placed twice (also in process {placed[s]!r})",
                     f"remove {s!r} from one of the two processes")
@@ -127,7 +133,7 @@ def bind(topo: Topology, app: App) -> Topology:
             for s in served:
                 if s not in known:
                     if lst.routes is not None:  # implicit routes: already reported above
-                        add(f"{lst.key}.routes", f"unknown service {s!r}",
+                        add(f"{lst.key}.routes", f"unknown service {s!r}{_close(s, known)}",
                             f"the app's services are: {names}")
                     continue
                 for m in known[s].methods.values():
