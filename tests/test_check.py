@@ -313,6 +313,14 @@ def test_a_settings_value_run_would_refuse_is_reported_by_check(tmp_path, capsys
     assert f"{topo}:6: settings.events.max_attempts: 0 is not a positive number\n" in err
 
 
+def test_a_bad_edge_setting_is_reported_at_its_own_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AMOEBA_DATA_DIR", str(tmp_path / "data"))
+    topo = shop_copy(tmp_path, {"      burst: ${SHOP_RATE_USER_BURST:-20}": "      burst: -1"})
+    assert main(["check", str(topo)]) == 1
+    assert f"{topo}:{line_of(topo, 'burst: -1')}: settings.rate_limit.user.burst: -1 is not a whole " \
+           f"number >= 1\n    fix: burst: 20\n" in capsys.readouterr().err
+
+
 def test_a_key_whose_value_is_a_block_is_reported_at_its_own_line(tmp_path):
     topo = tmp_path / "t.yaml"
     topo.write_text("processes:\n  main:\n    services: '*'\n    listeners:\n      - port: 1\n"
