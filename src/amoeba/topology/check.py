@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from amoeba.topology.loader import _SETTING_KEYS
 from amoeba.topology.model import Problem, Process, Topology, TopologyError
 from amoeba.topology.schema import APP_SETTINGS, RESOURCES, SETTINGS, did_you_mean, unknown_keys
 
@@ -59,7 +60,8 @@ def bind(topo: Topology, app: App) -> Topology:
     # Keys of settings: and resources:, at every level; the app's own resource
     # kinds may be configured under both.
     kinds = {r.kind for spec in known.values() for r in spec.resources.values() if r.kind}
-    settings_schema = {**SETTINGS, APP_SETTINGS: None, **dict.fromkeys(kinds - SETTINGS.keys())}
+    settings_schema = {**dict.fromkeys(_SETTING_KEYS), **SETTINGS, APP_SETTINGS: None,
+                       **dict.fromkeys(kinds - SETTINGS.keys())}
     for key, message, fix in unknown_keys(topo.settings.extra, settings_schema, "settings"):
         add(key, message, fix)
     resources_schema = dict.fromkeys({*RESOURCES, *kinds})
