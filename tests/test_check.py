@@ -540,3 +540,23 @@ def test_the_example_apps_still_describe_themselves():
         codecs = [codec_for(m) for s in app.specs.values() for m in s.methods.values()]
         doc = openapi_document(app, [c for c in codecs if c.spec.route is not None])
         assert doc["paths"], module
+
+
+async def test_a_driver_missing_at_start_anyway_is_the_same_one_line(tmp_path, monkeypatch):
+    """Behind the start-up check, the host opening a resource says the table's
+    line too (what `amoeba run` prints, exit 78), never an ImportError from deep
+    inside SQLAlchemy."""
+    from sqlapp.app import app as sqlapp
+
+    from amoeba.runtime.host import Host
+    from amoeba.topology import bind
+
+    topo = tmp_path / "t.yaml"
+    topo.write_text("resources:\n  database: postgresql://postgres@127.0.0.1:1/x\n"
+                    "processes:\n  m: {services: '*', listeners: [{port: 0}]}\n")
+    monkeypatch.setitem(sys.modules, "asyncpg", None)
+    host = Host(sqlapp, bind(load_topology(topo, {}), sqlapp), "m", listen=False, data=tmp_path)
+    with pytest.raises(MissingDriver) as info:
+        await host.start()
+    assert str(info.value) == ("resources.database: 'postgresql://postgres@127.0.0.1:1/x' needs "
+                               "asyncpg, which is not installed; fix: pip install 'amoeba[postgres]'")
