@@ -69,7 +69,8 @@ def test_service_placed_twice_never_and_unknown(tmp_path):
         """)
     found = problems(p)
     assert any("'vacancy' is placed twice" in m and "topo.yaml:9" in m for m in found)
-    assert any("unknown service 'tiket'" in m and "ticket, vacancy" in m for m in found)
+    assert any("unknown service 'tiket'; did you mean 'ticket'?" in m and "ticket, vacancy" in m
+               for m in found)
     assert len(found) == 2, found
 
 

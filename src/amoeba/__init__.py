@@ -10,6 +10,7 @@ Layout (one noun per module):
     context.py   per-call deadline, trace and request id (ContextVars)
     resource.py  the Resource ABC; data/ holds the Database (SQLAlchemy) and
                  SQLite (raw, group commit) resources, and Cache
+    drivers.py   URL scheme -> client library, pip extra, events backend (one table)
     app.py       App: the list of an application's services
     topology/    YAML model, loader, validation (no I/O but reading the file)
     transport/   RPC framing, credentials, client pool, server, stubs

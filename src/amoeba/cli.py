@@ -15,36 +15,19 @@ from amoeba.topology import Topology, TopologyError
 __all__ = ["main"]
 
 
-def _check_settings(topo: Topology, app: str) -> str | None:
-    """What processes would refuse at start: the gateway's and the data
-    layer's settings (auth, rate_limit, cors, database, ...)."""
-    from amoeba.data.database import DatabaseSettings
-    from amoeba.gateway.policy import EdgePolicy
-    from amoeba.runtime.host import data_dir
-
-    try:
-        DatabaseSettings.from_settings(dict(topo.settings.extra))
-        if any(lst.public for p in topo.processes.values() for lst in p.listeners):
-            policy = EdgePolicy.from_topology(topo, app, data_dir())
-            asyncio.run(policy.aclose())
-    except TopologyError as exc:
-        return str(exc)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
 def _check(path: str) -> int:
-    from amoeba.runtime.process import load_bound
+    from amoeba.runtime.host import data_dir
+    from amoeba.runtime.preflight import preflight
+    from amoeba.runtime.process import load_bound, report
 
     try:
         app, topo = load_bound(path)
     except TopologyError as exc:
-        print(f"{path}: {len(exc.problems)} problem(s)\n{exc}", file=sys.stderr)
+        report(path, exc.problems)
         return 1
-    problem = _check_settings(topo, app.name)
-    if problem:
-        print(f"{path}: {problem}", file=sys.stderr)
+    problems = preflight(topo, app, data_dir())
+    if problems:
+        report(path, problems)
         return 1
     print(f"{path}: ok — topology {topo.name!r} of app {app.name!r}")
     for proc in topo.processes.values():
@@ -56,18 +39,25 @@ def _check(path: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from amoeba.runtime.process import load_bound, run_process
+    """Exit codes: ``runtime/preflight.py`` (78, EX_CONFIG: what ``check`` reports)."""
+    from amoeba.runtime.host import data_dir
+    from amoeba.runtime.preflight import EX_CONFIG, preflight
+    from amoeba.runtime.process import load_bound, report, run_process
 
     try:
         if args.process:
             return run_process(args.topology, args.process, args.replica, strict=args.strict)
-        _, topo = load_bound(args.topology)
+        app, topo = load_bound(args.topology)
     except TopologyError as exc:
-        print(f"{args.topology}: {len(exc.problems)} problem(s)\n{exc}", file=sys.stderr)
-        return 1
+        report(args.topology, exc.problems)
+        return EX_CONFIG
     except (KeyError, ValueError) as exc:
         print(f"amoeba run: {exc.args[0]}", file=sys.stderr)
         return 2
+    problems = preflight(topo, app, data_dir())
+    if problems:
+        report(args.topology, problems)
+        return EX_CONFIG
     from amoeba.runtime.supervisor import Supervisor
 
     return asyncio.run(Supervisor(args.topology, topo, strict=args.strict).run())

@@ -1,6 +1,8 @@
 """Frozen descriptions of services and methods, built from type hints.
 
-Pure data: building a spec imports nothing and opens nothing.  Every other
+Pure data: building a spec opens nothing; it asks msgspec whether each
+parameter and return type can be encoded and described, so a type that
+cannot fails when the class is described, not on its first call.  Every other
 part of amoeba (codec, router, stubs, OpenAPI, topology checks) reads these
 records instead of re-inspecting classes.
 """
@@ -8,11 +10,14 @@ records instead of re-inspecting classes.
 from __future__ import annotations
 
 import inspect
+import linecache
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from amoeba.auth.principal import Principal
 from amoeba.events.event import ON_EVENT_ATTR, Event
@@ -26,7 +31,32 @@ _PATH_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class SpecError(TypeError):
-    """A service class cannot be described: says which class, method and why."""
+    """A service class cannot be described: says which class, method and why.
+
+    When the fault is one method's, ``file`` and ``line`` say where it is
+    defined and ``key`` names it (``service.method``), so ``amoeba check``
+    reports it like a topology problem: ``message`` and ``fix`` without the
+    ``where`` (``Class.method``) that ``str()`` starts with."""
+
+    def __init__(self, message: str, *, where: str | None = None, fix: str | None = None,
+                 key: str | None = None, func: Any = None):
+        self.message = message
+        self.fix = fix
+        self.key = key
+        code = getattr(inspect.unwrap(func), "__code__", None) if func is not None else None
+        self.file: str | None = code.co_filename if code is not None else None
+        self.line: int | None = _def_line(code) if code is not None else None
+        text = f"{where}: {message}" if where else message
+        super().__init__(text if fix is None else f"{text}; fix: {fix}")
+
+
+def _def_line(code: types.CodeType) -> int:
+    """The line of ``def`` itself: a code object's first line is its first decorator's."""
+    for n in range(code.co_firstlineno, code.co_firstlineno + 40):
+        text = linecache.getline(code.co_filename, n).lstrip()
+        if text.startswith(("def ", "async def ")):
+            return n
+    return code.co_firstlineno
 
 
 @dataclass(frozen=True)
@@ -122,6 +152,18 @@ def _build(cls: type[Service]) -> ServiceSpec:
         elif isinstance(hint, type) and issubclass(hint, Resource):
             resources[attr] = hint
 
+    for attr, func in inspect.getmembers(cls, inspect.isfunction):
+        decl: RouteDecl | None = getattr(func, ROUTE_ATTR, None)
+        marked = decl is not None or hasattr(func, ON_EVENT_ATTR) or hasattr(func, IDEMPOTENT_ATTR)
+        if marked and not inspect.iscoroutinefunction(func):
+            # Without this the method is silently not part of the interface: a 404.
+            what = (f"@{decl.method.lower()}({decl.path!r})" if decl is not None else
+                    "@on_event" if hasattr(func, ON_EVENT_ATTR) else "@idempotent")
+            raise SpecError(f"{what} is on a plain `def`; only `async def` methods are served",
+                            where=f"{cls.__qualname__}.{attr}",
+                            fix=f"declare it `async def {attr}(...)`",
+                            key=f"{name}.{attr}", func=func)
+
     methods: dict[str, MethodSpec] = {}
     handlers: dict[str, type[Event]] = {}
     for attr, func in inspect.getmembers(cls, inspect.iscoroutinefunction):
@@ -129,13 +171,14 @@ def _build(cls: type[Service]) -> ServiceSpec:
             continue
         event = getattr(func, ON_EVENT_ATTR, None)
         if event is not None:
-            handlers[attr] = _handler(cls, attr, func, event)
+            handlers[attr] = _handler(name, cls, attr, func, event)
             continue
         methods[attr] = _method(name, cls, attr, func)
     publishes = tuple(getattr(cls, "publishes", ()) or ())
     for ev in publishes:
         if not (isinstance(ev, type) and issubclass(ev, Event)):
             raise SpecError(f"{cls.__qualname__}.publishes: {ev!r} is not an Event subclass")
+        _check_wire(_Fail(name, cls, "publishes", None), "event", ev)
     return ServiceSpec(
         name=name,
         cls=cls,
@@ -148,33 +191,55 @@ def _build(cls: type[Service]) -> ServiceSpec:
     )
 
 
-def _handler(cls: type, attr: str, func: Any, event: type[Event]) -> type[Event]:
-    where = f"{cls.__qualname__}.{attr}"
+class _Fail:
+    """Raises a :class:`SpecError` located at one method."""
+
+    def __init__(self, service: str, cls: type, attr: str, func: Any):
+        self.where = f"{cls.__qualname__}.{attr}"
+        self.key = f"{service}.{attr}"
+        self.func = func
+
+    def __repr__(self) -> str:
+        return f"<_Fail {self.where}>"
+
+    def __call__(self, message: str, fix: str) -> SpecError:
+        return SpecError(message, where=self.where, fix=fix, key=self.key, func=self.func)
+
+
+def _handler(service: str, cls: type, attr: str, func: Any, event: type[Event]) -> type[Event]:
+    fail = _Fail(service, cls, attr, func)
     params = list(inspect.signature(func).parameters.values())[1:]
     if len(params) != 1:
-        raise SpecError(f"{where}: an @on_event handler takes exactly one parameter, the event")
-    hint = _hints(func, where).get(params[0].name)
+        raise fail("an @on_event handler takes exactly one parameter, the event",
+                   f"async def {attr}(self, event: {event.__name__}) -> None")
+    hint = _hints(func, fail.where).get(params[0].name)
     if hint is not None and hint is not event:
-        raise SpecError(f"{where}: @on_event({event.__name__}) but the parameter is annotated "
-                        f"{getattr(hint, '__name__', hint)}")
+        raise fail(f"@on_event({event.__name__}) but the parameter is annotated "
+                   f"{getattr(hint, '__name__', hint)}",
+                   f"annotate it `{params[0].name}: {event.__name__}`")
+    _check_wire(fail, "event", event)
     return event
 
 
 def _method(service: str, cls: type, attr: str, func: Any) -> MethodSpec:
-    where = f"{cls.__qualname__}.{attr}"
-    hints = _hints(func, where)
+    fail = _Fail(service, cls, attr, func)
+    hints = _hints(func, fail.where)
     if "return" not in hints:
-        raise SpecError(f"{where}: add a return type hint (-> None if it returns nothing)")
+        raise fail("no return type hint", "add one (-> None if it returns nothing)")
     params: list[Param] = []
     for p in list(inspect.signature(func).parameters.values())[1:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            raise SpecError(f"{where}: *args / **kwargs cannot cross the wire; name each parameter")
+            raise fail("*args / **kwargs cannot cross the wire", "name each parameter")
         if p.name not in hints:
-            raise SpecError(f"{where}: parameter {p.name!r} needs a type hint")
+            raise fail(f"parameter {p.name!r} has no type hint", f"annotate it: `{p.name}: int` "
+                       f"(or its type)")
         params.append(Param(p.name, hints[p.name], p.default))
 
+    for param in params:
+        _check_wire(fail, f"parameter {param.name!r}", param.annotation)
+    _check_wire(fail, "return type", hints["return"])
     decl: RouteDecl | None = getattr(func, ROUTE_ATTR, None)
-    route = _route(where, decl, params) if decl else None
+    route = _route(fail, decl, params) if decl else None
     return MethodSpec(
         service=service,
         name=attr,
@@ -184,6 +249,29 @@ def _method(service: str, cls: type, attr: str, func: Any) -> MethodSpec:
         idempotent=bool(getattr(func, IDEMPOTENT_ATTR, False)) or (decl is not None and decl.method == "GET"),
         doc=inspect.getdoc(func),
     )
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__qualname__
+    return repr(annotation).replace("typing.", "")
+
+
+def _check_wire(fail: _Fail, what: str, annotation: Any) -> None:
+    """Refuse a type the codec cannot encode or decode, or OpenAPI describe:
+    msgspec treats an unknown class as a custom type that needs hooks amoeba
+    does not give, so it would fail on the first call (a 500) and break
+    ``/openapi.json`` for every route of the listener."""
+    try:
+        msgspec.json.schema(annotation)
+        msgspec.msgpack.Decoder(annotation)
+    except (TypeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[-1]
+        raise fail(f"{what} {_type_name(annotation)} cannot cross the wire or be described in "
+                   f"OpenAPI ({reason})",
+                   "use a msgspec.Struct, a dataclass, a TypedDict, an Enum or built-in types (int, "
+                   "float, str, bool, bytes, datetime, Decimal, UUID, list[...], dict[str, ...])"
+                   ) from None
 
 
 def principal_kind(annotation: Any) -> bool | None:
@@ -202,7 +290,7 @@ def header_of(annotation: Any) -> Header | None:
     return None
 
 
-def _route(where: str, decl: RouteDecl, params: list[Param]) -> RouteSpec:
+def _route(fail: _Fail, decl: RouteDecl, params: list[Param]) -> RouteSpec:
     principals: list[tuple[str, bool]] = []
     headers: list[tuple[str, str]] = []
     for p in params:
@@ -212,20 +300,19 @@ def _route(where: str, decl: RouteDecl, params: list[Param]) -> RouteSpec:
         elif (h := header_of(p.annotation)) is not None:
             headers.append((p.name, h.name.lower()))
         elif Principal in typing.get_args(p.annotation):
-            raise SpecError(f"{where}: parameter {p.name!r}: annotate it `Principal` or "
-                            f"`Principal | None`; the edge fills it from the access token")
+            raise fail(f"parameter {p.name!r} mixes Principal with other types",
+                       "annotate it `Principal` or `Principal | None`; the edge fills it from the "
+                       "access token")
     special = {n for n, _ in principals} | {n for n, _ in headers}
     names = [p.name for p in params if p.name not in special]
     in_path = tuple(_PATH_PARAM.findall(decl.path))
     for n in in_path:
         if n in special:
-            raise SpecError(f"{where}: {{{n}}} in route {decl.path} names a parameter bound by the "
-                            f"edge (Principal or Header); rename one of them")
+            raise fail(f"{{{n}}} in route {decl.path} names a parameter bound by the edge "
+                       f"(Principal or Header)", "rename one of them")
         if n not in names:
-            raise SpecError(
-                f"{where}: route {decl.method} {decl.path} has {{{n}}} but the method has no "
-                f"parameter {n!r}"
-            )
+            raise fail(f"route {decl.method} {decl.path} has {{{n}}} but the method has no "
+                       f"parameter {n!r}", f"add a parameter `{n}`, or take {{{n}}} out of the path")
     rest = tuple(n for n in names if n not in in_path)
     from_query = decl.method in ("GET", "DELETE", "HEAD")
     return RouteSpec(

@@ -1,5 +1,6 @@
 """Database resources.
 
+    settings.py   ``DatabaseSettings``: ``settings.database``, read without SQLAlchemy
     database.py   ``Database``: SQLAlchemy 2 (async) on SQLite, PostgreSQL or
                   MySQL/MariaDB; one schema/database/file per service
     migrate.py    Alembic migrations of a ``Database``, run without an env.py

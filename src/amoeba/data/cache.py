@@ -13,6 +13,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from amoeba.drivers import require
 from amoeba.resource import Resource, ResourceContext
 
 __all__ = ["Cache", "redis_client"]
@@ -30,14 +31,13 @@ def split_prefix(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), prefix
 
 
-def redis_client(url: str, *, timeout: float | None = None) -> Any:
-    """A ``redis.asyncio.Redis`` for ``url`` (redis-py imported on demand)."""
+def redis_client(url: str, *, timeout: float | None = None, kind: str = "cache") -> Any:
+    """A ``redis.asyncio.Redis`` for ``url`` (redis-py imported on demand;
+    :class:`~amoeba.drivers.MissingDriver` under ``resources.{kind}`` without it)."""
+    require(kind, url)
     url = split_prefix(url)[0]
-    try:
-        import redis.asyncio as aioredis
-    except ImportError:
-        raise ImportError(f"{url.split('@')[-1]} needs redis-py: pip install 'amoeba[redis]' "
-                          f"(or 'redis>=5')") from None
+    import redis.asyncio as aioredis
+
     return aioredis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout or 2.0)
 
 
@@ -72,10 +72,7 @@ class Cache(Resource):
         if ctx.url is None:
             return cls(prefix)
         prefix = split_prefix(ctx.url)[1] + prefix
-        if not ctx.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"resources.cache: {ctx.url!r} is not a redis:// URL; fix: "
-                             f"cache: redis://127.0.0.1:6379/0, or remove it for an in-memory cache")
-        return cls(prefix, redis_client(ctx.url))
+        return cls(prefix, redis_client(ctx.url))  # a URL that is not Redis's: UnsupportedURL
 
     async def ready(self) -> bool:
         if self.redis is None:

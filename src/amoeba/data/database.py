@@ -63,7 +63,6 @@ fail on lock upgrade.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -79,6 +78,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from amoeba.data import sqlite_driver
+from amoeba.data.settings import DatabaseSettings
+from amoeba.drivers import require
 from amoeba.errors import Unavailable
 from amoeba.resource import Resource, ResourceContext
 
@@ -90,13 +91,14 @@ Statement = sa.Executable | str
 Params = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 
 _SERVICE = re.compile(r"[a-z0-9_]+")
-# scheme -> (async driver URL scheme, module to import, extra to install)
-_DRIVERS: dict[str, tuple[str, str, str | None]] = {
-    "sqlite": ("sqlite+amoeba", "sqlite3", None),  # see sqlite_driver.py
-    "postgresql": ("postgresql+asyncpg", "asyncpg", "postgres"),
-    "postgres": ("postgresql+asyncpg", "asyncpg", "postgres"),
-    "mysql": ("mysql+aiomysql", "aiomysql", "mysql"),
-    "mariadb": ("mysql+aiomysql", "aiomysql", "mysql"),
+# scheme -> the asyncio driver it is rewritten to; which library that needs, and
+# which extra installs it, is amoeba.drivers' table.
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+amoeba",  # see sqlite_driver.py
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "mysql": "mysql+aiomysql",
+    "mariadb": "mysql+aiomysql",
 }
 SQLITE_BUSY_MS = 5000
 _RESULT, _ONE, _ALL, _SCALAR = range(4)
@@ -107,65 +109,14 @@ _MYSQL_UNAVAILABLE = {1040, 1053, 1205, 2002, 2003, 2005, 2006, 2013, 2055}
 _SQLITE_UNAVAILABLE = ("locked", "busy", "unable to open")
 
 
-class DatabaseSettings:
-    """``settings.database`` of the topology, validated."""
-
-    _TYPES: dict[str, tuple[type, ...]] = {
-        "pool_size": (int,), "max_overflow": (int,), "pool_timeout": (int, float),
-        "migrate": (bool,), "echo": (bool,),
-    }
-
-    def __init__(self, pool_size: int = 5, max_overflow: int = 0, pool_timeout: float = 10,
-                 migrate: bool = True, echo: bool = False):
-        self.pool_size = pool_size
-        self.max_overflow = max_overflow
-        self.pool_timeout = float(pool_timeout)
-        self.migrate = migrate
-        self.echo = echo
-
-    def __repr__(self) -> str:
-        return (f"<DatabaseSettings pool_size={self.pool_size} max_overflow={self.max_overflow} "
-                f"pool_timeout={self.pool_timeout} migrate={self.migrate} echo={self.echo}>")
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> DatabaseSettings:
-        raw = settings.get("database")
-        if raw is None:
-            return cls()
-        if not isinstance(raw, Mapping):
-            raise ValueError(f"settings.database: must be a mapping such as {{pool_size: 5}}, "
-                             f"got {raw!r}")
-        for key, value in raw.items():
-            types = cls._TYPES.get(key)
-            if types is None:
-                raise ValueError(f"settings.database.{key}: unknown key; the keys are "
-                                 f"{', '.join(cls._TYPES)}")
-            # bool is an int to Python, never to a topology author
-            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-                kind = " or ".join(t.__name__ for t in types)
-                raise ValueError(f"settings.database.{key}: expected {kind}, got {value!r}")
-        made = cls(**raw)
-        if made.pool_size < 1 or made.max_overflow < 0 or made.pool_timeout <= 0:
-            raise ValueError(f"settings.database: pool_size must be >= 1, max_overflow >= 0 and "
-                             f"pool_timeout > 0; got {made!r}")
-        return made
-
-
 def async_url(url: str | URL) -> URL:
-    """``url`` with its driver replaced by the asyncio one (checked installed)."""
+    """``url`` with its driver replaced by the asyncio one (checked installed:
+    :class:`amoeba.drivers.MissingDriver` names the extra that brings it)."""
     parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    entry = _DRIVERS.get(backend)
-    if entry is None:
-        raise ValueError(f"resources.database: {parsed.render_as_string(hide_password=True)!r}: "
-                         f"unsupported database; use sqlite://, postgresql:// or mysql://")
-    driver, module, extra = entry
-    if "+" in parsed.drivername:  # the user named a driver: theirs to install
+    driver = require("database", parsed.render_as_string(hide_password=False))
+    if driver is None:  # the user named a driver: theirs to install
         return parsed
-    if importlib.util.find_spec(module) is None:
-        raise ImportError(f"resources.database: {parsed.render_as_string(hide_password=True)!r} "
-                          f"needs the {module} driver: pip install 'amoeba[{extra}]'")
-    return parsed.set(drivername=driver)
+    return parsed.set(drivername=_ASYNC_DRIVERS[parsed.get_backend_name()])
 
 
 def _sqlite_path(url: URL, service: str) -> Path:

@@ -8,15 +8,17 @@ handled only when the subscriber acks it; a nack, a crash or a timeout sends
 it again, later.  Retries, dead letters and deduplication are the consumer
 side of amoeba (``consumer.py``), not the backend's.
 
-Backends, chosen once from the topology's ``resources.events`` URL:
+Backends, chosen once from the topology's ``resources.events`` URL through
+the table in ``amoeba/drivers.py`` (which also names the library each needs)::
 
     (none) / memory://   MemoryBus   in-process queues (one process only)
     nats://host:4222     NatsBus     NATS JetStream: durable consumers, explicit acks
     redis://host:6379    RedisBus    Redis Streams: consumer groups, XACK, XAUTOCLAIM
 
-A Kafka or RabbitMQ backend is one more module implementing ``EventBus``:
-``publish`` that returns once the broker holds the message, ``subscribe``
-with a consumer group and manual acks, and redelivery with a delay.
+A Kafka or RabbitMQ backend is one more module implementing ``EventBus``
+(and one more row of that table): ``publish`` that returns once the broker
+holds the message, ``subscribe`` with a consumer group and manual acks, and
+redelivery with a delay.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from amoeba.drivers import load_backend, require
 
 __all__ = ["Delivery", "EventBus", "Handler", "Message", "open_bus"]
 
@@ -105,18 +109,12 @@ def open_bus(url: str | None, *, app: str) -> EventBus:
     url, namespace = _namespace(url)
     if namespace:
         app = f"{app}_{namespace}"
-    if not url or url.startswith("memory:"):
+    if not url:
         from amoeba.events.memory import MemoryBus
 
         return MemoryBus()
-    if url.startswith("nats://") or url.startswith("tls://"):
-        from amoeba.events.nats import NatsBus
-
-        return NatsBus(url, app=app)
-    if url.startswith(("redis://", "rediss://")):
-        from amoeba.events.redis import RedisBus
-
-        return RedisBus(url, app=app)
-    raise ValueError(f"resources.events: {url!r} is not a supported broker URL; fix: "
-                     f"nats://127.0.0.1:4222, redis://127.0.0.1:6379/0, or remove it for "
-                     f"the in-process bus")
+    driver = require("events", url)  # UnsupportedURL / MissingDriver: one line with the fix
+    assert driver is not None
+    backend = load_backend(driver)
+    made: EventBus = backend() if driver.scheme == "memory" else backend(url, app=app)
+    return made

@@ -357,7 +357,7 @@ class RedisBus(EventBus):
         self._where = split_prefix(redis_url)[0].split("@")[-1]
         self.base = f"{split_prefix(redis_url)[1]}amoeba:{app}:events:"
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
-        self.redis: Any = redis_client(redis_url)  # redis.asyncio.Redis
+        self.redis: Any = redis_client(redis_url, kind="events")  # redis.asyncio.Redis
         self._subs: list[_Subscription] = []
 
     def __repr__(self) -> str:

@@ -53,7 +53,8 @@ class EdgePolicy:
         def fail(key: str, message: str) -> TopologyError:
             setting, _, rest = message.partition(": ")
             fix = rest.split("; fix: ")
-            return TopologyError([Problem(topology.file, topology.lines.get(key), setting,
+            line = topology.lines.get(setting) or topology.lines.get(key)  # the deepest known
+            return TopologyError([Problem(topology.file, line, setting,
                                           fix[0], fix[1] if len(fix) > 1 else "see README.md")])
 
         try:

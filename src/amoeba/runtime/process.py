@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -19,12 +20,15 @@ import msgspec
 
 from amoeba import context
 from amoeba.app import App
+from amoeba.drivers import MissingDriver, UnsupportedURL
 from amoeba.gateway.access import iso_utc
-from amoeba.runtime.host import Host, ListenError
+from amoeba.runtime.host import Host, ListenError, data_dir
+from amoeba.runtime.preflight import EX_CONFIG, preflight
 from amoeba.spec import SpecError
 from amoeba.topology import Problem, Topology, TopologyError, bind, load_topology
 
-__all__ = ["LogFormatter", "configure_logging", "load_app", "load_bound", "run_process", "serve"]
+__all__ = ["LogFormatter", "configure_logging", "load_app", "load_bound", "report", "run_process",
+           "serve"]
 
 log = logging.getLogger("amoeba.process")
 
@@ -114,20 +118,47 @@ def load_app(topo: Topology) -> App:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if exc.name and not (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
+            # The app's module was found; something it imports is not installed.
+            raise TopologyError([_raised_in(topo, module_name, exc,
+                                            f"install {exc.name!r} (pip install ...) in the "
+                                            f"environment that runs the app")]) from None
         raise TopologyError([Problem(where.file, where.line, "app",
                                      f"cannot import {module_name!r}: {exc}",
                                      "check app: and pythonpath: (relative to the topology file)")]
                             ) from None
-    except (SpecError, ValueError) as exc:
+    except SpecError as exc:
+        if exc.fix is not None:  # one method's fault: said where that method is
+            raise TopologyError([Problem(exc.file or where.file, exc.line or where.line,
+                                         exc.key or "app", exc.message, exc.fix)]) from None
         raise TopologyError([Problem(where.file, where.line, "app",
                                      f"importing {module_name!r} failed: {exc}",
                                      "fix the service class named in the message")]) from None
+    except ValueError as exc:
+        raise TopologyError([Problem(where.file, where.line, "app",
+                                     f"importing {module_name!r} failed: {exc}",
+                                     "fix the service class named in the message")]) from None
+    except Exception as exc:  # the app's own code fails on import: where, not a traceback
+        raise TopologyError([_raised_in(topo, module_name, exc, "fix the app's code there")]
+                            ) from None
     app = getattr(module, attr or "app", None)
     if not isinstance(app, App):
         raise TopologyError([Problem(where.file, where.line, "app",
                                      f"{topo.app!r} is not a amoeba.App ({type(app).__name__})",
                                      "point app: at the module-level App(...) object")])
     return app
+
+
+def _raised_in(topo: Topology, module: str, exc: BaseException, fix: str) -> Problem:
+    """``exc``, raised while importing the app, at the app's innermost line it
+    passed through (else the innermost line, else the topology's ``app:``)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    roots = tuple(str(p) for p in topo.pythonpath)
+    mine = [f for f in frames if roots and f.filename.startswith(roots)] or frames
+    message = f"importing {module!r} raised {type(exc).__name__}: {exc}"
+    if not mine:
+        return Problem(topo.file, topo.lines.get("app"), "app", message, fix)
+    return Problem(mine[-1].filename, mine[-1].lineno, "app", message, fix)
 
 
 def load_bound(path: str | Path) -> tuple[App, Topology]:
@@ -165,9 +196,25 @@ async def serve(host: Host) -> None:
     log.info("%s: stopped", host)
 
 
+def report(path: str | Path, problems: list[Problem]) -> None:
+    """Problems on stderr, as ``amoeba check`` prints them."""
+    text = "\n".join(str(p) for p in problems)
+    print(f"{path}: {len(problems)} problem(s)\n{text}", file=sys.stderr, flush=True)
+
+
 def run_process(path: str, process: str, replica: int = 0, *, strict: bool = False) -> int:
+    """Run one process until a signal stops it; the exit code (see
+    ``runtime/preflight.py``).  Whatever ``amoeba check`` would report stops
+    it before anything starts, with ``EX_CONFIG``."""
     configure_logging(process, replica)
     app, topo = load_bound(path)
+    if process not in topo.processes:  # before the checks: a usage error, not the topology's
+        raise KeyError(f"topology {topo.file} has no process {process!r}; "
+                       f"its processes are: {', '.join(topo.processes)}")
+    problems = preflight(topo, app, data_dir())
+    if problems:
+        report(path, problems)
+        return EX_CONFIG
     for key, value in topo.processes[process].env.items():
         os.environ.setdefault(key, value)
     host = Host(app, topo, process, replica, strict=strict)
@@ -182,4 +229,7 @@ def run_process(path: str, process: str, replica: int = 0, *, strict: bool = Fal
     except ListenError as exc:
         print(f"amoeba run: {exc}", file=sys.stderr)
         return 1
+    except (MissingDriver, UnsupportedURL) as exc:  # what preflight saw may have changed since
+        print(f"amoeba run: {exc}", file=sys.stderr)
+        return EX_CONFIG
     return 0

@@ -2,7 +2,8 @@
 
 - ``model``:  frozen records (Topology, Process, Listener, Settings, Problem)
 - ``loader``: YAML -> records, ``${VAR:-default}`` expansion, line numbers
-- ``check``:  validation against an App (placement, ports, cycles, privacy)
+- ``check``:  validation against an App (placement, ports, cycles, privacy, unknown keys)
+- ``schema``: the keys ``settings:`` and ``resources:`` may hold, for "did you mean"
 - ``deploy``: the optional ``deploy:`` section (image, edge port, k8s sizes), read by ``amoeba deploy``
 """
 

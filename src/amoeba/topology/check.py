@@ -1,15 +1,20 @@
 """Validate a topology against an app before anything starts.
 
 ``bind(topology, app)`` returns the topology with ``"*"`` expanded, or raises
-``TopologyError`` listing every problem with its file, line, key and fix.
+``TopologyError`` listing every problem with its file, line, key and fix:
+unknown keys of ``settings:`` and ``resources:`` (``schema.py``), placement,
+ports, privacy, routes and dependency cycles.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from amoeba.topology.loader import _SETTING_KEYS
 from amoeba.topology.model import Problem, Process, Topology, TopologyError
+from amoeba.topology.schema import APP_SETTINGS, RESOURCES, SETTINGS, did_you_mean, unknown_keys
 
 if TYPE_CHECKING:
     from amoeba.app import App
@@ -40,12 +45,28 @@ def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
+def _close(word: str, choices: Iterable[str]) -> str:
+    close = did_you_mean(word, choices)
+    return f"; did you mean {close!r}?" if close else ""
+
+
 def bind(topo: Topology, app: App) -> Topology:
     problems: list[Problem] = []
     known = app.specs
 
     def add(key: str, message: str, fix: str) -> None:
         problems.append(Problem(topo.file, topo.lines.get(key), key, message, fix))
+
+    # Keys of settings: and resources:, at every level; the app's own resource
+    # kinds may be configured under both.
+    kinds = {r.kind for spec in known.values() for r in spec.resources.values() if r.kind}
+    settings_schema = {**dict.fromkeys(_SETTING_KEYS), **SETTINGS, APP_SETTINGS: None,
+                       **dict.fromkeys(kinds - SETTINGS.keys())}
+    for key, message, fix in unknown_keys(topo.settings.extra, settings_schema, "settings"):
+        add(key, message, fix)
+    resources_schema = dict.fromkeys({*RESOURCES, *kinds})
+    for key, message, fix in unknown_keys(topo.resources, resources_schema, "resources"):
+        add(key, message, fix)
 
     names = ", ".join(sorted(known))
     placed: dict[str, str] = {}
@@ -67,7 +88,7 @@ def bind(topo: Topology, app: App) -> Topology:
         for i, s in enumerate(services):
             if s not in known:
                 add(f"{key}[{i}]" if "*" not in proc.services else key,
-                    f"unknown service {s!r}", f"the app's services are: {names}")
+                    f"unknown service {s!r}{_close(s, known)}", f"the app's services are: {names}")
             elif s in placed:
                 add(f"{key}[{i}]", f"service {s!r} is placed twice (also in process {placed[s]!r})",
                     f"remove {s!r} from one of the two processes")
@@ -114,7 +135,7 @@ def bind(topo: Topology, app: App) -> Topology:
             for s in served:
                 if s not in known:
                     if lst.routes is not None:  # implicit routes: already reported above
-                        add(f"{lst.key}.routes", f"unknown service {s!r}",
+                        add(f"{lst.key}.routes", f"unknown service {s!r}{_close(s, known)}",
                             f"the app's services are: {names}")
                     continue
                 for m in known[s].methods.values():

@@ -10,7 +10,7 @@ Schema (keys not listed are rejected, to catch typos)::
     app: tickets.app:app              # module:attribute of the amoeba.App
     pythonpath: ../..                 # str or list, relative to this file
     settings: {deadline: 10s, max_body: 1MiB, grace: 10s, connections: 2, ...}
-    resources: {database: "sqlite:///..."}
+    resources: {database: "sqlite:///..."}       # keys of both: topology/schema.py
     deploy: {image: ..., edge: {port: 80}, ...}   # only amoeba deploy reads it: topology/deploy.py
     processes:
       NAME:
@@ -34,6 +34,7 @@ import yaml
 
 from amoeba.topology.deploy import read_deploy
 from amoeba.topology.model import Listener, Problem, Process, Settings, Topology, TopologyError
+from amoeba.topology.schema import did_you_mean
 
 __all__ = ["load_topology", "parse_duration", "parse_size"]
 
@@ -80,6 +81,8 @@ class _Reader:
                     self.lines[sub] = k_node.start_mark.line + 1
                     self.problem(sub, "key given twice", "keep one of them")
                 out[k] = self.value(v_node, sub)
+                # A key is where its name is, not where its block's first child is.
+                self.lines[sub] = k_node.start_mark.line + 1
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.value(n, f"{key}[{i}]") for i, n in enumerate(node.value)]
@@ -153,7 +156,9 @@ def _unknown(r: _Reader, data: dict[str, Any], allowed: set[str], key: str) -> N
     for k in data:
         if k not in allowed:
             sub = f"{key}.{k}" if key else k
-            r.problem(sub, "unknown key", f"use one of: {', '.join(sorted(allowed))}")
+            close = did_you_mean(str(k), allowed)
+            r.problem(sub, "unknown key" + (f"; did you mean `{close}`?" if close else ""),
+                      f"use one of: {', '.join(sorted(allowed))}")
 
 
 def _build(r: _Reader, data: dict[str, Any], path: Path) -> Topology | None:
