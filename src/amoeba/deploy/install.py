@@ -26,20 +26,14 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from amoeba.drivers import extra_for_url  # the one scheme -> driver table
+
 __all__ = ["FRAMEWORK", "Install", "Project", "extra_for_url", "install_for"]
 
 FRAMEWORK = "amoeba"
-# URL scheme of a resource -> the extra that brings its driver (pyproject's optional-dependencies).
-_EXTRAS = {"postgresql": "postgres", "postgres": "postgres", "mysql": "mysql", "mariadb": "mysql",
-           "redis": "redis", "rediss": "redis", "nats": "nats", "kafka": "kafka"}
 # "amoeba", its extras, then the rest: version specifiers, "@ URL", "; marker".
 _REQUIREMENT = re.compile(rf"^\s*{FRAMEWORK}(?=\s*(?:\[|[<>=!~@;]|$))\s*(?:\[([^\]]*)\])?\s*(.*)$",
                           re.IGNORECASE)
-
-
-def extra_for_url(url: str) -> str | None:
-    """The extra whose driver ``url`` needs (``postgresql+asyncpg://`` -> ``postgres``)."""
-    return _EXTRAS.get(url.split("://", 1)[0].split("+", 1)[0].lower()) if "://" in url else None
 
 
 @dataclass(frozen=True)
