@@ -560,3 +560,27 @@ async def test_a_driver_missing_at_start_anyway_is_the_same_one_line(tmp_path, m
         await host.start()
     assert str(info.value) == ("resources.database: 'postgresql://postgres@127.0.0.1:1/x' needs "
                                "asyncpg, which is not installed; fix: pip install 'amoeba[postgres]'")
+
+
+def test_events_between_processes_without_a_broker_are_refused(tmp_path, capsys):
+    """The in-process bus cannot carry an event to a handler in another process:
+    check says so instead of letting the events vanish."""
+    from amoeba.cli import main
+
+    shop = Path(__file__).resolve().parent.parent / "examples" / "shop" / "topologies"
+    text = (shop / "microservices.yaml").read_text().replace(
+        "pythonpath: ../..", f"pythonpath: {shop.parent.parent}")
+    events = "  events: ${EVENTS_URL:-nats://127.0.0.1:4222}\n"
+    assert events in text
+    bad = tmp_path / "no-broker.yaml"
+    bad.write_text(text.replace(events, ""))
+    assert main(["check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "no-broker.yaml:" in err and "resources" in err
+    assert ("event 'shop.order_placed' is published by orders (process 'orders') and handled by "
+            "notifications (process 'notifications')") in err
+    assert "set resources.events to a broker" in err
+    monolith = tmp_path / "one-process.yaml"  # the same app in one process needs no broker
+    monolith.write_text((shop / "monolith.yaml").read_text().replace(
+        "pythonpath: ../..", f"pythonpath: {shop.parent.parent}"))
+    assert main(["check", str(monolith)]) == 0

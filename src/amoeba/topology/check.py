@@ -149,6 +149,21 @@ def bind(topo: Topology, app: App) -> Topology:
                             "serve the two services on different listeners, or change one path")
                     owner[rk] = m.qualname
 
+    # The in-process bus (no resources.events) delivers only inside the process
+    # that published: an event whose handler runs elsewhere would be lost.
+    events_url = topo.resources.get("events")
+    if not events_url or str(events_url).startswith("memory"):
+        handlers = {(ev.event_name, s) for s, spec in known.items() for ev in spec.handlers.values()}
+        for pub, spec in sorted(known.items()):
+            for ev in spec.publishes:
+                for name, sub in sorted(handlers):
+                    if name == ev.event_name and placed.get(sub) != placed.get(pub):
+                        add("resources.events" if "events" in topo.resources else "resources",
+                            f"event {name!r} is published by {pub} (process {placed.get(pub)!r}) and "
+                            f"handled by {sub} (process {placed.get(sub)!r}), but without a broker "
+                            f"events never leave the process that published them",
+                            "set resources.events to a broker (nats://host:4222, redis://host:6379/0 "
+                            "or kafka://host:9092), or place the two services in one process")
     cycle = find_cycle({s: list(spec.dependencies.values()) for s, spec in known.items()})
     if cycle:
         add("processes", f"dependency cycle {' -> '.join(cycle)}: no start order exists",
