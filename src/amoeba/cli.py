@@ -61,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.process:
             return run_process(args.topology, args.process, args.replica, strict=args.strict)
-        _, topo = load_bound(args.topology)
+        app, topo = load_bound(args.topology)
     except TopologyError as exc:
         print(f"{args.topology}: {len(exc.problems)} problem(s)\n{exc}", file=sys.stderr)
         return 1
@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     from amoeba.runtime.supervisor import Supervisor
 
-    return asyncio.run(Supervisor(args.topology, topo, strict=args.strict).run())
+    return asyncio.run(Supervisor(args.topology, topo, app=app, strict=args.strict).run())
 
 
 def _database_context(topo: Topology, service: str, owner: type) -> ResourceContext:

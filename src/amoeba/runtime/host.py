@@ -27,6 +27,7 @@ Shutdown (``drain``), what a load balancer needs to lose no request:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from pathlib import Path
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 from amoeba.resource import Resource, ResourceContext
 from amoeba.runtime.info import RuntimeInfo
 from amoeba.service import Service
-from amoeba.topology.model import Topology
+from amoeba.topology.model import Listener, Topology
 from amoeba.transport.client import ProcessClient
 from amoeba.transport.credential import TokenSigner, load_secret
 from amoeba.transport.server import RpcServerProtocol
@@ -217,15 +218,24 @@ class Host:
                         lst.host, port, reuse_address=True, backlog=2048)
                 except OSError as exc:
                     await self.stop()
-                    raise ListenError(
-                        f"{self.topology.file}: {lst.key}: process {self.process.name!r} cannot "
-                        f"listen on {lst.host}:{port}: {exc.strerror or exc}\n    fix: stop what "
-                        f"holds the port (ss -ltnp 'sport = {port}'), or change the port") from None
+                    raise ListenError(self._listen_problem(lst, port, exc)) from None
                 self.servers.append(server)
         log.info("%s ready: %s", self, ", ".join(
             f"{'public' if e.listener.public else 'private'} http://{e.listener.host}:"
             f"{s.sockets[0].getsockname()[1]}" for e, s in zip(self.edges, self.servers,
                                                                 strict=False)))
+
+    def _listen_problem(self, lst: Listener, port: int, exc: OSError) -> str:
+        """One line: which listener, what went wrong, and the fix."""
+        where = f"{self.topology.file}:{lst.line}" if lst.line else self.topology.file
+        addr = f"{lst.host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            what = (f"{addr} is already in use (another process?); free it "
+                    f"(ss -ltnp 'sport = {port}' shows who holds it) or change {lst.key}.port")
+        else:
+            what = (f"process {self.process.name!r} cannot listen on {addr}: "
+                    f"{exc.strerror or exc}; change {lst.key}")
+        return f"{where}: listener {lst.key}: {what}"
 
     def _resource_settings(self) -> dict[str, Any]:
         """The extra settings a resource sees; ``auth`` gets the app's name as its

@@ -27,6 +27,7 @@ from amoeba.topology import Problem, Topology, TopologyError, bind, load_topolog
 __all__ = ["LogFormatter", "configure_logging", "load_app", "load_bound", "run_process", "serve"]
 
 log = logging.getLogger("amoeba.process")
+EX_CONFIG = 78  # sysexits.h: a configuration problem; ``amoeba run`` gives up at once
 
 
 class LogFormatter(logging.Formatter):
@@ -181,5 +182,5 @@ def run_process(path: str, process: str, replica: int = 0, *, strict: bool = Fal
         runner(serve(host))
     except ListenError as exc:
         print(f"amoeba run: {exc}", file=sys.stderr)
-        return 1
+        return EX_CONFIG  # the supervisor does not restart it: the port stays taken
     return 0

@@ -2,6 +2,27 @@
 a child, prefix their output, restart a crashed child with backoff, and stop
 them all cleanly on Ctrl-C / SIGTERM (exit 0).
 
+Start order (:mod:`amoeba.runtime.order`): a process starts once every
+process it calls answers ``/readyz`` with 200 on each listener, so its
+first calls find their callees listening.  Processes in a cycle start
+together.
+
+Giving up: a child that dies before it was ever ready failed *at startup*.
+A deterministic failure there (a missing driver, a bad setting, a port in
+use, an exception in a service's ``start()``) would fail the same way for
+ever, so the supervisor does not restart it again when it
+
+* exits with 78 (``EX_CONFIG``: the process itself said its configuration
+  is wrong), at once;
+* fails at startup twice in a row the same way (same exit code, same cause
+  read from its last output lines, :mod:`amoeba.runtime.cause`);
+* fails at startup ``MAX_START_FAILURES`` times in a row whatever the cause.
+
+It then stops every other child and exits non-zero (the child's exit code
+when it is one, else 1), with one ``amoeba run: process P failed to start
+...: <cause>`` line on stderr.  A child that was ready and then crashed is
+restarted with backoff, as before.
+
 ``SIGHUP`` restarts every child, one at a time (a rolling restart, to load
 new code or configuration): SIGTERM to one replica, which drains; the new one
 is started at once and must answer ``/readyz`` with 200 on every listener,
@@ -18,22 +39,34 @@ exactly as systemd or Kubernetes would, with a shared ``AMOEBA_SECRET``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import secrets
 import signal
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from amoeba.observe.fetch import FetchError, fetch
+from amoeba.runtime.cause import same_cause, startup_cause
+from amoeba.runtime.order import callees, start_after, start_waves
 from amoeba.topology.model import Topology
+
+if TYPE_CHECKING:
+    from amoeba.app import App
 
 __all__ = ["Supervisor"]
 
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 30.0  # a child that ran this long gets its backoff reset
 ROLL_READY = 60.0  # seconds a restarted child has to answer /readyz 200
+EX_CONFIG = 78  # sysexits.h: a configuration problem, which a restart cannot fix
+MAX_START_FAILURES = 5  # startup failures in a row, even with different causes
+NOT_READY_NOTICE = 30.0  # seconds without /readyz 200 before saying what it answers
+TAIL_LINES = 60  # output lines of a starting child kept to find why it died
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -55,19 +88,53 @@ class _Child:
     restarts: int = 0
     rolling: bool = False  # stopped by a rolling restart: start again at once
     pumps: list[asyncio.Task[None]] = field(default_factory=list)
+    ready: bool = False  # this incarnation answered /readyz 200 on every listener
+    first_ready: asyncio.Event = field(default_factory=asyncio.Event)  # some incarnation did
+    tail: deque[bytes] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    start_failures: int = 0  # startup failures in a row
+    last_failure: tuple[int, str] | None = None  # (exit code, cause) of the last one
+
+
+
+@dataclass(frozen=True)
+class _GaveUp:
+    """Why the supervisor stopped everything: a child that cannot start."""
+
+    label: str
+    code: int
+    cause: str
+    how: str  # "", "twice", "5 times in a row"
+
+    def exit_code(self) -> int:
+        return self.code if 0 < self.code < 126 else 1
+
+    def __str__(self) -> str:
+        what = f"process {self.label} failed to start{' ' + self.how if self.how else ''}"
+        if not self.cause:
+            return (f"{what}: it exited with code {self.code} before it was ready and "
+                    f"printed no cause (its output is above)")
+        first, *rest = self.cause.splitlines()
+        more = "".join(f"\n{line if line.startswith(' ') else '    ' + line}" for line in rest)
+        return f"{what}: {first}{more}"
 
 
 class Supervisor:
-    def __init__(self, topology_path: str, topo: Topology, *, strict: bool = False):
+    def __init__(self, topology_path: str, topo: Topology, *, app: App | None = None,
+                 strict: bool = False):
+        """``app`` gives the start order (who calls whom); without it every
+        process starts at once."""
         self.path = topology_path
         self.topo = topo
         self.strict = strict
         self.stopping = False
+        self.gave_up: _GaveUp | None = None
         self.roll: asyncio.Task[None] | None = None
         self.children = [
             _Child(p.name, i, p.name if p.replicas == 1 else f"{p.name}.{i}")
             for p in topo.processes.values() for i in range(p.replicas)
         ]
+        graph = callees(app, topo) if app is not None else {p: frozenset() for p in topo.processes}
+        self.after = start_after(graph)
         self.width = max(len(c.label) for c in self.children)
         self.env = dict(os.environ)
         self.env.setdefault("AMOEBA_SECRET", secrets.token_hex(32))
@@ -77,6 +144,7 @@ class Supervisor:
         from amoeba.runtime.process import log_style
 
         self.env.setdefault("AMOEBA_LOG_FORMAT", log_style())
+        self._stop = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.topo.name} children={[c.label for c in self.children]}>"
@@ -88,7 +156,8 @@ class Supervisor:
     async def _pump(self, child: _Child, stream: asyncio.StreamReader) -> None:
         # Whatever the child wrote since the last read, prefixed line by line
         # and written at once: a busy child's access log costs one write per
-        # batch here, not one per line.
+        # batch here, not one per line.  Until the child is ready its lines
+        # are also kept (the last few), to say why it died if it does.
         prefix = f"{child.label:>{self.width}} | ".encode()
         out = sys.stdout.buffer
         rest = b""
@@ -101,9 +170,12 @@ class Supervisor:
             if lines:
                 out.write(b"".join(prefix + line + b"\n" for line in lines))
                 out.flush()
+                if not child.ready:
+                    child.tail.extend(lines)
         if rest:
             out.write(prefix + rest + b"\n")
             out.flush()
+            child.tail.append(rest)
 
     async def _spawn(self, child: _Child) -> None:
         argv = [sys.executable, "-m", "amoeba", "run", self.path,
@@ -112,6 +184,8 @@ class Supervisor:
             argv.append("--strict")
         env = dict(self.env)
         env.update(self.topo.processes[child.process].env)
+        child.ready = False
+        child.tail.clear()
         child.proc = await asyncio.create_subprocess_exec(
             *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent,
@@ -120,29 +194,129 @@ class Supervisor:
         assert child.proc.stdout is not None
         child.pumps = [asyncio.get_running_loop().create_task(self._pump(child, child.proc.stdout))]
 
+    async def _until_stop(self, waiting: asyncio.Future[Any]) -> bool:
+        """Wait for ``waiting`` unless the supervisor stops first (then False)."""
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not waiting.done():
+                waiting.cancel()
+        return not self._stop.is_set()
+
+    async def _wait_callees(self, child: _Child) -> bool:
+        """Wait until every replica of every process ``child`` calls was ready
+        once (False: the supervisor stops first)."""
+        after = self.after.get(child.process, frozenset())
+        deps = [c for c in self.children if c.process in after]
+        if not deps or all(c.first_ready.is_set() for c in deps):
+            return True
+        if child.replica == 0:
+            self.say(f"{child.process} starts once {', '.join(sorted(after))} "
+                     f"{'is' if len(after) == 1 else 'are'} ready")
+        return await self._until_stop(asyncio.gather(*(c.first_ready.wait() for c in deps)))
+
     async def _watch(self, child: _Child) -> None:
+        if not await self._wait_callees(child):
+            return
         while True:
             await self._spawn(child)
-            assert child.proc is not None
-            code = await child.proc.wait()
+            proc = child.proc
+            assert proc is not None
+            if self.stopping:  # the stop came while it was being spawned
+                proc.send_signal(signal.SIGINT)
+            self.say(f"{child.label} started (pid {proc.pid})")
+            readiness = asyncio.get_running_loop().create_task(self._await_ready(child, proc))
+            code = await proc.wait()
+            readiness.cancel()
             await asyncio.gather(*child.pumps)
             if self.stopping:
                 return
             ran = time.monotonic() - child.started
+            how = f"signal {-code}" if code < 0 else f"code {code}"
             if child.rolling:
                 child.rolling = False
-                self.say(f"{child.label} stopped (code {code}) for the rolling restart; starting it")
+                self.say(f"{child.label} stopped ({how}) for the rolling restart; starting it")
                 continue
-            if ran > STABLE_AFTER:
-                child.backoff = 0.5
-            child.restarts += 1
-            how = f"signal {-code}" if code < 0 else f"code {code}"
-            self.say(f"{child.label} exited ({how}) after {ran:.1f}s; restarting in "
-                     f"{child.backoff:.1f}s (restart {child.restarts})")
-            await asyncio.sleep(child.backoff)
+            if not child.ready:
+                if self._failed_start(child, code, how, ran):
+                    return
+            else:
+                child.start_failures = 0
+                child.last_failure = None
+                if ran > STABLE_AFTER:
+                    child.backoff = 0.5
+                child.restarts += 1
+                self.say(f"{child.label} exited ({how}) after {ran:.1f}s; restarting in "
+                         f"{child.backoff:.1f}s (restart {child.restarts})")
+            with contextlib.suppress(TimeoutError):  # the backoff, cut short by a stop
+                await asyncio.wait_for(self._stop.wait(), child.backoff)
             child.backoff = min(child.backoff * 2, MAX_BACKOFF)
             if self.stopping:
                 return
+
+    def _failed_start(self, child: _Child, code: int, how: str, ran: float) -> bool:
+        """A child died before it was ready: whether to give up (and stop all)."""
+        cause = startup_cause([b.decode("utf-8", "replace") for b in child.tail])
+        child.start_failures += 1
+        last, child.last_failure = child.last_failure, (code, cause)
+        said = f" ({cause.splitlines()[0]})" if cause else ""
+        if code == EX_CONFIG:
+            verdict = ""
+        elif last is not None and last[0] == code and same_cause(last[1], cause):
+            verdict = "twice"
+        elif child.start_failures >= MAX_START_FAILURES:
+            verdict = f"{child.start_failures} times in a row"
+        else:
+            child.restarts += 1
+            self.say(f"{child.label} exited ({how}) after {ran:.1f}s, before it was ready"
+                     f"{said}; restarting in {child.backoff:.1f}s (restart {child.restarts})")
+            return False
+        why = ("a configuration problem" if code == EX_CONFIG
+               else f"failed at startup {verdict}")
+        self.say(f"{child.label} exited ({how}) after {ran:.1f}s, before it was ready: {why}; "
+                 f"not restarting it, stopping the others")
+        if self.gave_up is None:
+            self.gave_up = _GaveUp(child.label, code, cause, verdict)
+        self._stop.set()
+        return True
+
+    async def _await_ready(self, child: _Child, proc: asyncio.subprocess.Process) -> None:
+        """Poll the new child's ``/readyz`` until it answers 200 on every listener."""
+        began = time.monotonic()
+        pause = 0.05
+        noticed = False
+        while proc.returncode is None:
+            ok, detail = await self._probe(child)
+            if ok and proc.returncode is None:
+                child.ready = True
+                child.first_ready.set()
+                self.say(f"{child.label} is ready ({time.monotonic() - began:.1f}s)")
+                return
+            if not noticed and time.monotonic() - began > NOT_READY_NOTICE:
+                noticed = True
+                self.say(f"{child.label} is not ready after {NOT_READY_NOTICE:.0f}s: {detail}")
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, 0.5)
+
+    async def _probe(self, child: _Child) -> tuple[bool, str]:
+        """Whether every listener of ``child`` answers ``/readyz`` with 200, and
+        what the first one that does not says.  A listener on port 0 (a port
+        the system picks) cannot be probed from here and is not waited for."""
+        for lst in self.topo.processes[child.process].listeners:
+            port = lst.port_for(child.replica)
+            if not port:
+                continue
+            host = "127.0.0.1" if lst.host in ("", "0.0.0.0", "::") else lst.host
+            try:
+                status, body = await fetch(host, port, "/readyz")
+            except FetchError as exc:
+                return False, str(exc)
+            if status != 200:
+                return False, f"http://{host}:{port}/readyz answers {status} " \
+                              f"{body[:300].decode('utf-8', 'replace')}"
+        return True, ""
 
     def _on_hup(self) -> None:
         if self.stopping:
@@ -163,42 +337,32 @@ class Supervisor:
                 old.send_signal(signal.SIGTERM)
             end = time.monotonic() + self.topo.settings.grace + self.topo.settings.drain_delay \
                 + ROLL_READY
-            while not self.stopping and not await self._ready(child, old):
+            while not self.stopping and (child.proc is old or not child.ready):
                 if time.monotonic() > end:
                     self.say(f"rolling restart stopped: {child.label} is not ready after "
                              f"{ROLL_READY:.0f}s; the processes after it keep their old version")
                     return
                 await asyncio.sleep(0.1)
+            if self.stopping:
+                return
             self.say(f"{child.label} is back and ready")
             await asyncio.sleep(self.topo.settings.drain_delay)
         self.say("rolling restart done")
 
-    async def _ready(self, child: _Child, old: asyncio.subprocess.Process | None) -> bool:
-        """Whether a new process of ``child`` runs and every listener answers
-        ``/readyz`` with 200."""
-        proc = child.proc
-        if proc is None or proc is old or proc.returncode is not None:
-            return False
-        for lst in self.topo.processes[child.process].listeners:
-            host = "127.0.0.1" if lst.host in ("", "0.0.0.0", "::") else lst.host
-            try:
-                status, _ = await fetch(host, lst.port_for(child.replica), "/readyz")
-            except FetchError:
-                return False
-            if status != 200:
-                return False
-        return True
-
     async def run(self) -> int:
+        """Run until Ctrl-C / SIGTERM (0), or until a child cannot start
+        (non-zero, the cause on stderr)."""
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        waves = start_waves(self.after)
+        order = " then ".join(", ".join(w) for w in waves) if len(waves) > 1 else ""
         self.say(f"topology {self.topo.name!r} from {self.path}: starting "
-                 f"{', '.join(c.label for c in self.children)}")
+                 f"{', '.join(c.label for c in self.children)}"
+                 + (f" (in dependency order: {order})" if order else ""))
         watchers = [loop.create_task(self._watch(c)) for c in self.children]
-        await stop.wait()
+        await self._stop.wait()
         self.stopping = True
         if self.roll is not None:
             self.roll.cancel()
@@ -218,5 +382,7 @@ class Supervisor:
                     c.proc.kill()
             await asyncio.gather(*watchers, return_exceptions=True)
         self.say("stopped")
+        if self.gave_up is not None:
+            print(f"amoeba run: {self.gave_up}", file=sys.stderr, flush=True)
+            return self.gave_up.exit_code()
         return 0
-
