@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import traceback
 
 from amoeba.deploy import cli as deploy_cli
 from amoeba.observe.cli import add_parsers as observe_parsers
@@ -68,6 +69,13 @@ def _run(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as exc:
         print(f"amoeba run: {exc.args[0]}", file=sys.stderr)
         return 2
+    except Exception as exc:  # the app's own code failed while being imported
+        if args.process:
+            raise  # a process keeps its traceback; the supervisor reads its last line
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(f"amoeba run: loading the app of {args.topology} failed at {where.filename}:"
+              f"{where.lineno}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     from amoeba.runtime.supervisor import Supervisor
 
     return asyncio.run(Supervisor(args.topology, topo, app=app, strict=args.strict).run())

@@ -21,6 +21,7 @@ MAX_LINES = 8
 MAX_WIDTH = 400
 _TEXT_LOG = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: (.*)$")
 _TRACEBACK = "Traceback (most recent call last):"
+_OWN_PREFIX = "amoeba run: "
 _json_line = msgspec.json.Decoder(dict[str, object])
 
 
@@ -50,7 +51,8 @@ def _exception_lines(lines: Sequence[str]) -> list[str]:
 
 
 def _shorten(lines: Sequence[str]) -> str:
-    kept = [line.rstrip()[:MAX_WIDTH] for line in lines if line.strip()]
+    # "amoeba run: " starts what a process prints about itself; the caller says who it is.
+    kept = [line.removeprefix(_OWN_PREFIX).rstrip()[:MAX_WIDTH] for line in lines if line.strip()]
     if len(kept) > MAX_LINES:
         kept = [*kept[:MAX_LINES - 1], f"... ({len(kept) - MAX_LINES + 1} more line(s))"]
     return "\n".join(kept)
