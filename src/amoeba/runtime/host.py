@@ -301,6 +301,17 @@ class Host:
         return [int(s.sockets[0].getsockname()[1]) for s in self.servers]
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """What ``/readyz`` answers: ready when the process is not draining,
+        every resource says it is ready, and every process it calls (a
+        dependency of a local service, or a route its listeners forward) has
+        at least one replica with an open, authenticated RPC connection.
+
+        Cheap by construction, and never on a request's path: with a live
+        connection a callee costs a list check; without one, the probe tries
+        to connect (one attempt shared by concurrent probes, bounded by
+        ``connect_timeout``), which is also how a callee that came back is
+        found without waiting for the pool's ejection backoff.  Reachable, not
+        transitively ready: the callee's own ``/readyz`` speaks for its callees."""
         checks: dict[str, str] = {}
         ok = not self.draining
         if self.draining:

@@ -111,8 +111,9 @@ class _GaveUp:
     def __str__(self) -> str:
         what = f"process {self.label} failed to start{' ' + self.how if self.how else ''}"
         if not self.cause:
-            return (f"{what}: it exited with code {self.code} before it was ready and "
-                    f"printed no cause (its output is above)")
+            how = f"was killed by signal {-self.code}" if self.code < 0 \
+                else f"exited with code {self.code}"
+            return f"{what}: it {how} before it was ready and printed no cause (its output is above)"
         first, *rest = self.cause.splitlines()
         more = "".join(f"\n{line if line.startswith(' ') else '    ' + line}" for line in rest)
         return f"{what}: {first}{more}"
@@ -126,7 +127,6 @@ class Supervisor:
         self.path = topology_path
         self.topo = topo
         self.strict = strict
-        self.stopping = False
         self.gave_up: _GaveUp | None = None
         self.roll: asyncio.Task[None] | None = None
         self.children = [
@@ -145,6 +145,11 @@ class Supervisor:
 
         self.env.setdefault("AMOEBA_LOG_FORMAT", log_style())
         self._stop = asyncio.Event()
+
+    @property
+    def stopping(self) -> bool:
+        """Ctrl-C / SIGTERM came, or a child cannot start: no more (re)starts."""
+        return self._stop.is_set()
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.topo.name} children={[c.label for c in self.children]}>"
@@ -203,7 +208,7 @@ class Supervisor:
             stop.cancel()
             if not waiting.done():
                 waiting.cancel()
-        return not self._stop.is_set()
+        return not self.stopping
 
     async def _wait_callees(self, child: _Child) -> bool:
         """Wait until every replica of every process ``child`` calls was ready
@@ -363,7 +368,6 @@ class Supervisor:
                  + (f" (in dependency order: {order})" if order else ""))
         watchers = [loop.create_task(self._watch(c)) for c in self.children]
         await self._stop.wait()
-        self.stopping = True
         if self.roll is not None:
             self.roll.cancel()
         # SIGINT: the children drain without drain_delay (no replica is left
