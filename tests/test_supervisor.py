@@ -115,8 +115,8 @@ def test_a_process_failing_at_startup_twice_stops_everything_with_its_cause(tmp_
     print(f"\ngave up after {took:.1f}s with code {code}; stderr: {err!r}")
     assert code == 1, out + err
     assert took < GIVE_UP_WITHIN, out
-    # bad calls good: good started first and was ready when bad failed.
-    assert out.index("| good is ready") < out.index("| bad started")
+    # bad calls good: good was ready before bad went on (and failed).
+    assert out.index("| good is ready") < out.index("| bad goes on")
     assert len(pids(out, "bad")) == 2  # started twice, not a third time
     assert err.strip() == ("amoeba run: process bad failed to start twice: RuntimeError: the "
                            "frobnicator is unplugged; fix: plug it in (FROB_URL)")
@@ -181,11 +181,15 @@ def test_callers_start_after_their_callees_are_ready(tickets_env, tmp_path):
         assert run.stop(signal.SIGINT) == 0
     out = run.output()
     lines = out.splitlines()
-    vacancy_ready = next(i for i, line in enumerate(lines) if "amoeba | vacancy is ready" in line)
-    ticket_first = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ticket |")
-                        or "| ticket started" in line)
-    assert vacancy_ready < ticket_first, out
-    assert "ticket starts once vacancy is ready" in out
+
+    def first(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    # ticket is spawned at once (its imports overlap vacancy's) but held: it opens
+    # its database, runs start() and listens only once vacancy answers /readyz.
+    assert "ticket started (pid" in out and "held until vacancy is ready" in out
+    assert first("amoeba | vacancy is ready") < first("amoeba | ticket goes on: vacancy is ready")
+    assert first("amoeba | ticket goes on") < first("Host microservices/ticket[0]")
     assert "ejecting" not in out  # no caller found its callee missing
     assert " 503 " not in out and "status=503" not in out
 

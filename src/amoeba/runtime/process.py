@@ -28,6 +28,7 @@ __all__ = ["LogFormatter", "configure_logging", "load_app", "load_bound", "run_p
 
 log = logging.getLogger("amoeba.process")
 EX_CONFIG = 78  # sysexits.h: a configuration problem; ``amoeba run`` gives up at once
+START_GATE = "AMOEBA_START_GATE"  # "stdin": wait for the supervisor's go (amoeba run sets it)
 
 
 class LogFormatter(logging.Formatter):
@@ -166,6 +167,20 @@ async def serve(host: Host) -> None:
     log.info("%s: stopped", host)
 
 
+def _pass_start_gate() -> bool:
+    """Under ``amoeba run`` a process that calls others is spawned at once, so
+    its imports and checks overlap theirs, but it starts (resources, ``start()``
+    hooks, listeners) only when the supervisor writes ``go`` on its stdin: once
+    the processes it calls answer ``/readyz``.  False: the supervisor is
+    stopping instead."""
+    if os.environ.pop(START_GATE, "") != "stdin":
+        return True
+    try:
+        return sys.stdin.readline() == "go\n"
+    except KeyboardInterrupt:  # amoeba run stopping everything
+        return False
+
+
 def run_process(path: str, process: str, replica: int = 0, *, strict: bool = False) -> int:
     configure_logging(process, replica)
     app, topo = load_bound(path)
@@ -178,6 +193,8 @@ def run_process(path: str, process: str, replica: int = 0, *, strict: bool = Fal
         runner = asyncio.run
     else:
         runner = uvloop.run
+    if not _pass_start_gate():
+        return 0
     try:
         runner(serve(host))
     except ListenError as exc:

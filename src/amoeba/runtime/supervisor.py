@@ -48,11 +48,12 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from amoeba.observe.fetch import FetchError, fetch
 from amoeba.runtime.cause import same_cause, startup_cause
 from amoeba.runtime.order import callees, start_after, start_waves
+from amoeba.runtime.process import START_GATE, log_style
 from amoeba.topology.model import Topology
 
 if TYPE_CHECKING:
@@ -141,8 +142,6 @@ class Supervisor:
         self.env["PYTHONUNBUFFERED"] = "1"
         # Children write to a pipe: they log as the supervisor's own stderr would
         # (text on a terminal, JSON lines otherwise) unless told.
-        from amoeba.runtime.process import log_style
-
         self.env.setdefault("AMOEBA_LOG_FORMAT", log_style())
         self._stop = asyncio.Event()
 
@@ -182,59 +181,79 @@ class Supervisor:
             out.flush()
             child.tail.append(rest)
 
-    async def _spawn(self, child: _Child) -> None:
+    async def _spawn(self, child: _Child, gated: bool) -> None:
+        """Start ``child``; ``gated``: it waits for a go on its stdin before it
+        starts (see :meth:`_open_gate`)."""
         argv = [sys.executable, "-m", "amoeba", "run", self.path,
                 "--process", child.process, "--replica", str(child.replica)]
         if self.strict:
             argv.append("--strict")
         env = dict(self.env)
         env.update(self.topo.processes[child.process].env)
+        if gated:
+            env[START_GATE] = "stdin"
         child.ready = False
         child.tail.clear()
         child.proc = await asyncio.create_subprocess_exec(
             *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            stdin=asyncio.subprocess.PIPE if gated else asyncio.subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
             start_new_session=True)
         child.started = time.monotonic()
         assert child.proc.stdout is not None
         child.pumps = [asyncio.get_running_loop().create_task(self._pump(child, child.proc.stdout))]
 
-    async def _until_stop(self, waiting: asyncio.Future[Any]) -> bool:
-        """Wait for ``waiting`` unless the supervisor stops first (then False)."""
-        stop = asyncio.ensure_future(self._stop.wait())
+    async def _until_set(self, events: list[asyncio.Event]) -> bool:
+        """Wait until every event is set, unless the supervisor stops first
+        (then False)."""
+        loop = asyncio.get_running_loop()
+        stop = loop.create_task(self._stop.wait())
+        waits = {loop.create_task(e.wait()) for e in events}
         try:
-            await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
+            while waits and not stop.done():
+                _, waits = await asyncio.wait(waits | {stop}, return_when=asyncio.FIRST_COMPLETED)
+                waits.discard(stop)
         finally:
-            stop.cancel()
-            if not waiting.done():
-                waiting.cancel()
+            for task in (stop, *waits):
+                task.cancel()
         return not self.stopping
 
-    async def _wait_callees(self, child: _Child) -> bool:
-        """Wait until every replica of every process ``child`` calls was ready
-        once (False: the supervisor stops first)."""
+    def _callees(self, child: _Child) -> tuple[list[_Child], str]:
+        """The children ``child`` waits for before it starts, and who they are
+        in words ("vacancy is", "a, b are")."""
         after = self.after.get(child.process, frozenset())
-        deps = [c for c in self.children if c.process in after]
-        if not deps or all(c.first_ready.is_set() for c in deps):
-            return True
-        if child.replica == 0:
-            self.say(f"{child.process} starts once {', '.join(sorted(after))} "
-                     f"{'is' if len(after) == 1 else 'are'} ready")
-        return await self._until_stop(asyncio.gather(*(c.first_ready.wait() for c in deps)))
+        deps = [c for c in self.children if c.process in after and not c.first_ready.is_set()]
+        return deps, f"{', '.join(sorted(after))} {'is' if len(after) == 1 else 'are'}"
+
+    async def _open_gate(self, child: _Child, proc: asyncio.subprocess.Process) -> None:
+        """Write ``go`` to a gated child once every replica of every process it
+        calls was ready once; close its stdin without it when stopping."""
+        deps, who = self._callees(child)
+        assert proc.stdin is not None
+        go = await self._until_set([c.first_ready for c in deps])
+        with contextlib.suppress(OSError):
+            if go and proc.returncode is None:
+                self.say(f"{child.label} goes on: {who} ready")
+                proc.stdin.write(b"go\n")
+            proc.stdin.close()
 
     async def _watch(self, child: _Child) -> None:
-        if not await self._wait_callees(child):
-            return
         while True:
-            await self._spawn(child)
+            deps, who = self._callees(child)
+            await self._spawn(child, gated=bool(deps))
             proc = child.proc
             assert proc is not None
             if self.stopping:  # the stop came while it was being spawned
                 proc.send_signal(signal.SIGINT)
-            self.say(f"{child.label} started (pid {proc.pid})")
-            readiness = asyncio.get_running_loop().create_task(self._await_ready(child, proc))
+            held = f", held until {who} ready" if deps else ""
+            self.say(f"{child.label} started (pid {proc.pid}){held}")
+            loop = asyncio.get_running_loop()
+            tasks = [loop.create_task(self._await_ready(child, proc))]
+            if deps:
+                tasks.append(loop.create_task(self._open_gate(child, proc)))
             code = await proc.wait()
-            readiness.cancel()
+            for task in tasks:
+                task.cancel()
             await asyncio.gather(*child.pumps)
             if self.stopping:
                 return
@@ -303,7 +322,8 @@ class Supervisor:
                 noticed = True
                 self.say(f"{child.label} is not ready after {NOT_READY_NOTICE:.0f}s: {detail}")
             await asyncio.sleep(pause)
-            pause = min(pause * 1.5, 0.5)
+            # Quick while starting; then slower, since every probe is an access-log line.
+            pause = min(pause * 1.5, 0.25) if not noticed else 2.0
 
     async def _probe(self, child: _Child) -> tuple[bool, str]:
         """Whether every listener of ``child`` answers ``/readyz`` with 200, and
