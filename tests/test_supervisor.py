@@ -387,3 +387,22 @@ def test_give_up_policy(capsys):
     assert _fail(sup, -9) is False and _fail(sup, -9) is True  # killed twice, no word
     assert sup.gave_up is not None and sup.gave_up.exit_code() == 1
     assert "printed no cause" in str(sup.gave_up)
+
+
+@pytest.mark.e2e
+def test_a_caller_held_for_a_callee_that_cannot_start_never_starts(tickets_env, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))  # vacancy listens on every address
+        busy.listen()
+        vp = busy.getsockname()[1]
+        tp = free_port()
+        code, out, err, took = run_to_exit(
+            TICKETS / "microservices.yaml",
+            {**tickets_env, "VACANCY_PORT": str(vp), "TICKET_PORT": str(tp)}, tmp_path)
+    assert code == EX_CONFIG and took < GIVE_UP_WITHIN, out + err
+    assert err.startswith("amoeba run: process vacancy failed to start: ") and "already in use" in err
+    assert "held until vacancy is ready" in out and "goes on" not in out
+    assert "services=['ticket']>: stopped before it started" in out  # its stdin ended: no signal
+    assert "Traceback" not in out + err
+    [ticket] = pids(out, "ticket")
+    assert gone(ticket)

@@ -6,8 +6,11 @@ Startup, decided once from the topology and never per call:
 2. wire each dependency: the co-located instance itself (a plain ``await``,
    nothing in between), a strict stub in strict mode, or a remote stub
    backed by a :class:`ProcessClient` of the callee's process;
-3. open resources, call ``start()`` in dependency order;
-4. open listeners (HTTP and RPC share each port).
+3. open resources and the event bus;
+4. pass the start gate, if any (``amoeba run`` holds a caller here until the
+   processes it calls are ready: nothing before this point calls them);
+5. call ``start()`` in dependency order, deliver events;
+6. open listeners (HTTP and RPC share each port).
 
 Shutdown (``drain``), what a load balancer needs to lose no request:
 
@@ -30,6 +33,7 @@ import asyncio
 import errno
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -175,7 +179,12 @@ class Host:
         self.refs[key] = ref
         return ref
 
-    async def start(self) -> None:
+    async def start(self, gate: Callable[[], Awaitable[bool]] | None = None) -> bool:
+        """Open everything and listen.  ``gate`` (``amoeba run`` holding a caller
+        until its callees are ready) is awaited once the resources are open and
+        before anything may call another process (``start()`` hooks, event
+        handlers, listeners); when it says False nothing starts, what was opened
+        is closed, and the answer is False."""
         self._loop = asyncio.get_running_loop()
         info = RuntimeInfo(self.topology.name, self.process.name, self.replica, self.data_dir,
                            dict(self.topology.settings.extra))
@@ -191,6 +200,10 @@ class Host:
             self.instances[name] = inst
         try:
             await self._open(local)
+            if gate is not None and not await gate():
+                await self.stop()
+                return False
+            await self._begin(local)
         except BaseException:
             await self.stop()  # what opened before the failure is closed again
             raise
@@ -224,6 +237,7 @@ class Host:
             f"{'public' if e.listener.public else 'private'} http://{e.listener.host}:"
             f"{s.sockets[0].getsockname()[1]}" for e, s in zip(self.edges, self.servers,
                                                                 strict=False)))
+        return True
 
     def _listen_problem(self, lst: Listener, port: int, exc: OSError) -> str:
         """One line: which listener, what went wrong, and the fix."""
@@ -247,7 +261,8 @@ class Host:
         return extra
 
     async def _open(self, local: list[str]) -> None:
-        """Wire dependencies, open resources, run ``start()`` hooks, build the edge policy."""
+        """Wire dependencies, open resources and the event bus: nothing here
+        calls another process."""
         for name in local:
             spec = self.app.specs[name]
             inst = self.instances[name]
@@ -265,6 +280,9 @@ class Host:
                 served = self.metrics.served(name, m) if self.metrics is not None else None
                 self.rpc_handlers[codec.spec.qualname] = (codec, getattr(inst, m), served)
         await self._open_events(local)
+
+    async def _begin(self, local: list[str]) -> None:
+        """Run ``start()`` hooks, deliver events, build the edge policy."""
         for name in _start_order(self.app, local):
             await self.instances[name].start()
             self.started.append(self.instances[name])

@@ -90,6 +90,7 @@ class _Child:
     rolling: bool = False  # stopped by a rolling restart: start again at once
     pumps: list[asyncio.Task[None]] = field(default_factory=list)
     ready: bool = False  # this incarnation answered /readyz 200 on every listener
+    held: bool = False  # waits at its start gate (stopped by closing its stdin, not a signal)
     first_ready: asyncio.Event = field(default_factory=asyncio.Event)  # some incarnation did
     tail: deque[bytes] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     start_failures: int = 0  # startup failures in a row
@@ -193,6 +194,7 @@ class Supervisor:
         if gated:
             env[START_GATE] = "stdin"
         child.ready = False
+        child.held = gated
         child.tail.clear()
         child.proc = await asyncio.create_subprocess_exec(
             *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -234,7 +236,10 @@ class Supervisor:
         with contextlib.suppress(OSError):
             if go and proc.returncode is None:
                 self.say(f"{child.label} goes on: {who} ready")
+                child.held = False  # from now on a stop is a SIGINT, as for the others
                 proc.stdin.write(b"go\n")
+            # Without a go, end of input stops it: it may still be importing, where
+            # a SIGINT would print a KeyboardInterrupt traceback.
             proc.stdin.close()
 
     async def _watch(self, child: _Child) -> None:
@@ -243,7 +248,7 @@ class Supervisor:
             await self._spawn(child, gated=bool(deps))
             proc = child.proc
             assert proc is not None
-            if self.stopping:  # the stop came while it was being spawned
+            if self.stopping and not child.held:  # the stop came while it was being spawned
                 proc.send_signal(signal.SIGINT)
             held = f", held until {who} ready" if deps else ""
             self.say(f"{child.label} started (pid {proc.pid}){held}")
@@ -394,7 +399,7 @@ class Supervisor:
         # that a balancer could send to instead).
         self.say("stopping: SIGINT to every process, waiting for in-flight requests")
         for c in self.children:
-            if c.proc is not None and c.proc.returncode is None:
+            if c.proc is not None and c.proc.returncode is None and not c.held:
                 c.proc.send_signal(signal.SIGINT)
         deadline = self.topo.settings.grace + self.topo.settings.drain_delay + 5.0
         try:
