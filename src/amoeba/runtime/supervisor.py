@@ -5,7 +5,11 @@ them all cleanly on Ctrl-C / SIGTERM (exit 0).
 Start order (:mod:`amoeba.runtime.order`): a process starts once every
 process it calls answers ``/readyz`` with 200 on each listener, so its
 first calls find their callees listening.  Processes in a cycle start
-together.
+together.  A caller is spawned at once all the same, held at a start gate
+(``AMOEBA_START_GATE``: it reads ``go`` from its stdin) after it imported
+and checked its app and opened its resources, and before anything that may
+call another process (``start()`` hooks, event delivery, listeners): the
+slow part of starting overlaps its callees', the calls do not.
 
 Giving up: a child that dies before it was ever ready failed *at startup*.
 A deterministic failure there (a missing driver, a bad setting, a port in
