@@ -406,3 +406,30 @@ def test_a_caller_held_for_a_callee_that_cannot_start_never_starts(tickets_env, 
     assert "Traceback" not in out + err
     [ticket] = pids(out, "ticket")
     assert gone(ticket)
+
+
+@pytest.mark.e2e
+def test_a_missing_driver_ends_amoeba_run_within_seconds(tmp_path):
+    # asyncpg made absent for every process (find_spec answers None, import fails).
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['asyncpg'] = None\n")
+    env = {"PYTHONPATH": str(hide), "AMOEBA_DATA_DIR": str(tmp_path / "data"),
+           "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/i11_supervisor_never_created",
+           "REDIS_URL": "redis://127.0.0.1:6379/0?prefix=i11-supervisor-never:",
+           "EVENTS_URL": "nats://127.0.0.1:4222?namespace=i11never"}
+    raw = yaml.safe_load((ROOT / "examples" / "shop" / "topologies" / "microservices.yaml")
+                         .read_text())
+    raw["pythonpath"] = str(ROOT / "examples")
+    for proc in raw["processes"].values():
+        for lst in proc["listeners"]:
+            lst["port"] = free_port()
+    topo = tmp_path / "shop.yaml"
+    topo.write_text(yaml.safe_dump(raw))
+    code, out, err, took = run_to_exit(topo, env, tmp_path)
+    print(f"\nmissing driver: exit {code} after {took:.1f}s; stderr: {err!r}")
+    assert code != 0 and took < GIVE_UP_WITHIN, out + err
+    assert "needs the asyncpg driver: pip install 'amoeba[postgres]'" in err
+    assert len(err.strip().splitlines()) <= 3, err  # the cause, not a traceback
+    for label in ("gateway", "accounts", "catalog", "orders", "notifications"):
+        assert all(gone(pid) for pid in pids(out, label))
