@@ -384,6 +384,15 @@ def test_give_up_policy(capsys):
     assert str(sup.gave_up).startswith(f"process main failed to start {MAX_START_FAILURES} times")
 
     sup = _supervisor()
+    problems = ("t.yaml: 1 problem(s)", "t.yaml:4: settings.rat: unknown key",
+                "    fix: did you mean settings.rate?")
+    assert _fail(sup, EX_CONFIG, '{"time":"t","level":"INFO","logger":"x","message":"hi"}',
+                 *problems)
+    assert str(sup.gave_up) == ("process main failed to start: t.yaml: 1 problem(s)\n"
+                                "    t.yaml:4: settings.rat: unknown key\n"
+                                "    fix: did you mean settings.rate?")
+
+    sup = _supervisor()
     assert _fail(sup, -9) is False and _fail(sup, -9) is True  # killed twice, no word
     assert sup.gave_up is not None and sup.gave_up.exit_code() == 1
     assert "printed no cause" in str(sup.gave_up)
