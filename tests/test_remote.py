@@ -216,7 +216,7 @@ async def test_port_in_use_is_a_clear_error(secret):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(ListenError, match=rf"l0: process 'store' cannot listen on 127.0.0.1:{port}"):
+        with pytest.raises(ListenError, match=rf"listener l0: 127.0.0.1:{port} is already in use"):
             await start(split([port]), "store", secret)
 
 

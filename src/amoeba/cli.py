@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
         return EX_CONFIG
     from amoeba.runtime.supervisor import Supervisor
 
-    return asyncio.run(Supervisor(args.topology, topo, strict=args.strict).run())
+    return asyncio.run(Supervisor(args.topology, topo, app=app, strict=args.strict).run())
 
 
 def _database_context(topo: Topology, service: str, owner: type) -> ResourceContext:

@@ -6,8 +6,11 @@ Startup, decided once from the topology and never per call:
 2. wire each dependency: the co-located instance itself (a plain ``await``,
    nothing in between), a strict stub in strict mode, or a remote stub
    backed by a :class:`ProcessClient` of the callee's process;
-3. open resources, call ``start()`` in dependency order;
-4. open listeners (HTTP and RPC share each port).
+3. open resources and the event bus;
+4. pass the start gate, if any (``amoeba run`` holds a caller here until the
+   processes it calls are ready: nothing before this point calls them);
+5. call ``start()`` in dependency order, deliver events;
+6. open listeners (HTTP and RPC share each port).
 
 Shutdown (``drain``), what a load balancer needs to lose no request:
 
@@ -27,8 +30,10 @@ Shutdown (``drain``), what a load balancer needs to lose no request:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -47,7 +52,7 @@ if TYPE_CHECKING:
 from amoeba.resource import Resource, ResourceContext
 from amoeba.runtime.info import RuntimeInfo
 from amoeba.service import Service
-from amoeba.topology.model import Topology
+from amoeba.topology.model import Listener, Topology
 from amoeba.transport.client import ProcessClient
 from amoeba.transport.credential import TokenSigner, load_secret
 from amoeba.transport.server import RpcServerProtocol
@@ -174,7 +179,12 @@ class Host:
         self.refs[key] = ref
         return ref
 
-    async def start(self) -> None:
+    async def start(self, gate: Callable[[], Awaitable[bool]] | None = None) -> bool:
+        """Open everything and listen.  ``gate`` (``amoeba run`` holding a caller
+        until its callees are ready) is awaited once the resources are open and
+        before anything may call another process (``start()`` hooks, event
+        handlers, listeners); when it says False nothing starts, what was opened
+        is closed, and the answer is False."""
         self._loop = asyncio.get_running_loop()
         info = RuntimeInfo(self.topology.name, self.process.name, self.replica, self.data_dir,
                            dict(self.topology.settings.extra))
@@ -190,6 +200,10 @@ class Host:
             self.instances[name] = inst
         try:
             await self._open(local)
+            if gate is not None and not await gate():
+                await self.stop()
+                return False
+            await self._begin(local)
         except BaseException:
             await self.stop()  # what opened before the failure is closed again
             raise
@@ -217,15 +231,25 @@ class Host:
                         lst.host, port, reuse_address=True, backlog=2048)
                 except OSError as exc:
                     await self.stop()
-                    raise ListenError(
-                        f"{self.topology.file}: {lst.key}: process {self.process.name!r} cannot "
-                        f"listen on {lst.host}:{port}: {exc.strerror or exc}\n    fix: stop what "
-                        f"holds the port (ss -ltnp 'sport = {port}'), or change the port") from None
+                    raise ListenError(self._listen_problem(lst, port, exc)) from None
                 self.servers.append(server)
         log.info("%s ready: %s", self, ", ".join(
             f"{'public' if e.listener.public else 'private'} http://{e.listener.host}:"
             f"{s.sockets[0].getsockname()[1]}" for e, s in zip(self.edges, self.servers,
                                                                 strict=False)))
+        return True
+
+    def _listen_problem(self, lst: Listener, port: int, exc: OSError) -> str:
+        """One line: which listener, what went wrong, and the fix."""
+        where = f"{self.topology.file}:{lst.line}" if lst.line else self.topology.file
+        addr = f"{lst.host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            what = (f"{addr} is already in use (another process?); free it "
+                    f"(ss -ltnp 'sport = {port}' shows who holds it) or change {lst.key}.port")
+        else:
+            what = (f"process {self.process.name!r} cannot listen on {addr}: "
+                    f"{exc.strerror or exc}; change {lst.key}")
+        return f"{where}: listener {lst.key}: {what}"
 
     def _resource_settings(self) -> dict[str, Any]:
         """The extra settings a resource sees; ``auth`` gets the app's name as its
@@ -237,7 +261,8 @@ class Host:
         return extra
 
     async def _open(self, local: list[str]) -> None:
-        """Wire dependencies, open resources, run ``start()`` hooks, build the edge policy."""
+        """Wire dependencies, open resources and the event bus: nothing here
+        calls another process."""
         for name in local:
             spec = self.app.specs[name]
             inst = self.instances[name]
@@ -255,6 +280,9 @@ class Host:
                 served = self.metrics.served(name, m) if self.metrics is not None else None
                 self.rpc_handlers[codec.spec.qualname] = (codec, getattr(inst, m), served)
         await self._open_events(local)
+
+    async def _begin(self, local: list[str]) -> None:
+        """Run ``start()`` hooks, deliver events, build the edge policy."""
         for name in _start_order(self.app, local):
             await self.instances[name].start()
             self.started.append(self.instances[name])
@@ -291,6 +319,17 @@ class Host:
         return [int(s.sockets[0].getsockname()[1]) for s in self.servers]
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """What ``/readyz`` answers: ready when the process is not draining,
+        every resource says it is ready, and every process it calls (a
+        dependency of a local service, or a route its listeners forward) has
+        at least one replica with an open, authenticated RPC connection.
+
+        Cheap by construction, and never on a request's path: with a live
+        connection a callee costs a list check; without one, the probe tries
+        to connect (one attempt shared by concurrent probes, bounded by
+        ``connect_timeout``), which is also how a callee that came back is
+        found without waiting for the pool's ejection backoff.  Reachable, not
+        transitively ready: the callee's own ``/readyz`` speaks for its callees."""
         checks: dict[str, str] = {}
         ok = not self.draining
         if self.draining:

@@ -13,6 +13,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +32,7 @@ __all__ = ["LogFormatter", "configure_logging", "load_app", "load_bound", "repor
            "serve"]
 
 log = logging.getLogger("amoeba.process")
+START_GATE = "AMOEBA_START_GATE"  # "stdin": wait for the supervisor's go (amoeba run sets it)
 
 
 class LogFormatter(logging.Formatter):
@@ -167,7 +169,7 @@ def load_bound(path: str | Path) -> tuple[App, Topology]:
     return app, bind(topo, app)
 
 
-async def serve(host: Host) -> None:
+async def serve(host: Host, *, gated: bool = False) -> None:
     """Start the host and run until SIGTERM/SIGINT, then drain.
 
     SIGTERM (systemd, Kubernetes, a rolling restart) drains with the
@@ -185,7 +187,9 @@ async def serve(host: Host) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    await host.start()
+    if not await host.start(partial(_go_from_stdin, stop) if gated else None):
+        log.info("%s: stopped before it started", host)
+        return
     # What startup made (modules, classes, the app) lives as long as the
     # process: keep it out of every later garbage collection, whose full
     # passes would otherwise walk it all and show up as latency spikes.
@@ -200,6 +204,27 @@ def report(path: str | Path, problems: list[Problem]) -> None:
     """Problems on stderr, as ``amoeba check`` prints them."""
     text = "\n".join(str(p) for p in problems)
     print(f"{path}: {len(problems)} problem(s)\n{text}", file=sys.stderr, flush=True)
+
+
+async def _go_from_stdin(stop: asyncio.Event) -> bool:
+    """The start gate under ``amoeba run``: a process that calls others is
+    spawned at once, so its imports, checks and resources overlap its callees'
+    start, but it starts (``start()`` hooks, event handlers, listeners) only
+    when the supervisor writes ``go`` on its stdin, once the processes it calls
+    answer ``/readyz``.  False: stopped (a signal, or stdin closed) before."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    line = loop.create_task(reader.readline())
+    stopped = loop.create_task(stop.wait())
+    try:
+        await asyncio.wait({line, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        line.cancel()
+        stopped.cancel()
+        transport.close()
+    return line.done() and not line.cancelled() and line.result() == b"go\n"
 
 
 def run_process(path: str, process: str, replica: int = 0, *, strict: bool = False) -> int:
@@ -224,11 +249,12 @@ def run_process(path: str, process: str, replica: int = 0, *, strict: bool = Fal
         runner = asyncio.run
     else:
         runner = uvloop.run
+    gated = os.environ.pop(START_GATE, "") == "stdin"
     try:
-        runner(serve(host))
+        runner(serve(host, gated=gated))
     except ListenError as exc:
         print(f"amoeba run: {exc}", file=sys.stderr)
-        return 1
+        return EX_CONFIG  # the supervisor does not restart it: the port stays taken
     except (MissingDriver, UnsupportedURL) as exc:  # what preflight saw may have changed since
         print(f"amoeba run: {exc}", file=sys.stderr)
         return EX_CONFIG
