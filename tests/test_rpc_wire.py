@@ -194,15 +194,24 @@ async def test_undecodable_replies_fail_the_call_not_the_caller(monkeypatch, tmp
     monkeypatch.setenv("AMOEBA_SECRET", SECRET)
     port = free_port()
 
+    done = asyncio.Event()
+    handlers: set[asyncio.Task[None]] = set()
+
     async def liar(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readexactly(4)  # magic
-        size = int.from_bytes(await reader.readexactly(4), "big")
-        await reader.readexactly(size)
-        writer.write(frame(msgspec.msgpack.encode((0, True, "ok"))))
-        await reader.read(4)
-        writer.write(frame(b"\xc1\xc1\xc1"))
-        await writer.drain()
-        await asyncio.sleep(30)
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await reader.readexactly(4)  # magic
+            size = int.from_bytes(await reader.readexactly(4), "big")
+            await reader.readexactly(size)
+            writer.write(frame(msgspec.msgpack.encode((0, True, "ok"))))
+            await reader.read(4)
+            writer.write(frame(b"\xc1\xc1\xc1"))
+            await writer.drain()
+            await done.wait()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()  # closed here: nothing left for the loop's end to warn about
 
     server = await asyncio.start_server(liar, "127.0.0.1", port)
     front: Host | None = None
@@ -217,4 +226,7 @@ async def test_undecodable_replies_fail_the_call_not_the_caller(monkeypatch, tmp
     finally:
         if front is not None:
             await front.stop()
+        done.set()
         server.close()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()

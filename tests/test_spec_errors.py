@@ -76,21 +76,21 @@ def test_a_method_without_a_return_hint() -> None:
         async def total(self):  # type: ignore[no-untyped-def]
             return 1
 
-    refused(Till, "Till.total", "add a return type hint (-> None if it returns nothing)")
+    refused(Till, "Till.total", "no return type hint", "add one (-> None if it returns nothing)")
 
 
 def test_star_args_cannot_cross_the_wire() -> None:
     class Till(Service):
         async def total(self, *amounts: int) -> int: ...
 
-    refused(Till, "Till.total", "*args / **kwargs cannot cross the wire; name each parameter")
+    refused(Till, "Till.total", "*args / **kwargs cannot cross the wire", "fix: name each parameter")
 
 
 def test_a_parameter_without_a_hint() -> None:
     class Till(Service):
         async def total(self, amount) -> int: ...  # type: ignore[no-untyped-def]
 
-    refused(Till, "Till.total", "parameter 'amount' needs a type hint")
+    refused(Till, "Till.total", "parameter 'amount' has no type hint", "`amount: int`")
 
 
 def test_a_principal_in_a_union_that_is_not_optional() -> None:
@@ -98,7 +98,8 @@ def test_a_principal_in_a_union_that_is_not_optional() -> None:
         @get("/till")
         async def total(self, who: Principal | int) -> int: ...
 
-    refused(Till, "Till.total", "parameter 'who'", "annotate it `Principal` or `Principal | None`")
+    refused(Till, "Till.total", "parameter 'who' mixes Principal with other types",
+            "annotate it `Principal` or `Principal | None`")
 
 
 def test_a_path_parameter_bound_by_the_edge() -> None:
@@ -116,4 +117,25 @@ def test_a_path_parameter_the_method_does_not_have() -> None:
         async def total(self, qty: int) -> int: ...
 
     refused(Till, "Till.total", "route POST /till/{till_id} has {till_id}",
-            "the method has no parameter 'till_id'")
+            "the method has no parameter 'till_id'", "add a parameter `till_id`")
+
+
+def test_a_route_on_a_plain_def() -> None:
+    class Till(Service):
+        @get("/till")
+        def total(self) -> int:
+            return 1
+
+    refused(Till, "Till.total", "plain `def`", "only `async def` methods are served")
+
+
+class Drawer:  # neither a Struct, a dataclass nor a built-in type (module level: hints resolve)
+    pass
+
+
+def test_a_type_that_cannot_cross_the_wire() -> None:
+    class Till(Service):
+        async def total(self, drawer: Drawer) -> int: ...
+
+    refused(Till, "Till.total", "parameter 'drawer'", "cannot cross the wire or be described in OpenAPI",
+            "use a msgspec.Struct, a dataclass")

@@ -103,7 +103,9 @@ def monolith_topology(app: App, name: str = "test", settings: Settings | None = 
 
 
 def split_topology(app: App, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One process per service on free ports, as a YAML-ready dict."""
+    """One process per service on free ports, as a YAML-ready dict.  Events stay
+    inside the process that published them (``memory://``): a test of events
+    across processes runs a topology that names a broker."""
     module = app.module
     attr = next((k for k, v in vars(sys.modules[module]).items() if v is app), "app")
     return {
@@ -111,6 +113,7 @@ def split_topology(app: App, settings: dict[str, Any] | None = None) -> dict[str
         "app": f"{module}:{attr}",
         "pythonpath": [p for p in sys.path if p and Path(p).is_dir()],
         "settings": settings or {},
+        "resources": {"events": "memory://"},
         "processes": {
             s: {"services": [s], "listeners": [{"port": free_port(), "host": "127.0.0.1"}]}
             for s in app.specs

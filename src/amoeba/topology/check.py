@@ -150,9 +150,9 @@ def bind(topo: Topology, app: App) -> Topology:
                     owner[rk] = m.qualname
 
     # The in-process bus (no resources.events) delivers only inside the process
-    # that published: an event whose handler runs elsewhere would be lost.
-    events_url = topo.resources.get("events")
-    if not events_url or str(events_url).startswith("memory"):
+    # that published: an event whose handler runs elsewhere would be lost.  An
+    # explicit ``events: memory://`` says so knowingly (the test harness's split mode).
+    if not topo.resources.get("events"):
         handlers = {(ev.event_name, s) for s, spec in known.items() for ev in spec.handlers.values()}
         for pub, spec in sorted(known.items()):
             for ev in spec.publishes:
@@ -163,7 +163,8 @@ def bind(topo: Topology, app: App) -> Topology:
                             f"handled by {sub} (process {placed.get(sub)!r}), but without a broker "
                             f"events never leave the process that published them",
                             "set resources.events to a broker (nats://host:4222, redis://host:6379/0 "
-                            "or kafka://host:9092), or place the two services in one process")
+                            "or kafka://host:9092), or place the two services in one process "
+                            "(events: memory:// keeps each process's events to itself, knowingly)")
     cycle = find_cycle({s: list(spec.dependencies.values()) for s, spec in known.items()})
     if cycle:
         add("processes", f"dependency cycle {' -> '.join(cycle)}: no start order exists",
