@@ -198,7 +198,7 @@ def test_deploy_section_errors_name_file_line_key_and_fix(tmp_path: Path) -> Non
     text = str(info.value)
     expected = [
         ("9", "deploy.namespace", "is not valid here", "namespace: shop"),
-        ("11", "deploy.edge.port", "70000 is not a whole number from 1 to 65535", "port: 80"),
+        ("11", "deploy.edge.port", "70000 is not a whole number from 1 to 65535", "port: 8880"),
         ("12", "deploy.edge.hots", "unknown key", "ingress_class, ingress_namespace, port"),
         ("13", "deploy.secrets[1]", "is not an environment variable name", "secrets: [STRIPE_KEY]"),
         ("16", "deploy.processes.main.requests.cpu", "'lots' is not a Kubernetes quantity", "cpu: 250m"),
@@ -268,7 +268,8 @@ def test_k8s_validates_strictly_against_the_official_schemas(example: str) -> No
     files = render(example, "k8s")
     objs = k8s_objects(files)
     kinds = {d["kind"] for _, d in objs}
-    assert {"Namespace", "ConfigMap", "Deployment", "Service", "NetworkPolicy"} <= kinds
+    assert {"Namespace", "ConfigMap", "Service", "NetworkPolicy"} <= kinds
+    assert kinds & {"Deployment", "StatefulSet"}
     for rel, obj in objs:
         try:
             kubernetes_validate.validate(obj, "1.30", strict=True)
@@ -292,8 +293,8 @@ def test_k8s_strict_validation_can_fail() -> None:
 def test_k8s_probes_drain_and_network_policies() -> None:
     files = render("tickets-hybrid", "k8s")
     by = {(d["kind"], d["metadata"]["name"]): d for _, d in k8s_objects(files)}
-    for name in ("tickets-public", "tickets-internal"):
-        pod = by[("Deployment", name)]["spec"]["template"]["spec"]
+    for kind, name in (("Deployment", "tickets-public"), ("StatefulSet", "tickets-internal")):
+        pod = by[(kind, name)]["spec"]["template"]["spec"]
         c = pod["containers"][0]
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -311,14 +312,16 @@ def test_k8s_probes_drain_and_network_policies() -> None:
         {"from": [{"namespaceSelector": {"matchLabels": {
             "kubernetes.io/metadata.name": "monitoring"}}}],
          "ports": [{"protocol": "TCP", "port": 8001}]}]
-    template = by[("Deployment", "tickets-internal")]["spec"]["template"]["metadata"]
+    template = by[("StatefulSet", "tickets-internal")]["spec"]["template"]["metadata"]
     assert template["annotations"] == {"prometheus.io/scrape": "true",
                                        "prometheus.io/port": "8001",
                                        "prometheus.io/path": "/metrics"}
+    # The public process has only a public listener: the container topology adds a
+    # private one (deploy.metrics_port, 9464) that Prometheus scrapes.
     public = by[("NetworkPolicy", "tickets-public")]["spec"]["ingress"]
     assert public == [
         {"from": [{"namespaceSelector": {"matchLabels": {
-            "kubernetes.io/metadata.name": "monitoring"}}}], "ports": [{"protocol": "TCP", "port": 8000}]},
+            "kubernetes.io/metadata.name": "monitoring"}}}], "ports": [{"protocol": "TCP", "port": 9464}]},
         {"from": [{"namespaceSelector": {"matchLabels": {
             "kubernetes.io/metadata.name": "ingress-nginx"}}}], "ports": [{"protocol": "TCP", "port": 8000}]}]
 
@@ -485,3 +488,187 @@ def test_systemd_units(tmp_path: Path) -> None:
                 if x.strip() and "is not executable" not in x and "No such file" not in x
                 and "Failed to prepare filename" not in x]
     assert not problems, r.stdout + r.stderr
+
+
+# -- data that survives: SQLite on Kubernetes ------------------------------------------------
+
+def test_sqlite_process_keeps_its_data_on_a_persistent_volume() -> None:
+    files = render("tickets-microservices", "k8s")
+    by = {(d["kind"], d["metadata"]["name"]): d for _, d in k8s_objects(files)}
+    vacancy = by[("StatefulSet", "tickets-vacancy")]["spec"]  # vacancy: db: SQLite
+    assert vacancy["replicas"] == 1 and vacancy["serviceName"] == "tickets-vacancy"
+    claim = vacancy["volumeClaimTemplates"][0]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    pod = vacancy["template"]["spec"]
+    assert "data" not in {v["name"] for v in pod["volumes"]}  # the claim, not an emptyDir
+    assert {"name": "data", "mountPath": "/var/lib/amoeba"} in pod["containers"][0]["volumeMounts"]
+    assert ("Deployment", "tickets-ticket") in by  # no data of its own: a Deployment
+    # PostgreSQL-backed processes keep Deployments and their replicas.
+    shop = {(d["kind"], d["metadata"]["name"]) for _, d in k8s_objects(render("shop-replicated", "k8s"))}
+    assert ("Deployment", "shop-catalog") in shop and not any(k == "StatefulSet" for k, _ in shop)
+
+
+SQLITE_REPLICAS = """
+    processes:
+      ticket:
+        services: [ticket]
+        listeners: [{port: 8002, public: true}]
+      vacancy:
+        services: [vacancy]
+        private: true
+        replicas: 2
+        listeners: [{port: 8011}]
+    """
+
+
+def test_sqlite_replicas_are_refused_by_check_and_deploy_k8s(tmp_path: Path, capsys) -> None:
+    p = write_topology(tmp_path, SQLITE_REPLICAS)
+    want = re.compile(rf"{re.escape(str(p))}:11: processes\.vacancy\.replicas: 2 replicas, but "
+                      rf"service\(s\) vacancy keep their data in a SQLite file[^\n]*\n    fix: replicas: 1")
+    assert main(["check", str(p), "--target", "k8s"]) == 1
+    assert want.search(capsys.readouterr().err)
+    assert main(["deploy", "k8s", str(p), "-o", str(tmp_path / "k8s")]) == 1
+    assert want.search(capsys.readouterr().err)
+    assert not (tmp_path / "k8s").exists()
+    # On one host the replicas share the file (SQLite's locks): allowed, with a note.
+    assert main(["check", str(p)]) == 0
+    assert "note: processes.vacancy.replicas" in capsys.readouterr().out
+    assert main(["deploy", "systemd", str(p), "-o", str(tmp_path / "units")]) == 0
+
+
+def test_sqlite_autoscale_is_refused_on_k8s(tmp_path: Path, capsys) -> None:
+    p = write_topology(tmp_path, SQLITE_REPLICAS.replace("replicas: 2", "replicas: 1") + """
+    deploy:
+      processes:
+        vacancy:
+          autoscale: {min: 1, max: 3}
+          storage: 5Gi
+    """)
+    assert main(["deploy", "k8s", str(p), "-o", str(tmp_path / "k8s")]) == 1
+    err = capsys.readouterr().err
+    assert "deploy.processes.vacancy.autoscale.max: autoscaling to 3 pods" in err and "fix: remove" in err
+
+
+# -- Prometheus reaches /metrics on a private port ----------------------------------------
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES))
+def test_metrics_are_annotated_on_a_private_port(example: str, tmp_path: Path) -> None:
+    """Every pod's prometheus.io/port is a private listener of its process in the
+    container topology (/metrics open to the peer, RPC behind the credential),
+    admitted from the metrics namespace and never an Ingress backend."""
+    files = render(example, "k8s")
+    topo = yaml.safe_load(files["topology.yaml"].split("\n", 4)[-1])
+    objs = [d for _, d in k8s_objects(files)]
+    ingress_ports = {p["backend"]["service"]["port"]["number"] for d in objs if d["kind"] == "Ingress"
+                     for r in d["spec"]["rules"] for p in r["http"]["paths"]}
+    for d in objs:
+        if d["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        process = d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        port = int(d["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"])
+        listeners = topo["processes"][process]["listeners"]
+        assert {"port": port, "host": "0.0.0.0", "public": False} in [
+            {k: v for k, v in x.items() if k != "routes"} for x in listeners], (process, listeners)
+        assert port not in ingress_ports
+        policy = next(o for o in objs if o["kind"] == "NetworkPolicy"
+                      and o["metadata"]["name"] == d["metadata"]["name"])
+        assert {"from": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "monitoring"}}}],
+            "ports": [{"protocol": "TCP", "port": port}]} in policy["spec"]["ingress"]
+
+
+# -- the edge: not bypassable, not blind, nothing internal through it --------------------
+
+def test_edge_warns_with_the_fix_unless_the_topology_trusts_and_hides_behind_it(
+        tmp_path: Path, capsys) -> None:
+    for target in ("nginx", "haproxy"):
+        assert main(["deploy", target, EXAMPLES["shop-hybrid"], "-o", str(tmp_path / target)]) == 0
+        err = capsys.readouterr().err
+        assert "processes.gateway.listeners[0].host is '0.0.0.0'" in err and "fix: host: 127.0.0.1" in err
+        assert "fix: settings: {trusted_proxies: [127.0.0.1/32]}" in err
+        assert "# WARNING: settings.trusted_proxies" in render("shop-hybrid", target)[
+            "nginx.conf" if target == "nginx" else "haproxy.cfg"]
+        # replicated.yaml: the gateway binds loopback and trusts the edge.
+        assert main(["deploy", target, EXAMPLES["shop-replicated"], "-o", str(tmp_path / "r")]) == 0
+        assert "warning" not in capsys.readouterr().err
+    conf = render("shop-replicated", "nginx")["nginx.conf"]
+    assert "WARNING" not in conf and re.search(r"^\s+listen (\d+);", conf, re.M).group(1) == "8880"
+    assert not re.search(r"listen 80;|bind :80\n", conf + render("shop-replicated", "haproxy")["haproxy.cfg"])
+
+
+def test_edge_port_must_not_be_a_process_port(tmp_path: Path, capsys) -> None:
+    p = write_topology(tmp_path, """
+        processes:
+          main:
+            services: "*"
+            listeners: [{port: 8880, public: true}]
+        """)
+    assert main(["deploy", "nginx", str(p), "-o", str(tmp_path / "out")]) == 2
+    assert "deploy.edge.port 8880 is also a port of a process" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    from amoeba.testing import free_port
+
+    return int(free_port())
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"exited {proc.returncode}: {log.read_text()}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    pytest.fail(f"{url} never answered: {log.read_text()}")
+
+
+@pytest.mark.parametrize("edge", ["nginx", "haproxy"])
+def test_edges_deny_internal_paths_with_and_without_the_slash(edge: str, tmp_path: Path) -> None:
+    """The real nginx / HAProxy on the generated file: /metrics, /_amoeba and
+    /_amoeba/... are refused at the edge (the gateway behind it is not even running)."""
+    import httpx
+
+    tool = require_tool(edge)
+    port = _free_port()
+    files = render("shop-replicated", edge)
+    name = "nginx.conf" if edge == "nginx" else "haproxy.cfg"
+    files[name] = files[name].replace("listen 8880;", f"listen 127.0.0.1:{port};").replace(
+        "bind :8880", f"bind 127.0.0.1:{port}")
+    d = _write(files, tmp_path / edge)
+    log = tmp_path / f"{edge}.log"
+    cmd = ([tool, "-p", str(d), "-c", "nginx.conf", "-g", "daemon off;"] if edge == "nginx"
+           else [tool, "-db", "-f", str(d / "haproxy.cfg")])
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/metrics", proc, log)
+        for path in ("/metrics", "/_amoeba", "/_amoeba/", "/_amoeba/api/stats"):
+            r = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+            assert r.status_code == 403, (path, r.status_code)
+        # Everything else is passed on (502/503: no gateway runs behind it).
+        assert httpx.get(f"http://127.0.0.1:{port}/api/products", timeout=10).status_code in (502, 503)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# -- secrets stay out of images -----------------------------------------------------------
+
+def test_dockerignore_keeps_secrets_and_deploy_files_out() -> None:
+    for example, target in (("shop-replicated", "k8s"), ("tickets-monolith", "compose")):
+        files = render(example, target)
+        lines = [x for x in files["Dockerfile.dockerignore"].splitlines() if not x.startswith("#")]
+        for pattern in (".env", "**/.env", "**/*.env", "deploy", "secrets", "auth-keys.json"):
+            assert pattern in lines, pattern
+        # The one output file the image needs is re-included after the exclusions.
+        assert lines[-1] == f"!deploy/{target}/topology.yaml"
+        assert f"COPY deploy/{target}/topology.yaml " in files["Dockerfile"]

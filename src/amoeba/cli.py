@@ -34,11 +34,18 @@ def _check_settings(topo: Topology, app: str) -> str | None:
     return None
 
 
-def _check(path: str) -> int:
+def _check(path: str, target: str = "run") -> int:
+    """``target``: where the topology will run.  ``k8s`` also refuses what a
+    pod-per-replica orchestrator would break: replicas of a process whose data
+    is a SQLite file (each pod would keep its own copy)."""
+    from amoeba.deploy.plan import per_pod_problems
     from amoeba.runtime.process import load_bound
 
     try:
         app, topo = load_bound(path)
+        per_pod = per_pod_problems(topo, app)
+        if per_pod and target == "k8s":
+            raise TopologyError(per_pod)
     except TopologyError as exc:
         print(f"{path}: {len(exc.problems)} problem(s)\n{exc}", file=sys.stderr)
         return 1
@@ -52,6 +59,9 @@ def _check(path: str) -> int:
             f"{'public' if lst.public else 'private'} {lst.host}:{lst.port}" for lst in proc.listeners)
         reps = f" x{proc.replicas}" if proc.replicas > 1 else ""
         print(f"  {proc.name}{reps}: {', '.join(proc.services)}  [{listeners}]")
+    for p in per_pod:  # fine on one host, where the replicas share the file
+        print(f"  note: {p.key}: the replicas share SQLite files on this host; on Kubernetes "
+              f"`amoeba check --target k8s` and `amoeba deploy k8s` refuse it")
     return 0
 
 
@@ -200,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="send every local call through the wire codec (catches shared state)")
     check = sub.add_parser("check", help="validate a topology without starting anything")
     check.add_argument("topology")
+    check.add_argument("--target", choices=("run", "systemd", "compose", "k8s"), default="run",
+                       help="where it will run: k8s also refuses replicas of a process whose "
+                            "data is a SQLite file (each pod would have its own)")
     db = sub.add_parser("db", help="database migrations of the services (Alembic)")
     db_sub = db.add_subparsers(dest="action", required=True)
     up = db_sub.add_parser("upgrade", help="upgrade every service's schema (to head)")
@@ -231,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "events":
         return _events(args)
     if args.command == "check":
-        return _check(args.topology)
+        return _check(args.topology, args.target)
     if args.command == "db":
         return _db(args)
     return _run(args)

@@ -126,6 +126,11 @@ def _main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"amoeba deploy: {exc}", file=sys.stderr)
         return 2
+    if args.target in ("nginx", "haproxy"):
+        from amoeba.deploy.plan import edge_warnings
+
+        for w in edge_warnings(plan):
+            print(f"amoeba deploy {args.target}: warning: {w}", file=sys.stderr)
     if args.check:
         problems = check(files, out)
         if problems:

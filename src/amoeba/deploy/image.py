@@ -26,7 +26,24 @@ venv
 .mypy_cache
 .ruff_cache
 node_modules
+# Secrets and deployment files never go into the image: the generated
+# topology.yaml is the one file of the output directory the Dockerfile copies.
+.env
+.env.*
+**/.env
+**/*.env
+secrets
+auth-keys.json
+**/*.pem
+**/*.key
+deploy
 """
+
+
+def _ignore(plan: Plan) -> str:
+    out = plan.out_in_context.rstrip("/")
+    own = "" if out == "deploy" or out.startswith("deploy/") else f"{out}\n"
+    return f"{_IGNORE}{own}!{out}/topology.yaml\n"
 
 
 def _copy(path: str, dest: str) -> str:
@@ -39,7 +56,8 @@ def files(plan: Plan, target: str) -> dict[str, str]:
     code = "".join(_copy(f"{p}/" if p != "." else "./", f"{APP_DIR}/{p}/".replace("/./", "/"))
                    for p in plan.pythonpath)
     ports = " ".join(str(n) for n in sorted({p.number for u in plan.units for p in u.ports}))
-    dockerfile = f"""{plan.header(target)}# Build from the project root (the build context):
+    head = plan.header(target)
+    dockerfile = f"""{head}# Build from the project root (the build context); the name is deploy.image:
 #   docker build -f {out}/Dockerfile -t {plan.image} .
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \\
@@ -59,7 +77,7 @@ CMD ["run", "{TOPOLOGY_IN_IMAGE}"]
 """
     return {
         "Dockerfile": dockerfile,
-        "Dockerfile.dockerignore": plan.header(target) + _IGNORE,
+        "Dockerfile.dockerignore": plan.header(target) + _ignore(plan),
         "topology.yaml": plan.header(target)
         + "# The topology containers run: every process on 0.0.0.0 at its base port, reached\n"
           "# by its service name; resource URLs and secrets come from the environment.\n"
