@@ -672,3 +672,32 @@ def test_dockerignore_keeps_secrets_and_deploy_files_out() -> None:
         # The one output file the image needs is re-included after the exclusions.
         assert lines[-1] == f"!deploy/{target}/topology.yaml"
         assert f"COPY deploy/{target}/topology.yaml " in files["Dockerfile"]
+
+
+# -- secrets: generated once, in the runtime's format ----------------------------------------
+
+def test_deploy_secrets_writes_keys_and_env_the_runtime_reads(tmp_path: Path, capsys) -> None:
+    from amoeba.auth.keys import load_keys
+
+    out = tmp_path / "secrets"
+    assert main(["deploy", "secrets", EXAMPLES["shop-replicated"], "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert (out.stat().st_mode & 0o777) == 0o700
+    env, keys = out / "shop-secrets.env", out / "auth-keys.json"
+    for f in (env, keys):
+        assert (f.stat().st_mode & 0o777) == 0o600, f
+    values = dict(line.split("=", 1) for line in env.read_text().splitlines()
+                  if line and not line.startswith("#"))
+    assert re.fullmatch(r"[0-9a-f]{64}", values["AMOEBA_SECRET"])
+    assert values["DATABASE_URL"] == "postgresql://postgres@127.0.0.1:5432/shop"
+    assert set(values) == {"AMOEBA_SECRET", "DATABASE_URL", "REDIS_URL", "EVENTS_URL"}
+    keyset = load_keys(keys, ("EdDSA",), create=False)  # what the runtime does at start
+    assert keyset.signer is not None and keyset.signer.alg == "EdDSA"
+    assert f"--from-env-file={env}" in err and f"--from-file=keys.json={keys}" in err
+    # Never overwritten: a second run refuses and leaves the files alone.
+    before = env.read_text()
+    assert main(["deploy", "secrets", EXAMPLES["shop-replicated"], "-o", str(out)]) == 1
+    assert "is never overwritten" in capsys.readouterr().err and env.read_text() == before
+    # Two runs elsewhere: different values.
+    assert main(["deploy", "secrets", EXAMPLES["shop-replicated"], "-o", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "shop-secrets.env").read_text() != before

@@ -115,10 +115,40 @@ def check(files: dict[str, str], out: Path) -> list[str]:
     return problems
 
 
+def _secrets(plan: Plan, out: Path) -> int:
+    from amoeba.deploy.secrets import write_secrets
+
+    try:
+        written = write_secrets(plan, out)
+    except FileExistsError as exc:
+        print(f"amoeba deploy secrets: {exc.args[0]} exists; it is never overwritten (the "
+              f"running deployment uses it); fix: choose another -o, or remove it to rotate",
+              file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    env = out / f"{plan.secret}.env"
+    print(f"\nEdit {env} (resource URLs and passwords), then hand the files to the engine:\n"
+          f"  systemd:    sudo install -D -m 600 {env} /etc/amoeba/{plan.secret}.env\n"
+          f"  compose:    install -m 600 {env} DIR/.env   (DIR: where compose.yaml is)\n"
+          f"  Kubernetes: kubectl -n {plan.namespace} create secret generic {plan.secret} "
+          f"--from-env-file={env}", file=sys.stderr)
+    if plan.auth_secret is not None:
+        print(f"              kubectl -n {plan.namespace} create secret generic {plan.auth_secret} "
+              f"--from-file=keys.json={out / 'auth-keys.json'}", file=sys.stderr)
+    return 0
+
+
 def _main(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if args.target == "secrets" and args.check:
+        print("amoeba deploy secrets: --check does not apply (the values are random)",
+              file=sys.stderr)
+        return 2
     try:
         plan = plan_for(args.topology, out)
+        if args.target == "secrets":
+            return _secrets(plan, out)
         files = render(args.target, plan)
     except TopologyError as exc:
         print(f"{args.topology}: {len(exc.problems)} problem(s)\n{exc}", file=sys.stderr)
@@ -152,7 +182,8 @@ def add_parser(subparsers: Any) -> None:
         "deploy", help="write compose / Kubernetes / nginx / HAProxy / systemd files",
         description="Write deployment files for an existing engine from a topology. Output is "
                     "deterministic; --check exits 1 when DIR differs from it.")
-    p.add_argument("target", choices=TARGETS)
+    p.add_argument("target", choices=(*TARGETS, "secrets"),
+                   help="secrets: generate AMOEBA_SECRET and the JWT key file (once, mode 0600)")
     p.add_argument("topology", help="path to a topology YAML file (run from the project root)")
     p.add_argument("-o", "--out", required=True, help="output directory")
     p.add_argument("--check", action="store_true",
