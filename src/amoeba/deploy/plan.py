@@ -68,6 +68,10 @@ class Unit:
     # A private listener the container topology adds so Prometheus (and callers)
     # reach the process without the public port; None: it has a private one.
     metrics_listener: int | None = None
+    # Where /metrics of each replica answers when the topology runs on its hosts
+    # as written (amoeba run, systemd): its private listener, else its public one
+    # (which answers loopback peers: Prometheus on the same host).
+    local_targets: tuple[tuple[str, int], ...] = ()
 
     def __repr__(self) -> str:
         return f"<Unit {self.name} x{self.replicas} ports={[p.number for p in self.ports]}>"
@@ -458,7 +462,8 @@ def build_plan(topo: Topology, app: App, raw: dict[str, Any], *, source: str,
             proc.name, dns_name(app.name, proc.name), proc.services, proc.replicas, proc.private,
             ports, extra if extra is not None else rpc.port if rpc else ports[0].number,
             tuple(callers[proc.name]), tuple(sorted(calls[proc.name], key=names.index)),
-            dep.process(proc.name), embedded.get(proc.name, ()), extra)
+            dep.process(proc.name), embedded.get(proc.name, ()), extra,
+            tuple(proc.rpc_addresses()))
     raw_resources = raw.get("resources") or {}
     resources = [_resource(k, raw_resources.get(k), v) for k, v in topo.resources.items()]
     secrets = [SECRET_VAR, *(r.var for r in resources if r.var)]
