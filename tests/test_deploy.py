@@ -707,3 +707,23 @@ def test_deploy_secrets_writes_keys_and_env_the_runtime_reads(tmp_path: Path, ca
     # Two runs elsewhere: different values.
     assert main(["deploy", "secrets", EXAMPLES["shop-replicated"], "-o", str(tmp_path / "b")]) == 0
     assert (tmp_path / "b" / "shop-secrets.env").read_text() != before
+
+
+def test_systemd_install_steps(tmp_path: Path) -> None:
+    """The user, the extras, the secret command: in the order they are needed,
+    and a valid shell script."""
+    text = render("shop-replicated", "systemd")["INSTALL"]
+    steps = [line for line in text.splitlines() if line and not line.startswith((" ", "#"))]
+    want = ["id -u amoeba", "install -d -m 755 /opt/amoeba-shop", "tar ", "python3 -m venv",
+            "(cd /opt/amoeba-shop && .venv/bin/pip install \".[nats,postgres,redis]\")",
+            "(cd /opt/amoeba-shop && .venv/bin/amoeba deploy secrets "
+            "examples/shop/topologies/replicated.yaml -o /root/amoeba-shop-secrets)",
+            "${EDITOR:-vi}", "install -D -m 600 -o root -g root", "install -m 644 deploy/systemd/",
+            "systemctl daemon-reload", "systemctl enable --now amoeba-shop.target"]
+    assert [s for s in steps if s != "set -eu"] and len(steps) == len(want) + 1, steps
+    for line, start in zip([s for s in steps if s != "set -eu"], want, strict=True):
+        assert line.startswith(start), (line, start)
+    assert "useradd --system --user-group" in text and "--shell /usr/sbin/nologin amoeba" in text
+    script = tmp_path / "INSTALL"
+    script.write_text(text)
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
