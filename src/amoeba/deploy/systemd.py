@@ -78,7 +78,8 @@ def _install(plan: Plan, base: str, root: str, target: str) -> str:
     out = plan.out_in_context
     extras = f" (extras {', '.join(plan.extras)}: the drivers its resource URLs name)" \
         if plan.extras else ""
-    return f"""{plan.header("systemd")}# On the target host, as root, from the project root (a checkout of it).
+    head = plan.header("systemd")
+    return f"""{head}# On the target host, as root, from the project root (a checkout of it).
 set -eu
 
 # 1. The user every unit runs as: no login, no home of its own (data lives in the
