@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -727,3 +728,84 @@ def test_systemd_install_steps(tmp_path: Path) -> None:
     script = tmp_path / "INSTALL"
     script.write_text(text)
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+
+
+# -- docs/deploy.md: the Kubernetes section, as written ------------------------------------
+
+def _k8s_guide_commands() -> list[str]:
+    """The shell commands of docs/deploy.md's Kubernetes section, in order,
+    continuation lines joined, comments dropped."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    section = text.split("## 4. Kubernetes", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands, current = [], ""
+    for line in block.splitlines():
+        if line.lstrip().startswith("#") and not current:
+            continue
+        current += line.rstrip("\\").strip() + " " if line.endswith("\\") else line.strip()
+        if not line.endswith("\\"):
+            if current:
+                commands.append(current.strip())
+            current = ""
+    return commands
+
+
+def test_k8s_guide_runs_as_written_up_to_kubectl_apply(tmp_path: Path) -> None:
+    """Every command of the guide's Kubernetes section before the first
+    `kubectl apply` runs in a copy of the project; what the apply steps would
+    send (the kustomize build and the two Secrets) validates strictly."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubectl = require_tool("kubectl")
+    commands = _k8s_guide_commands()
+    first_apply = next(i for i, c in enumerate(commands) if c.startswith("kubectl apply"))
+    assert first_apply >= 5 and commands[first_apply:] == [
+        "kubectl apply -f deploy/k8s/namespace.yaml",
+        "kubectl apply -f secrets/shop-secrets.yaml -f secrets/shop-auth-keys.yaml",
+        "kubectl apply -k deploy/k8s"]
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, project / name)
+    for name in ("src", "examples"):
+        shutil.copytree(ROOT / name, project / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".amoeba"))
+    # `amoeba` is the script installed beside the interpreter running the tests.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.path.dirname(kubectl)}:"
+           f"{os.environ['PATH']}"}
+    for name in SECRETS:
+        env.pop(name, None)  # the guide runs with the operator's environment, not ours
+    skipped = []
+    for command in commands[:first_apply]:
+        if command.startswith("docker "):
+            skipped.append(command)  # no Docker daemon here: the tag is checked below
+            continue
+        r = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=project, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"{command}\n{r.stdout}\n{r.stderr}"
+    # One image name: the guide's tag, the Dockerfile's header, every container.
+    assert skipped == ["docker build -f deploy/k8s/Dockerfile -t amoeba-shop:latest ."]
+    tag = skipped[0].split(" -t ", 1)[1].split()[0]
+    out = project / "deploy" / "k8s"
+    assert f"-t {tag} ." in (out / "Dockerfile").read_text().split("FROM", 1)[0]
+    applied = [d for d in yaml.safe_load_all((project / "secrets" / "what-apply-k-applies.yaml")
+                                              .read_text()) if d]
+    images = {c["image"] for d in applied if d["kind"] in ("Deployment", "StatefulSet")
+              for c in d["spec"]["template"]["spec"]["containers"]}
+    assert images == {tag}
+    secrets_docs = [yaml.safe_load((project / "secrets" / f).read_text())
+                    for f in ("shop-secrets.yaml", "shop-auth-keys.yaml")]
+    for obj in [*applied, *secrets_docs]:
+        try:
+            kubernetes_validate.validate(obj, "1.30", strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{obj['kind']} {obj['metadata']['name']}: {exc.message}")
+    # The Secrets hold what the pods reference, in the namespace they run in.
+    wanted = {e["valueFrom"]["secretKeyRef"]["key"] for d in applied
+              if d["kind"] in ("Deployment", "StatefulSet")
+              for c in d["spec"]["template"]["spec"]["containers"] for e in c["env"]
+              if "valueFrom" in e}
+    env_secret, keys_secret = secrets_docs
+    assert (env_secret["metadata"]["name"], env_secret["metadata"]["namespace"]) == ("shop-secrets", "shop")
+    assert wanted == set(env_secret["data"])
+    assert keys_secret["metadata"]["name"] == "shop-auth-keys" and set(keys_secret["data"]) == {"keys.json"}
+    assert {d["metadata"].get("namespace") for d in applied if d["kind"] != "Namespace"} == {"shop"}
