@@ -750,6 +750,46 @@ def _k8s_guide_commands() -> list[str]:
     return commands
 
 
+def _project_copy(tmp_path: Path, *tools: str) -> tuple[Path, dict[str, str]]:
+    """The project's files a guide command reads, and an environment whose PATH
+    has ``amoeba`` (the script beside the interpreter running the tests)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, project / name)
+    for name in ("src", "examples"):
+        shutil.copytree(ROOT / name, project / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".amoeba"))
+    dirs = [str(Path(sys.executable).parent), *(os.path.dirname(t) for t in tools)]
+    env = {**os.environ, "PATH": ":".join([*dirs, os.environ["PATH"]])}
+    for name in SECRETS:
+        env.pop(name, None)  # the guide runs with the operator's environment, not ours
+    return project, env
+
+
+def test_guide_generating_commands_work_as_written(tmp_path: Path) -> None:
+    """Every `amoeba deploy|check`, `promtool` and `.env` line of docs/deploy.md, in
+    order, in a copy of the project; the compose .env ends up mode 0600."""
+    promtool = require_tool("promtool")
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    runnable, fence = [], None
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fence = None if fence is not None else line[3:]
+        elif fence in ("", "sh") and "TOPOLOGY" not in line and line.startswith(
+                ("amoeba deploy ", "amoeba check ", "promtool ", "(umask 077")):
+            runnable.append(line.strip())
+    assert len(runnable) >= 12, runnable
+    project, env = _project_copy(tmp_path, promtool)
+    for command in runnable:
+        r = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=project, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"{command}\n{r.stdout}\n{r.stderr}"
+    dotenv = project / "deploy" / "compose" / ".env"
+    assert (dotenv.stat().st_mode & 0o777) == 0o600
+    assert re.fullmatch(r"AMOEBA_SECRET=[0-9a-f]{64}\nPOSTGRES_PASSWORD=[0-9a-f]{32}\n", dotenv.read_text())
+
+
 def test_k8s_guide_runs_as_written_up_to_kubectl_apply(tmp_path: Path) -> None:
     """Every command of the guide's Kubernetes section before the first
     `kubectl apply` runs in a copy of the project; what the apply steps would
@@ -762,18 +802,7 @@ def test_k8s_guide_runs_as_written_up_to_kubectl_apply(tmp_path: Path) -> None:
         "kubectl apply -f deploy/k8s/namespace.yaml",
         "kubectl apply -f secrets/shop-secrets.yaml -f secrets/shop-auth-keys.yaml",
         "kubectl apply -k deploy/k8s"]
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, project / name)
-    for name in ("src", "examples"):
-        shutil.copytree(ROOT / name, project / name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".amoeba"))
-    # `amoeba` is the script installed beside the interpreter running the tests.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.path.dirname(kubectl)}:"
-           f"{os.environ['PATH']}"}
-    for name in SECRETS:
-        env.pop(name, None)  # the guide runs with the operator's environment, not ours
+    project, env = _project_copy(tmp_path, kubectl)
     skipped = []
     for command in commands[:first_apply]:
         if command.startswith("docker "):
