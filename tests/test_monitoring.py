@@ -379,3 +379,52 @@ def test_grafana_model_check_can_fail() -> None:
     bad = {"title": "x", "panels": [{"type": "timeseries", "id": 1, "gridPoss": {"h": 1}}]}
     back = json.loads(json.dumps(sdk.Dashboard.from_json(bad), cls=JSONEncoder))
     assert _lost(bad, back)  # a misspelt key does not survive the model
+
+
+def _outside_address() -> str | None:
+    """An address of this host that is not loopback: a peer connecting from it is
+    what the internet looks like to a listener."""
+    import socket
+
+    for probe in ("203.0.113.1", "10.255.255.1"):  # documentation / private: never contacted
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.connect((probe, 9))  # UDP: no packet is sent, the route picks the source
+            except OSError:
+                continue
+            addr = str(s.getsockname()[0])
+            if not addr.startswith("127."):
+                return addr
+    return None
+
+
+@pytest.mark.e2e
+def test_container_metrics_listener_answers_prometheus_not_the_public(tmp_path: Path) -> None:
+    """The container topology runs as generated (ports made free): from a
+    non-loopback peer, /metrics answers on the added private listener and is
+    hidden on the public one, which still serves the app."""
+    outside = _outside_address()
+    if outside is None:
+        pytest.skip("this host has no non-loopback IPv4 address to connect from")
+    files = deploy_cli.render("compose", deploy_cli.plan_for(
+        "examples/tickets/topologies/monolith.yaml", tmp_path / "c", cwd=ROOT))
+    topo = yaml.safe_load(files["topology.yaml"])
+    listeners = topo["processes"]["main"]["listeners"]
+    assert [(x["public"], x["port"]) for x in listeners] == [(True, 8000), (False, 9464)]
+    public, private = free_port(), free_port()
+    while abs(public - private) < 2:
+        private = free_port()
+    listeners[0]["port"], listeners[1]["port"] = public, private
+    topo["pythonpath"] = [str(ROOT / "examples")]
+    path = tmp_path / "topology.yaml"
+    path.write_text(dump_yaml(topo))
+    run = Run(path, {"AMOEBA_DATA_DIR": str(tmp_path / "data")}, [public, private], tmp_path)
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=outside), timeout=10) as c:
+            assert c.get(f"http://{outside}:{public}/api/v1/available").status_code == 200
+            assert c.get(f"http://{outside}:{public}/metrics").status_code == 404
+            r = c.get(f"http://{outside}:{private}/metrics")
+            assert r.status_code == 200 and "amoeba_http_request_duration_seconds" in r.text
+            assert c.get(f"http://{outside}:{private}/api/v1/available").status_code in (401, 403)
+    finally:
+        assert run.stop() == 0
