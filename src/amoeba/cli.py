@@ -15,13 +15,20 @@ from amoeba.topology import Topology, TopologyError
 __all__ = ["main"]
 
 
-def _check(path: str) -> int:
+def _check(path: str, target: str = "run") -> int:
+    """``target``: where the topology will run.  ``k8s`` also refuses what a
+    pod-per-replica orchestrator would break: replicas of a process whose data
+    is a SQLite file (each pod would keep its own copy)."""
+    from amoeba.deploy.plan import per_pod_problems
     from amoeba.runtime.host import data_dir
     from amoeba.runtime.preflight import preflight
     from amoeba.runtime.process import load_bound, report
 
     try:
         app, topo = load_bound(path)
+        per_pod = per_pod_problems(topo, app)
+        if per_pod and target == "k8s":
+            raise TopologyError(per_pod)
     except TopologyError as exc:
         report(path, exc.problems)
         return 1
@@ -35,6 +42,9 @@ def _check(path: str) -> int:
             f"{'public' if lst.public else 'private'} {lst.host}:{lst.port}" for lst in proc.listeners)
         reps = f" x{proc.replicas}" if proc.replicas > 1 else ""
         print(f"  {proc.name}{reps}: {', '.join(proc.services)}  [{listeners}]")
+    for p in per_pod:  # fine on one host, where the replicas share the file
+        print(f"  note: {p.key}: the replicas share SQLite files on this host; on Kubernetes "
+              f"`amoeba check --target k8s` and `amoeba deploy k8s` refuse it")
     return 0
 
 
@@ -201,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="send every local call through the wire codec (catches shared state)")
     check = sub.add_parser("check", help="validate a topology without starting anything")
     check.add_argument("topology")
+    check.add_argument("--target", choices=("run", "systemd", "compose", "k8s"), default="run",
+                       help="where it will run: k8s also refuses replicas of a process whose "
+                            "data is a SQLite file (each pod would have its own)")
     db = sub.add_parser("db", help="database migrations of the services (Alembic)")
     db_sub = db.add_subparsers(dest="action", required=True)
     up = db_sub.add_parser("upgrade", help="upgrade every service's schema (to head)")
@@ -232,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "events":
         return _events(args)
     if args.command == "check":
-        return _check(args.topology)
+        return _check(args.topology, args.target)
     if args.command == "db":
         return _db(args)
     return _run(args)

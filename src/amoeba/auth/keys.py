@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Key", "KeyFileError", "KeySet", "load_keys"]
+__all__ = ["Key", "KeyFileError", "KeySet", "generate_key_file", "load_keys"]
 
 _ASYMMETRIC = frozenset({"EdDSA", "ES256", "ES384", "RS256", "PS256"})
 _SYMMETRIC = frozenset({"HS256", "HS384", "HS512"})
@@ -56,6 +56,14 @@ class KeySet:
 
     def __repr__(self) -> str:
         return f"<KeySet {self.path} signer={self.signer and self.signer.kid!r} kids={list(self.by_kid)}>"
+
+
+def generate_key_file(path: Path) -> None:
+    """Write a new key file (one Ed25519 signing key, mode 0600) at ``path``;
+    ``FileExistsError`` if one is there: a key set is never replaced silently."""
+    if path.exists():
+        raise FileExistsError(path)
+    _generate(path)
 
 
 def _generate(path: Path) -> None:

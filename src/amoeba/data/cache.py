@@ -5,16 +5,24 @@ cache shared by all processes and replicas (``shared`` is True, and
 ``redis`` is the raw ``redis.asyncio.Redis`` client for anything more);
 without a URL each process keeps an in-memory dict with TTLs.  Keys are
 prefixed ``amoeba:{service}:`` so services never collide.
+
+Round trips to Redis are timed per operation (``round_trips``: op ->
+(ok, error) histograms; ``amoeba_cache_round_trip_seconds`` on ``/metrics``):
+two clock reads and two additions per call.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from amoeba.drivers import require
+from amoeba.observe.hist import Hist
 from amoeba.resource import Resource, ResourceContext
+
+_T = TypeVar("_T")
 
 __all__ = ["Cache", "redis_client"]
 
@@ -60,6 +68,7 @@ class Cache(Resource):
         self.prefix = prefix
         self.redis: Any = client  # redis.asyncio.Redis, or None for the in-memory store
         self.shared = client is not None
+        self.round_trips: dict[str, tuple[Hist, Hist]] = {}
         # key -> (value, expiry on the monotonic clock or None)
         self._mem: dict[str, tuple[bytes, float | None]] = {}
 
@@ -87,6 +96,19 @@ class Cache(Resource):
             await self.redis.aclose()
         self._mem.clear()
 
+    async def _timed(self, op: str, call: Awaitable[_T]) -> _T:
+        pair = self.round_trips.get(op)
+        if pair is None:
+            pair = self.round_trips[op] = (Hist(), Hist())
+        started = time.perf_counter()
+        try:
+            result = await call
+        except BaseException:
+            pair[1].observe(time.perf_counter() - started)
+            raise
+        pair[0].observe(time.perf_counter() - started)
+        return result
+
     # -- memory store --------------------------------------------------------
     def _live(self, key: str) -> tuple[bytes, float | None] | None:
         hit = self._mem.get(key)
@@ -99,7 +121,7 @@ class Cache(Resource):
     async def get(self, key: str) -> bytes | None:
         k = self.prefix + key
         if self.redis is not None:
-            value = await self.redis.get(k)
+            value = await self._timed("get", self.redis.get(k))
             return None if value is None else bytes(value)
         hit = self._live(k)
         return None if hit is None else hit[0]
@@ -114,7 +136,7 @@ class Cache(Resource):
         data = _bytes(value)
         if self.redis is not None:
             px = None if ttl is None else max(1, int(ttl * 1000))
-            return bool(await self.redis.set(k, data, px=px, nx=only_if_absent))
+            return bool(await self._timed("set", self.redis.set(k, data, px=px, nx=only_if_absent)))
         if only_if_absent and self._live(k) is not None:
             return False
         self._mem[k] = (data, None if ttl is None else time.monotonic() + ttl)
@@ -126,7 +148,7 @@ class Cache(Resource):
             return 0
         full = [self.prefix + k for k in keys]
         if self.redis is not None:
-            return int(await self.redis.delete(*full))
+            return int(await self._timed("delete", self.redis.delete(*full)))
         n = 0
         for k in full:
             if self._live(k) is not None:
@@ -139,8 +161,9 @@ class Cache(Resource):
         k = self.prefix + key
         if self.redis is not None:
             if ttl is None:
-                return int(await self.redis.incr(k))
-            return int(await self.redis.eval(_INCR, 1, k, max(1, int(ttl * 1000))))
+                return int(await self._timed("incr", self.redis.incr(k)))
+            return int(await self._timed("incr", self.redis.eval(_INCR, 1, k,
+                                                                 max(1, int(ttl * 1000)))))
         hit = self._live(k)
         if hit is None:
             self._mem[k] = (b"1", None if ttl is None else time.monotonic() + ttl)

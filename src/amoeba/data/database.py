@@ -51,6 +51,12 @@ busy SQLite file become :class:`amoeba.Unavailable` (503) naming the service
 and the URL without its password.  ``IntegrityError`` propagates: the caller
 knows which constraint means ``Conflict``.
 
+Pool use (``pool_stats()``, on ``/metrics`` as ``amoeba_db_pool_*``): the
+pool's size, connections in use and idle, callers waiting for one (callers
+inside a statement or transaction minus connections in use: two integer
+additions per call, no lock), and checkouts that timed out
+(``pool_timeout``).
+
 Migrations: a service class declares ``migrations = "migrations/catalog"``
 (relative to the file defining the class): a directory with Alembic revision
 scripts in ``versions/`` and no ``env.py``.  ``open()`` upgrades to head
@@ -78,6 +84,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from amoeba.data import sqlite_driver
+from amoeba.data.pool import PoolUse
 from amoeba.data.settings import DatabaseSettings
 from amoeba.drivers import require
 from amoeba.errors import Unavailable
@@ -170,6 +177,8 @@ class Database(Resource):
         self.migrations = migrations
         self.settings = settings or DatabaseSettings()
         self.created = False
+        self._active = 0  # callers inside a statement or transaction (pool_stats)
+        self.timeouts = 0
         # SQLite: BEGIN IMMEDIATE for transaction(), plain BEGIN elsewhere.
         self._writer = engine.execution_options(amoeba_begin="BEGIN IMMEDIATE")
         # PostgreSQL runs a lone statement atomically without BEGIN/COMMIT: two
@@ -189,6 +198,15 @@ class Database(Resource):
 
     def __repr__(self) -> str:
         return f"<Database {self.dialect} {self.service} {self.safe_url}>"
+
+    def pool_stats(self) -> PoolUse:
+        pool: Any = self.engine.sync_engine.pool
+        try:
+            in_use, idle = int(pool.checkedout()), int(pool.checkedin())
+            size = int(pool.size()) + max(0, int(getattr(pool, "_max_overflow", 0)))
+        except AttributeError:  # a pool without a queue (NullPool, StaticPool)
+            in_use, idle, size = min(self._active, 1), 0, 1
+        return PoolUse(size, in_use, idle, max(0, self._active - in_use), self.timeouts)
 
     # -- lifecycle -------------------------------------------------------------
     @classmethod
@@ -267,6 +285,8 @@ class Database(Resource):
         try:
             yield
         except Exception as exc:
+            if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection within pool_timeout
+                self.timeouts += 1
             if is_unavailable(exc):
                 reason = getattr(exc, "orig", None) or exc
                 raise Unavailable(f"database of service {self.service!r} unavailable "
@@ -282,16 +302,19 @@ class Database(Resource):
         if outer is not None and outer.db is self:
             yield outer.conn
             return
-        async with self.guard():
-            async with self._writer.begin() as conn:
+        self._active += 1
+        try:
+            async with self.guard(), self._writer.begin() as conn:
                 tx = _Tx(self, conn)
                 token = _ambient.set(tx)
                 try:
                     yield conn
                 finally:
                     _ambient.reset(token)
-            for hook in tx.after_commit:
-                hook()
+        finally:
+            self._active -= 1
+        for hook in tx.after_commit:
+            hook()
 
     async def execute(self, stmt: Statement, params: Params = None) -> sa.CursorResult[Any]:
         return await self._run(_RESULT, stmt, params)  # type: ignore[no-any-return]
@@ -313,8 +336,12 @@ class Database(Resource):
         # One trip into SQLAlchemy's sync core for checkout, BEGIN, the statement,
         # the rows, COMMIT and return, instead of one per step: a single statement
         # is the common case, and every async step costs greenlet switches.
-        async with self.guard():
-            return await greenlet_spawn(self._run_sync, kind, _statement(stmt), params)
+        self._active += 1
+        try:
+            async with self.guard():
+                return await greenlet_spawn(self._run_sync, kind, _statement(stmt), params)
+        finally:
+            self._active -= 1
 
     def _run_sync(self, kind: int, stmt: sa.Executable, params: Params) -> Any:
         many = isinstance(params, list)  # executemany: several statements, one transaction

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from amoeba.data.pool import PoolUse
 from amoeba.errors import Unavailable
 from amoeba.resource import Resource, ResourceContext
 
@@ -93,9 +94,17 @@ class SQLite(Resource):
         self._scheduled = False
         self._in_tx = False
         self._tx_lock = asyncio.Lock()
+        self._tx_waiting = 0
+        self.timeouts = 0  # statements that found the file busy past busy_timeout
 
     def __repr__(self) -> str:
         return f"<SQLite {self.path}>"
+
+    def pool_stats(self) -> PoolUse:
+        """One connection: in use during a transaction; waiting are the queued
+        statements and the transactions behind the current one."""
+        busy = 1 if self._in_tx else 0
+        return PoolUse(1, busy, 1 - busy, len(self._queue) + self._tx_waiting, self.timeouts)
 
     @classmethod
     async def open(cls, ctx: ResourceContext) -> SQLite:
@@ -158,14 +167,14 @@ class SQLite(Resource):
         except sqlite3.Error as exc:
             for *_, fut in batch:
                 if not fut.done():
-                    fut.set_exception(_error(exc))
+                    fut.set_exception(self._err(exc))
             return
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         for kind, sql, params, fut in batch:
             try:
                 done.append((fut, _run(conn, kind, sql, params), None))
             except sqlite3.Error as exc:
-                done.append((fut, None, _error(exc)))
+                done.append((fut, None, self._err(exc)))
                 if not conn.in_transaction:  # SQLite rolled the whole batch back
                     self._fail(batch, exc)
                     return
@@ -184,11 +193,16 @@ class SQLite(Resource):
             else:
                 fut.set_exception(err)
 
-    @staticmethod
-    def _fail(batch: list[tuple[int, str, Params, asyncio.Future[Any]]], exc: sqlite3.Error) -> None:
+    def _fail(self, batch: list[tuple[int, str, Params, asyncio.Future[Any]]],
+              exc: sqlite3.Error) -> None:
         for *_, fut in batch:
             if not fut.done():
-                fut.set_exception(_error(exc))
+                fut.set_exception(self._err(exc))
+
+    def _err(self, exc: sqlite3.Error) -> Exception:
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+            self.timeouts += 1  # waited busy_timeout for another process's write lock
+        return _error(exc)
 
     # -- explicit transactions ---------------------------------------------
     @asynccontextmanager
@@ -196,7 +210,12 @@ class SQLite(Resource):
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error).  Use the
         handle it yields for the statements inside.  Other coroutines of this
         process wait for it; other processes wait on SQLite's write lock."""
-        async with self._tx_lock:
+        self._tx_waiting += 1
+        try:
+            await self._tx_lock.acquire()
+        finally:
+            self._tx_waiting -= 1
+        try:
             if self._queue:
                 self._flush()
             self._in_tx = True
@@ -204,7 +223,7 @@ class SQLite(Resource):
                 try:
                     self.conn.execute("BEGIN IMMEDIATE")
                 except sqlite3.Error as exc:
-                    raise _error(exc) from exc
+                    raise self._err(exc) from exc
                 try:
                     yield Transaction(self.conn)
                 except BaseException:
@@ -216,3 +235,5 @@ class SQLite(Resource):
                 if self._queue and not self._scheduled:
                     self._scheduled = True
                     asyncio.get_running_loop().call_soon(self._flush)
+        finally:
+            self._tx_lock.release()

@@ -15,7 +15,8 @@ retried only on ``conn-failure``, when it could not be sent at all.
 
 from __future__ import annotations
 
-from amoeba.deploy.plan import Plan, route_regex
+from amoeba.deploy.nginx import warnings
+from amoeba.deploy.plan import Plan, edge_port_conflict, route_regex
 
 __all__ = ["render"]
 
@@ -24,6 +25,7 @@ def render(plan: Plan) -> dict[str, str]:
     if not plan.upstreams:
         raise ValueError(f"{plan.source}: no process has a public listener: nothing for HAProxy to "
                          f"front; fix: add `public: true` to a listener")
+    edge_port_conflict(plan, "HAProxy")
     tries = max(len(u.servers) for u in plan.upstreams)
     uses = []
     for r in plan.routes:
@@ -43,7 +45,7 @@ backend {u.name}
     host = plan.deploy.edge_host
     host_rule = (f"    http-request deny deny_status 404 unless {{ req.hdr(host),field(1,:) -i {host} }}\n"
                  if host else "")
-    return {"haproxy.cfg": f"""{plan.header("haproxy")}# Run: haproxy -f haproxy.cfg
+    return {"haproxy.cfg": f"""{plan.header("haproxy")}{warnings(plan)}# Run: haproxy -f haproxy.cfg
 global
     maxconn 4096
     log stderr format raw local0
@@ -70,7 +72,8 @@ frontend edge
     # body is capped by the gateway itself.
     http-request deny deny_status 413 if {{ req.hdr_val(content-length) gt {plan.settings.max_body} }}
     # Internal endpoints never leave the host through the edge.
-    http-request deny deny_status 403 if {{ path /metrics }} || {{ path_beg /_amoeba/ }}
+    http-request deny deny_status 403 if {{ path /metrics }} || {{ path /_amoeba }}
+    http-request deny deny_status 403 if {{ path_beg /_amoeba/ }}
     # Keep the client's request id when it sent one, else a fresh UUID.
     unique-id-format %[uuid()]
     http-request set-header X-Request-Id %[unique-id] unless {{ req.hdr(x-request-id) -m found }}

@@ -30,6 +30,17 @@ _IGNORE = """.git
 .mypy_cache
 .ruff_cache
 node_modules
+# Secrets and deployment files never go into the image: the generated
+# topology.yaml is the one file of the output directory the Dockerfile copies.
+.env
+.env.*
+**/.env
+**/*.env
+secrets
+auth-keys.json
+**/*.pem
+**/*.key
+deploy
 """
 
 
@@ -38,13 +49,20 @@ def _copy(path: str) -> str:
     return f"COPY {path} {APP_DIR}/{path.removeprefix('./')}\n"
 
 
+def _ignore(plan: Plan) -> str:
+    out = plan.out_in_context.rstrip("/")
+    own = "" if out == "deploy" or out.startswith("deploy/") else f"{out}\n"
+    return f"{_IGNORE}{own}!{out}/topology.yaml\n"
+
+
 def files(plan: Plan, target: str) -> dict[str, str]:
     out = plan.out_in_context
     steps = "".join(_copy(f) for f in plan.install.copy)
     code = "".join(_copy(f"{p}/" if p != "." else "./") for p in plan.pythonpath
                    if not plan.install.covers(p))
     ports = " ".join(str(n) for n in sorted({p.number for u in plan.units for p in u.ports}))
-    dockerfile = f"""{plan.header(target)}# Build from the project root (the build context):
+    head = plan.header(target)
+    dockerfile = f"""{head}# Build from the project root (the build context); the name is deploy.image:
 #   docker build -f {out}/Dockerfile -t {plan.image} .
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \\
@@ -64,7 +82,7 @@ CMD ["run", "{TOPOLOGY_IN_IMAGE}"]
 """
     return {
         "Dockerfile": dockerfile,
-        "Dockerfile.dockerignore": plan.header(target) + _IGNORE,
+        "Dockerfile.dockerignore": plan.header(target) + _ignore(plan),
         "topology.yaml": plan.header(target)
         + "# The topology containers run: every process on 0.0.0.0 at its base port, reached\n"
           "# by its service name; resource URLs and secrets come from the environment.\n"

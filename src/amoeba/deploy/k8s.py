@@ -4,7 +4,10 @@
 - ``config.yaml``: ConfigMap ``<app>-config`` (the container topology,
   mounted at ``/etc/amoeba/config``) and ``<app>-env`` (variables the file
   gives a default, as environment);
-- ``<app>-<process>.yaml`` per process: Deployment (replicas, requests and
+- ``<app>-<process>.yaml`` per process: Deployment (a StatefulSet with a
+  persistent volume claim for its data directory when a service of it keeps
+  data in a SQLite file; such a process is refused more than one pod)
+  (replicas, requests and
   limits, liveness ``/healthz``, readiness ``/readyz``, a ``preStop`` pause so
   endpoints drop the pod before it drains, ``terminationGracePeriodSeconds``
   covering pause + drain + grace), Service, NetworkPolicy (a process accepts
@@ -24,6 +27,7 @@ from typing import Any
 from amoeba.deploy import image
 from amoeba.deploy.document import dump_yaml
 from amoeba.deploy.plan import DATA_DIR, KEYS_IN_K8S, KEYS_VAR, Plan, Unit
+from amoeba.topology import TopologyError
 
 __all__ = ["PRE_STOP_SECONDS", "render"]
 
@@ -56,13 +60,16 @@ def _env(plan: Plan) -> list[dict[str, Any]]:
     return env
 
 
-def _deployment(plan: Plan, unit: Unit) -> dict[str, Any]:
+def _workload(plan: Plan, unit: Unit) -> dict[str, Any]:
+    """A Deployment, or for a process with SQLite data a StatefulSet whose data
+    directory is a PersistentVolumeClaim: it survives rollouts and restarts."""
     http = unit.ports[0].name
+    stateful = bool(unit.embedded)
     mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
               {"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": f"{plan.base}-config"}},
-        {"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+        *([] if stateful else [{"name": "data", "emptyDir": {}}]), {"name": "tmp", "emptyDir": {}}]
     if plan.auth_secret is not None:
         mounts.append({"name": "auth-keys", "mountPath": KEYS_IN_K8S.rsplit("/", 1)[0],
                        "readOnly": True})
@@ -94,11 +101,20 @@ def _deployment(plan: Plan, unit: Unit) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     if unit.sizing.autoscale is None:
         spec["replicas"] = unit.replicas  # with an HPA, the HPA owns the count
+    if stateful:
+        # One pod (per_pod_problems refuses more): the old pod stops and releases
+        # the volume before the new one starts; SQLite never sees two writers.
+        spec |= {"serviceName": unit.name, "selector": {"matchLabels": _selector(plan, unit)},
+                 "updateStrategy": {"type": "RollingUpdate"}}
+    else:
+        spec |= {"selector": {"matchLabels": _selector(plan, unit)},
+                 "strategy": {"type": "RollingUpdate",
+                              "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}}
     spec |= {
-        "selector": {"matchLabels": _selector(plan, unit)},
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
         "template": {
-            # /metrics is served on the process's RPC (private) listener.
+            # /metrics is served on the process's private listener (the one added for
+            # it when the process has only public ones): Prometheus never needs a
+            # public port, and the NetworkPolicy admits it there.
             "metadata": {"labels": _labels(plan, unit), "annotations": {
                 "prometheus.io/scrape": "true", "prometheus.io/port": str(unit.rpc_port),
                 "prometheus.io/path": "/metrics"}},
@@ -112,8 +128,13 @@ def _deployment(plan: Plan, unit: Unit) -> dict[str, Any]:
             },
         },
     }
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(plan, unit.name, unit),
-            "spec": spec}
+    if stateful:
+        spec["volumeClaimTemplates"] = [{
+            "metadata": {"name": "data", "labels": _labels(plan, unit)},
+            "spec": {"accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": unit.sizing.storage}}}}]
+    return {"apiVersion": "apps/v1", "kind": "StatefulSet" if stateful else "Deployment",
+            "metadata": _meta(plan, unit.name, unit), "spec": spec}
 
 
 def _service(plan: Plan, unit: Unit) -> dict[str, Any]:
@@ -150,7 +171,8 @@ def _hpa(plan: Plan, unit: Unit) -> dict[str, Any] | None:
         return None
     return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
             "metadata": _meta(plan, unit.name, unit),
-            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1",
+                                        "kind": "StatefulSet" if unit.embedded else "Deployment",
                                         "name": unit.name},
                      "minReplicas": auto.min, "maxReplicas": auto.max,
                      "metrics": [{"type": "Resource", "resource": {
@@ -217,7 +239,7 @@ def manifests(plan: Plan) -> dict[str, list[dict[str, Any]]]:
                        "metadata": _meta(plan, f"{plan.base}-env"), "data": dict(plan.config)})
     out: dict[str, list[dict[str, Any]]] = {"namespace.yaml": [ns], "config.yaml": config}
     for unit in plan.units:
-        docs = [_deployment(plan, unit), _service(plan, unit), _network_policy(plan, unit)]
+        docs = [_workload(plan, unit), _service(plan, unit), _network_policy(plan, unit)]
         hpa = _hpa(plan, unit)
         if hpa is not None:
             docs.append(hpa)
@@ -229,6 +251,8 @@ def manifests(plan: Plan) -> dict[str, list[dict[str, Any]]]:
 
 
 def render(plan: Plan) -> dict[str, str]:
+    if plan.per_pod:
+        raise TopologyError(list(plan.per_pod))
     objs = manifests(plan)
     files = {name: _dump(plan, docs) for name, docs in objs.items()}
     kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",

@@ -17,7 +17,7 @@ attempts with refusal or 503, which is why 503 is in the list.
 
 from __future__ import annotations
 
-from amoeba.deploy.plan import Plan, route_regex
+from amoeba.deploy.plan import Plan, edge_port_conflict, edge_warnings, route_regex
 
 __all__ = ["render"]
 
@@ -32,10 +32,16 @@ def _location(path: str, upstream: str) -> str:
     return f"        location {match} {{\n{_PROXY.format(upstream=upstream)}        }}\n"
 
 
+def warnings(plan: Plan) -> str:
+    """``edge_warnings`` as comment lines at the top of a generated edge file."""
+    return "".join(f"# WARNING: {w}\n" for w in edge_warnings(plan))
+
+
 def render(plan: Plan) -> dict[str, str]:
     if not plan.upstreams:
         raise ValueError(f"{plan.source}: no process has a public listener: nothing for nginx to "
                          f"front; fix: add `public: true` to a listener")
+    edge_port_conflict(plan, "nginx")
     tries = max(2, *(len(u.servers) for u in plan.upstreams))
     ups = []
     for u in plan.upstreams:
@@ -45,7 +51,8 @@ def render(plan: Plan) -> dict[str, str]:
                    f"        keepalive 32;\n    }}\n")
     routes = "".join(_location(r.path, r.upstream) for r in plan.routes)
     server_name = plan.deploy.edge_host or "_"
-    conf = f"""{plan.header("nginx")}# Run: nginx -p DIR -c nginx.conf   (DIR: the directory of this file)
+    head = plan.header("nginx") + warnings(plan)
+    conf = f"""{head}# Run: nginx -p DIR -c nginx.conf   (DIR: the directory of this file)
 pid nginx.pid;
 error_log error.log warn;
 worker_processes auto;
@@ -81,8 +88,12 @@ http {{
         listen {plan.deploy.edge_port};
         server_name {server_name};
 
-        # Internal endpoints never leave the host through the edge.
+        # Internal endpoints never leave the host through the edge (the dashboard
+        # answers /_amoeba as well as /_amoeba/).
         location = /metrics {{
+            deny all;
+        }}
+        location = /_amoeba {{
             deny all;
         }}
         location ^~ /_amoeba/ {{

@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 from amoeba.deploy.install import Install, Project, extra_for_url, install_for
 from amoeba.topology import Problem, Settings, Topology, TopologyError
 from amoeba.topology.check import find_cycle
-from amoeba.topology.deploy import DeploySpec, ProcessDeploy
+from amoeba.topology.deploy import DEFAULT_EDGE_PORT, DeploySpec, ProcessDeploy
 
 if TYPE_CHECKING:
     from amoeba.app import App
 
-__all__ = ["EdgeRoute", "Plan", "Port", "Resource", "Unit", "Upstream", "build_plan", "route_regex"]
+__all__ = ["EdgeRoute", "Plan", "Port", "Resource", "Unit", "Upstream", "build_plan",
+           "edge_port_conflict", "edge_warnings", "embedded_data", "per_pod_problems", "route_regex"]
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _INFRA = {"postgresql": "postgres", "postgres": "postgres", "redis": "redis", "rediss": "redis",
@@ -62,6 +63,16 @@ class Unit:
     callers: tuple[str, ...]  # process names that call this one
     callees: tuple[str, ...]
     sizing: ProcessDeploy
+    # Services keeping data in a file of the process's data directory (SQLite):
+    # on Kubernetes the directory is a persistent volume and the process one pod.
+    embedded: tuple[str, ...] = ()
+    # A private listener the container topology adds so Prometheus (and callers)
+    # reach the process without the public port; None: it has a private one.
+    metrics_listener: int | None = None
+    # Where /metrics of each replica answers when the topology runs on its hosts
+    # as written (amoeba run, systemd): its private listener, else its public one
+    # (which answers loopback peers: Prometheus on the same host).
+    local_targets: tuple[tuple[str, int], ...] = ()
 
     def __repr__(self) -> str:
         return f"<Unit {self.name} x{self.replicas} ports={[p.number for p in self.ports]}>"
@@ -89,6 +100,8 @@ class Upstream:
     unit: str
     port: int  # base port (containers)
     servers: tuple[tuple[str, int], ...]  # host, port of every replica on the topology's hosts
+    bind: str = "0.0.0.0"  # the listener's host as the topology writes it
+    key: str = ""  # where the listener is declared: processes.gateway.listeners[0]
 
     def __repr__(self) -> str:
         return f"<Upstream {self.name} {list(self.servers)}>"
@@ -141,6 +154,10 @@ class Plan:
     container_topology: str  # the topology containers run (YAML, without header)
     install: Install  # what the Dockerfile copies before pip install, and installs
     extras: tuple[str, ...] = field(default=())
+    # What an orchestrator giving every replica its own file system (Kubernetes)
+    # must refuse: replicated per-process data files.  See per_pod_problems().
+    per_pod: tuple[Problem, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()  # settings.trusted_proxies as written
 
     def __repr__(self) -> str:
         return f"<Plan {self.app}/{self.topology} units={[u.name for u in self.units]}>"
@@ -238,6 +255,92 @@ def _start_order(names: list[str], calls: dict[str, set[str]]) -> list[str]:
     return order
 
 
+def embedded_data(topo: Topology, app: App) -> dict[str, tuple[str, ...]]:
+    """Process -> its services that keep data in a file of the process's data
+    directory: a ``SQLite`` resource, or a ``Database`` without a server URL."""
+    url = topo.resources.get("database")
+    db_is_file = url is None or url.split(":", 1)[0].split("+", 1)[0].lower() == "sqlite"
+    out: dict[str, tuple[str, ...]] = {}
+    for proc in topo.processes.values():
+        found = tuple(s for s in proc.services
+                      if any(getattr(r, "kind", None) == "sqlite"
+                             or (getattr(r, "kind", None) == "database" and db_is_file)
+                             for r in app.specs[s].resources.values()))
+        if found:
+            out[proc.name] = found
+    return out
+
+
+def per_pod_problems(topo: Topology, app: App) -> list[Problem]:
+    """Replicas of a process whose data is a file, where each replica has its
+    own file system (Kubernetes pods): each would keep its own copy of the data
+    (two stocks, two sets of accounts).  On one host (``amoeba run``, systemd,
+    compose's shared volume) the replicas share the file and SQLite's locks."""
+    problems: list[Problem] = []
+    for name, services in embedded_data(topo, app).items():
+        proc = topo.processes[name]
+        what = (f"service(s) {', '.join(services)} keep their data in a SQLite file of the "
+                f"process; each Kubernetes pod has its own file system, so every replica would "
+                f"keep its own copy of the data (two stocks, two sets of accounts)")
+        fix = ("replicas: 1 (the data directory is a persistent volume), or give "
+               "resources.database a PostgreSQL/MySQL URL so replicas share one database"
+               if all(_db_kind(app, s) == "database" for s in services) else
+               "replicas: 1 (the data directory is a persistent volume); a SQLite resource is "
+               "one file: move the data to a Database resource on PostgreSQL to replicate")
+        key = f"processes.{name}.replicas"
+        if proc.replicas > 1:
+            problems.append(Problem(topo.file, topo.lines.get(key) or proc.line, key,
+                                    f"{proc.replicas} replicas, but {what}", fix))
+        auto = topo.deploy.process(name).autoscale
+        if auto is not None and auto.max > 1:
+            akey = f"deploy.processes.{name}.autoscale.max"
+            problems.append(Problem(topo.file, topo.lines.get(akey), akey,
+                                    f"autoscaling to {auto.max} pods, but {what}",
+                                    "remove autoscale (or max: 1), " + fix.split(", or ", 1)[-1]))
+    return problems
+
+
+def _db_kind(app: App, service: str) -> str:
+    kinds = {getattr(r, "kind", None) for r in app.specs[service].resources.values()}
+    return "sqlite" if "sqlite" in kinds else "database"
+
+
+def edge_warnings(plan: Plan) -> list[str]:
+    """What leaves a generated nginx/HAProxy edge bypassable or blind to the
+    client's address, each with its fix (printed by ``amoeba deploy``, written
+    into the files' headers)."""
+    import ipaddress
+
+    out: list[str] = []
+    for u in plan.upstreams:
+        if u.bind not in ("127.0.0.1", "::1", "localhost"):
+            out.append(f"{u.key}.host is {u.bind!r}: clients can reach the gateway on port "
+                       f"{u.port} without the edge (its deny rules, body limit and request ids); "
+                       f"fix: host: 127.0.0.1 on that listener when the edge runs on the same host")
+    edge = ipaddress.ip_address("127.0.0.1")
+    trusted = []
+    for p in plan.trusted_proxies:
+        try:
+            trusted.append(ipaddress.ip_network(p, strict=False))
+        except ValueError:
+            continue
+    if plan.upstreams and not any(edge in net for net in trusted):
+        out.append("settings.trusted_proxies does not include 127.0.0.1: the gateway sees every "
+                   "client as the edge's address, so all clients share one rate-limit bucket and "
+                   "access logs name the edge; fix: settings: {trusted_proxies: [127.0.0.1/32]}")
+    return out
+
+
+def edge_port_conflict(plan: Plan, edge: str) -> None:
+    """An edge on the same host cannot listen where a replica does."""
+    taken = {p for u in plan.upstreams for _, p in u.servers}
+    taken |= {p.number for u in plan.units for p in u.ports if p.name != "metrics"}
+    if plan.deploy.edge_port in taken:
+        raise ValueError(f"{plan.source}: deploy.edge.port {plan.deploy.edge_port} is also a port of "
+                         f"a process; {edge} could not listen on it; fix: deploy: {{edge: {{port: "
+                         f"N}}}} with N a free port (default {DEFAULT_EDGE_PORT})")
+
+
 def _fail(topo: Topology, key: str, message: str, fix: str) -> TopologyError:
     return TopologyError([Problem(topo.file, topo.lines.get(key), key, message, fix)])
 
@@ -254,7 +357,8 @@ def _edge(topo: Topology, app: App, units: dict[str, Unit]) -> tuple[list[Upstre
             name = proc.name if len(public) == 1 else f"{proc.name}-{lst.port}"
             host = proc.address or ("127.0.0.1" if lst.host in ("0.0.0.0", "::", "") else lst.host)
             upstreams.append(Upstream(name, proc.name, units[proc.name].name, lst.port,
-                                      tuple((host, lst.port_for(i)) for i in range(proc.replicas))))
+                                      tuple((host, lst.port_for(i)) for i in range(proc.replicas)),
+                                      lst.host, lst.key))
             paths = []
             for s in (proc.services if lst.routes is None else lst.routes):
                 for m in app.specs[s].methods.values():
@@ -306,6 +410,10 @@ def _container_topology(topo: Topology, raw: dict[str, Any], units: dict[str, Un
             if lst.routes is not None:
                 item["routes"] = list(lst.routes)
             listeners.append(item)
+        if unit.metrics_listener is not None:
+            # /metrics (and calls from other processes) off the public port: the
+            # NetworkPolicy admits only callers and Prometheus here.
+            listeners.append({"port": unit.metrics_listener, "host": "0.0.0.0", "public": False})
         entry["listeners"] = listeners
         procs[proc.name] = entry
     doc["processes"] = procs
@@ -330,14 +438,33 @@ def build_plan(topo: Topology, app: App, raw: dict[str, Any], *, source: str,
     order = _start_order(names, calls)
     callers = {n: sorted((m for m in names if n in calls[m]), key=names.index) for n in names}
     units: dict[str, Unit] = {}
+    embedded = embedded_data(topo, app)
+    taken = {lst.port_for(i) for p in topo.processes.values() for lst in p.listeners
+             for i in range(p.replicas)}
+    next_metrics = dep.metrics_port
     for proc in topo.processes.values():
         ports = tuple(Port("http" if i == 0 else f"http-{lst.port}", lst.port, lst.public)
                       for i, lst in enumerate(proc.listeners))
         rpc = proc.rpc_listener()
+        extra: int | None = None
+        if rpc is None or rpc.public:
+            # The container topology is one file checked as a whole: each process
+            # gets its own port, from deploy.metrics_port up, past any listener's.
+            extra = next_metrics
+            while extra in taken:
+                extra += 1
+            if extra > 65535:
+                raise _fail(topo, "deploy.metrics_port", f"no free port from {dep.metrics_port} "
+                            "up for the private metrics listeners", "metrics_port: 9464")
+            taken.add(extra)
+            next_metrics = extra + 1
+            ports += (Port("metrics", extra, False),)
         units[proc.name] = Unit(
             proc.name, dns_name(app.name, proc.name), proc.services, proc.replicas, proc.private,
-            ports, rpc.port if rpc else ports[0].number, tuple(callers[proc.name]),
-            tuple(sorted(calls[proc.name], key=names.index)), dep.process(proc.name))
+            ports, extra if extra is not None else rpc.port if rpc else ports[0].number,
+            tuple(callers[proc.name]), tuple(sorted(calls[proc.name], key=names.index)),
+            dep.process(proc.name), embedded.get(proc.name, ()), extra,
+            tuple(proc.rpc_addresses()))
     raw_resources = raw.get("resources") or {}
     resources = [_resource(k, raw_resources.get(k), v) for k, v in topo.resources.items()]
     secrets = [SECRET_VAR, *(r.var for r in resources if r.var)]
@@ -376,4 +503,6 @@ def build_plan(topo: Topology, app: App, raw: dict[str, Any], *, source: str,
         container_topology=_container_topology(topo, raw, units, resources, list(pythonpath),
                                                auth_secret),
         install=install_for(project, extras, version), extras=extras,
+        per_pod=tuple(per_pod_problems(topo, app)),
+        trusted_proxies=tuple(str(p) for p in topo.settings.extra.get("trusted_proxies") or ()),
     )

@@ -10,6 +10,10 @@ A unit runs ``amoeba run TOPOLOGY --process P --replica %i`` from
 ``/etc/amoeba/<secret>.env`` (AMOEBA_SECRET, resource URLs), keeps its data
 in ``/var/lib/amoeba-<app>`` (StateDirectory, shared by the replicas), is
 restarted on failure and stopped with SIGTERM, given drain + grace + 5 s.
+
+``INSTALL``: the commands that put them in place, for this topology: the
+service user, the checkout and its venv with the extras the resource URLs
+need, the secrets file (``amoeba deploy secrets``), the units.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ PrivateTmp=yes
 [Install]
 WantedBy={target}
 """
+    files["INSTALL"] = _install(plan, base, root, target)
     files[target] = f"""{plan.header("systemd")}[Unit]
 Description=amoeba {plan.app}: every process of topology {plan.topology}
 Wants={" ".join(wants)}
@@ -66,3 +71,41 @@ Wants={" ".join(wants)}
 WantedBy=multi-user.target
 """
     return files
+
+
+def _install(plan: Plan, base: str, root: str, target: str) -> str:
+    user = plan.deploy.systemd_user
+    out = plan.out_in_context
+    extras = f" (extras {', '.join(plan.extras)}: the drivers its resource URLs name)" \
+        if plan.extras else ""
+    head = plan.header("systemd")
+    return f"""{head}# On the target host, as root, from the project root (a checkout of it).
+set -eu
+
+# 1. The user every unit runs as: no login, no home of its own (data lives in the
+#    units' StateDirectory, /var/lib/{base}).
+id -u {user} >/dev/null 2>&1 || useradd --system --user-group --no-create-home \\
+    --home-dir /nonexistent --shell /usr/sbin/nologin {user}
+
+# 2. The code and its venv in {root}{extras}; never a local venv, .env or secret.
+install -d -m 755 {root}
+tar --exclude=./.git --exclude=./.venv --exclude=./.env --exclude=./secrets -cf - . \\
+    | tar -xf - -C {root}
+python3 -m venv {root}/.venv
+(cd {root} && .venv/bin/pip install {plan.install.pip})
+
+# 3. Secrets: AMOEBA_SECRET and the resource URLs, readable by root only (systemd
+#    reads EnvironmentFile= as root); generated outside the code directory, edited
+#    (the URLs and their passwords), then installed.  The JWT keys are generated at
+#    first start in the state directory, shared by every replica (or set
+#    settings.auth.keys).
+(cd {root} && .venv/bin/amoeba deploy secrets {plan.source} -o /root/{base}-secrets)
+${{EDITOR:-vi}} /root/{base}-secrets/{plan.secret}.env
+install -D -m 600 -o root -g root /root/{base}-secrets/{plan.secret}.env \\
+    /etc/amoeba/{plan.secret}.env
+
+# 4. The units, then every replica.
+install -m 644 {out}/*.service {out}/{target} /etc/systemd/system/
+systemctl daemon-reload
+systemctl enable --now {target}
+"""

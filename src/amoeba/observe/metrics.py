@@ -32,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from amoeba.codec import MethodCodec, msgpack_encoder
+from amoeba.observe.hist import Hist
 from amoeba.observe.instruments import REGISTRY, Counter, Gauge, Histogram
 from amoeba.observe.snapshot import (
     BUCKETS,
@@ -53,34 +54,11 @@ if TYPE_CHECKING:
 __all__ = ["Backlog", "CallStat", "Hist", "Metrics", "PrometheusCollector", "backlog",
            "metered_stub", "snapshot"]
 
-_N = len(BUCKETS) + 1
 #: Per consuming service, events waiting in the broker; per publishing service,
 #: rows waiting in its outbox (-1: could not be read).  Read asynchronously
 #: (:func:`backlog`) before a snapshot or a scrape.
 Backlog = tuple[dict[str, int], dict[str, int]]
 SAMPLE_EVERY = 64  # a local call in this many is run through the codec to learn its size
-
-
-class Hist:
-    """Sum and bucket counts (non-cumulative) of durations in seconds; the
-    count is the buckets' total, so recording is two additions."""
-
-    __slots__ = ("hist", "sum")
-
-    def __init__(self) -> None:
-        self.sum = 0.0
-        self.hist = [0] * _N
-
-    def __repr__(self) -> str:
-        return f"<Hist n={self.count} sum={self.sum:.6f}>"
-
-    @property
-    def count(self) -> int:
-        return sum(self.hist)
-
-    def observe(self, seconds: float) -> None:
-        self.sum += seconds
-        self.hist[bisect_left(BUCKETS, seconds)] += 1
 
 
 class CallStat:
@@ -423,9 +401,44 @@ class PrometheusCollector(Collector):
         ready = GaugeMetricFamily("amoeba_draining", "1 while the process drains before exit",
                                   value=1 if host.draining else 0)
         yield ready
+        yield from self._resources()
         if host.events is not None:
             yield from self._events()
         yield from _app_families()
+
+    def _resources(self) -> Iterator[Any]:
+        """Connection pools of every Database/SQLite resource, and round trips of
+        every Redis-backed cache, read from the resources at scrape time."""
+        labels = ["service", "resource"]
+        size = GaugeMetricFamily("amoeba_db_pool_size", "Connections the pool may hold",
+                                 labels=labels)
+        conns = GaugeMetricFamily("amoeba_db_pool_connections",
+                                  "Pooled database connections by state (in_use, idle)",
+                                  labels=[*labels, "state"])
+        waiting = GaugeMetricFamily("amoeba_db_pool_waiting",
+                                    "Callers waiting for a pooled database connection",
+                                    labels=labels)
+        timeouts = CounterMetricFamily("amoeba_db_pool_timeouts",
+                                       "Waits for a pooled connection that gave up", labels=labels)
+        trips = HistogramMetricFamily("amoeba_cache_round_trip_seconds",
+                                      "Round trips to the cache's Redis, per operation",
+                                      labels=[*labels, "op", "outcome"])
+        for name, res in self.host.resources:
+            service, _, attr = name.partition(".")
+            stats = getattr(res, "pool_stats", None)
+            if stats is not None:
+                use = stats()
+                size.add_metric([service, attr], use.size)
+                conns.add_metric([service, attr, "in_use"], use.in_use)
+                conns.add_metric([service, attr, "idle"], use.idle)
+                waiting.add_metric([service, attr], use.waiting)
+                timeouts.add_metric([service, attr], use.timeouts)
+            for op, pair in sorted(getattr(res, "round_trips", {}).items()):
+                for outcome, h in zip(("ok", "error"), pair, strict=True):
+                    if h.count:
+                        trips.add_metric([service, attr, op, outcome], _buckets(h.hist, h.sum),
+                                         h.sum)
+        yield from (size, conns, waiting, timeouts, trips)
 
     def _events(self) -> Iterator[Any]:
         ev = self.host.events

@@ -10,12 +10,15 @@ so a topology without the section renders for every target::
       secrets: [STRIPE_KEY]                  # more env vars that hold secrets (AMOEBA_SECRET and
                                              #   the variables behind resource URLs always do)
       edge:
-        port: ${EDGE_PORT:-80}               # nginx / HAProxy front port
+        port: ${EDGE_PORT:-8880}             # nginx / HAProxy front port (default 8880: no
+                                             #   root needed; 80 needs CAP_NET_BIND_SERVICE)
         host: shop.example.com               # Ingress host, nginx server_name; default: any
         ingress_class: nginx                 # Ingress spec.ingressClassName; default: none
         ingress_namespace: ingress-nginx     # where the ingress controller runs (NetworkPolicy)
       metrics_namespace: monitoring          # where Prometheus runs: NetworkPolicies let it scrape
                                              #   /metrics; pods carry prometheus.io/* annotations
+      metrics_port: 9464                     # containers: the private listener added to a process
+                                             #   that has none, so /metrics never needs a public port
       systemd:
         dir: /opt/shop                       # WorkingDirectory; holds the venv and the topology
         user: amoeba                        # User= of every unit
@@ -24,6 +27,7 @@ so a topology without the section renders for every target::
           requests: {cpu: 100m, memory: 128Mi}
           limits: {cpu: "1", memory: 512Mi}
           autoscale: {min: 2, max: 10, cpu: 70}   # an HPA on average CPU utilisation (%)
+          storage: 1Gi                       # the persistent volume of a process with SQLite data
 """
 
 from __future__ import annotations
@@ -37,11 +41,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Autoscale", "DeploySpec", "ProcessDeploy", "read_deploy"]
 
-_KEYS = {"image", "namespace", "secret", "secrets", "edge", "metrics_namespace", "systemd",
-         "processes"}
+_KEYS = {"image", "namespace", "secret", "secrets", "edge", "metrics_namespace", "metrics_port",
+         "systemd", "processes"}
 _EDGE_KEYS = {"port", "host", "ingress_class", "ingress_namespace"}
 _SYSTEMD_KEYS = {"dir", "user"}
-_PROC_KEYS = {"requests", "limits", "autoscale"}
+_PROC_KEYS = {"requests", "limits", "autoscale", "storage"}
 _QUANTITY_KEYS = {"cpu", "memory"}
 _AUTOSCALE_KEYS = {"min", "max", "cpu"}
 _CPU = re.compile(r"[0-9]+(\.[0-9]+)?m?")
@@ -52,6 +56,10 @@ _HOST = re.compile(r"[a-z0-9*]([-a-z0-9.]*[a-z0-9])?")
 
 DEFAULT_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
 DEFAULT_LIMITS = {"cpu": "1", "memory": "512Mi"}
+DEFAULT_STORAGE = "1Gi"
+# An edge run by any user cannot bind a port below 1024 (see docs/deploy.md).
+DEFAULT_EDGE_PORT = 8880
+DEFAULT_METRICS_PORT = 9464
 
 
 @dataclass(frozen=True)
@@ -69,9 +77,11 @@ class ProcessDeploy:
     requests: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_REQUESTS))
     limits: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     autoscale: Autoscale | None = None
+    storage: str = DEFAULT_STORAGE
 
     def __repr__(self) -> str:
-        return f"<ProcessDeploy requests={self.requests} limits={self.limits} {self.autoscale!r}>"
+        return (f"<ProcessDeploy requests={self.requests} limits={self.limits} {self.autoscale!r} "
+                f"storage={self.storage}>")
 
 
 @dataclass(frozen=True)
@@ -80,11 +90,12 @@ class DeploySpec:
     namespace: str | None = None
     secret: str | None = None
     secrets: tuple[str, ...] = ()
-    edge_port: int = 80
+    edge_port: int = DEFAULT_EDGE_PORT
     edge_host: str | None = None
     ingress_class: str | None = None
     ingress_namespace: str = "ingress-nginx"
     metrics_namespace: str = "monitoring"
+    metrics_port: int = DEFAULT_METRICS_PORT
     systemd_dir: str | None = None
     systemd_user: str = "amoeba"
     processes: dict[str, ProcessDeploy] = field(default_factory=dict)
@@ -160,10 +171,18 @@ def _process(r: _Reader, raw: Any, key: str) -> ProcessDeploy:
         if high < low:
             r.problem(f"{akey}.max", f"max {high} is below min {low}", f"max: {low} or more")
         autoscale = Autoscale(low, max(low, high), cpu)
+    storage = DEFAULT_STORAGE
+    raw_storage = data.get("storage")
+    if raw_storage is not None:
+        if isinstance(raw_storage, str) and _MEMORY.fullmatch(raw_storage):
+            storage = raw_storage
+        else:
+            r.problem(f"{key}.storage", f"{raw_storage!r} is not a Kubernetes quantity",
+                      "storage: 1Gi")
     return ProcessDeploy(
         requests=_quantities(r, data.get("requests"), f"{key}.requests", DEFAULT_REQUESTS),
         limits=_quantities(r, data.get("limits"), f"{key}.limits", DEFAULT_LIMITS),
-        autoscale=autoscale)
+        autoscale=autoscale, storage=storage)
 
 
 def read_deploy(r: _Reader, raw: Any, processes: set[str]) -> DeploySpec:
@@ -199,7 +218,8 @@ def read_deploy(r: _Reader, raw: Any, processes: set[str]) -> DeploySpec:
                         "namespace: shop (lower-case letters, digits and '-')"),
         secret=_text(r, data, "deploy", "secret", _DNS_LABEL, "secret: shop-secrets"),
         secrets=tuple(secrets),
-        edge_port=_int(r, edge, "deploy.edge.port", 1, 65535, 80, "port: 80"),
+        edge_port=_int(r, edge, "deploy.edge.port", 1, 65535, DEFAULT_EDGE_PORT,
+                       f"port: {DEFAULT_EDGE_PORT}"),
         edge_host=_text(r, edge, "deploy.edge", "host", _HOST, "host: shop.example.com"),
         ingress_class=_text(r, edge, "deploy.edge", "ingress_class", _DNS_LABEL,
                             "ingress_class: nginx"),
@@ -207,6 +227,8 @@ def read_deploy(r: _Reader, raw: Any, processes: set[str]) -> DeploySpec:
                                 "ingress_namespace: ingress-nginx") or "ingress-nginx",
         metrics_namespace=_text(r, data, "deploy", "metrics_namespace", _DNS_LABEL,
                                 "metrics_namespace: monitoring") or "monitoring",
+        metrics_port=_int(r, data, "deploy.metrics_port", 1, 65535, DEFAULT_METRICS_PORT,
+                          f"metrics_port: {DEFAULT_METRICS_PORT}"),
         systemd_dir=(systemd_dir.rstrip("/") or "/") if systemd_dir else None,
         systemd_user=_text(r, systemd, "deploy.systemd", "user", re.compile(r"[a-z_][a-z0-9_-]*"),
                            "user: amoeba") or "amoeba",
