@@ -99,7 +99,27 @@ def _rows(plan: Plan) -> list[tuple[str, list[dict[str, Any]]]]:
                 f"(rate(amoeba_cache_round_trip_seconds_bucket{{{a},{p}}}[5m])))",
                 "{{service}} {{op}}")], "s", "Round trips to Redis per operation."),
         ]),
+        *_app_rows(plan, a, p),
     ]
+
+
+def _app_rows(plan: Plan, a: str, p: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The application's own metrics, three panels a row, from the recording rules."""
+    panels = []
+    for m in plan.metrics:
+        legend = "{{process}}" + "".join(f" {{{{{n}}}}}" for n in m.labels)
+        if m.kind == "gauge":
+            panels.append(_panel(m.name, [(f"sum by (process{''.join(', ' + n for n in m.labels)}) "
+                                           f"({m.name}{{{a},{p}}})", legend)], "short", m.help))
+        elif m.kind == "counter":
+            panels.append(_panel(f"{m.name} per second", [(
+                f"amoeba_app:{m.name}:rate5m{{{a},{p}}}", legend)], "ops", m.help))
+        else:
+            panels.append(_panel(f"{m.name}: per second and p99", [
+                (f"amoeba_app:{m.name}:rate5m{{{a},{p}}}", "rate " + legend),
+                (f"amoeba_app:{m.name}:p99_5m{{{a},{p}}}", "p99 " + legend)], "short", m.help))
+    return [(f"Application metrics ({i // 3 + 1})" if len(panels) > 3 else "Application metrics",
+             panels[i:i + 3]) for i in range(0, len(panels), 3)]
 
 
 def dashboard(plan: Plan) -> dict[str, Any]:

@@ -131,6 +131,25 @@ def route_regex(path: str) -> str:
 
 
 @dataclass(frozen=True)
+class AppMetricDecl:
+    """A metric the application declared, as the monitoring files need it."""
+
+    name: str
+    kind: str  # "counter" | "gauge" | "histogram"
+    help: str
+    labels: tuple[str, ...]
+
+
+def app_metrics(app: App) -> tuple[AppMetricDecl, ...]:
+    """The metrics declared in the app's own modules (imported with the app)."""
+    from amoeba.observe.instruments import declared_by
+
+    packages = {spec.cls.__module__.partition(".")[0] for spec in app.specs.values()}
+    packages.add(app.module.partition(".")[0])
+    return tuple(AppMetricDecl(i.name, i.kind, i.help, i.label_names) for i in declared_by(packages))
+
+
+@dataclass(frozen=True)
 class Plan:
     source: str  # the topology path as given on the command line
     topology: str
@@ -158,6 +177,7 @@ class Plan:
     # must refuse: replicated per-process data files.  See per_pod_problems().
     per_pod: tuple[Problem, ...] = ()
     trusted_proxies: tuple[str, ...] = ()  # settings.trusted_proxies as written
+    metrics: tuple[AppMetricDecl, ...] = ()  # the app's own (amoeba.Counter, Gauge, Histogram)
 
     def __repr__(self) -> str:
         return f"<Plan {self.app}/{self.topology} units={[u.name for u in self.units]}>"
@@ -505,4 +525,5 @@ def build_plan(topo: Topology, app: App, raw: dict[str, Any], *, source: str,
         install=install_for(project, extras, version), extras=extras,
         per_pod=tuple(per_pod_problems(topo, app)),
         trusted_proxies=tuple(str(p) for p in topo.settings.extra.get("trusted_proxies") or ()),
+        metrics=app_metrics(app),
     )

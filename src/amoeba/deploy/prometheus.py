@@ -74,7 +74,26 @@ def records(plan: Plan) -> list[dict[str, Any]]:
          "expr": f'max by (app, process, service, resource) '
                  f'(amoeba_db_pool_connections{{{sel},state="in_use"}} '
                  f"/ ignoring (state) amoeba_db_pool_size{{{sel}}})"},
+        *_app_records(plan, sel),
     ]
+
+
+def _app_records(plan: Plan, sel: str) -> list[dict[str, Any]]:
+    """The application's own metrics: counters and histogram counts as rates per
+    process (and their labels), histograms' p99 too; gauges are read as they are."""
+    out: list[dict[str, Any]] = []
+    for m in plan.metrics:
+        by = ", ".join(("app", "process", *m.labels))
+        if m.kind == "counter":
+            out.append({"record": f"amoeba_app:{m.name}:rate5m",
+                        "expr": f"sum by ({by}) (rate({m.name}_total{{{sel}}}[5m]))"})
+        elif m.kind == "histogram":
+            out.append({"record": f"amoeba_app:{m.name}:rate5m",
+                        "expr": f"sum by ({by}) (rate({m.name}_count{{{sel}}}[5m]))"})
+            out.append({"record": f"amoeba_app:{m.name}:p99_5m",
+                        "expr": f"histogram_quantile(0.99, sum by ({by}, le) "
+                                f"(rate({m.name}_bucket{{{sel}}}[5m])))"})
+    return out
 
 
 def alerts(plan: Plan) -> list[dict[str, Any]]:

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
-__all__ = ["MAX_SERIES", "REGISTRY", "Counter", "Gauge", "Histogram", "Instrument"]
+__all__ = ["MAX_SERIES", "REGISTRY", "Counter", "Gauge", "Histogram", "Instrument", "declared_by"]
 
 MAX_SERIES = 1000  # label-value combinations per metric
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
@@ -109,6 +110,13 @@ class Registry:
 REGISTRY = Registry()
 
 
+def declared_by(packages: set[str]) -> list[Instrument[Any]]:
+    """The instruments declared in modules of ``packages`` (top-level names):
+    an app's own, for the files ``amoeba deploy`` generates, whatever else the
+    generating process imported."""
+    return [i for i in REGISTRY if i.module.partition(".")[0] in packages]
+
+
 class Instrument(Generic[V]):
     kind: ClassVar[str]
 
@@ -124,6 +132,10 @@ class Instrument(Generic[V]):
         self.name = name
         self.help = help
         self.label_names: tuple[str, ...] = tuple(labels)
+        frame = sys._getframe(1)
+        while frame.f_back is not None and frame.f_globals.get("__name__") == __name__:
+            frame = frame.f_back
+        self.module: str = frame.f_globals.get("__name__", "")  # where it was declared
         self.children: dict[tuple[str, ...], V] = {}
         REGISTRY.add(self)
 
