@@ -4,10 +4,10 @@ import amoeba
 def test_public_api_is_pinned():
     assert sorted(amoeba.__all__) == [
         "App", "BadRequest", "Cache", "Conflict", "Database", "DeadlineExceeded", "Forbidden",
-        "Header", "Internal", "Invalid", "MethodNotAllowed", "NotFound", "PayloadTooLarge",
+        "Header", "Internal", "Invalid", "MethodNotAllowed", "Mount", "NotFound", "PayloadTooLarge",
         "Principal", "Resource", "ResourceContext", "RuntimeInfo", "SQLite", "Service",
         "ServiceError", "Tokens", "TooManyRequests", "Unauthorized", "Unavailable",
-        "UnsupportedMediaType", "delete", "get", "idempotent", "patch", "post", "put",
+        "UnsupportedMediaType", "delete", "get", "idempotent", "patch", "post", "provide", "put",
     ]
     for name in amoeba.__all__:
         assert getattr(amoeba, name) is not None

@@ -43,9 +43,10 @@ from amoeba.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from amoeba.provide import provide
 from amoeba.resource import Resource, ResourceContext
 from amoeba.runtime.info import RuntimeInfo
-from amoeba.service import Header, Service, delete, get, idempotent, patch, post, put
+from amoeba.service import Header, Mount, Service, delete, get, idempotent, patch, post, put
 
 __all__ = [
     "App",
@@ -59,6 +60,7 @@ __all__ = [
     "Internal",
     "Invalid",
     "MethodNotAllowed",
+    "Mount",
     "NotFound",
     "PayloadTooLarge",
     "Principal",
@@ -78,6 +80,7 @@ __all__ = [
     "idempotent",
     "patch",
     "post",
+    "provide",
     "put",
 ]
 

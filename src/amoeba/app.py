@@ -42,3 +42,13 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App {self.name!r} services={list(self.specs)}>"
+
+    def service_for(self, target: object) -> str:
+        """The name of the service ``target`` (a Service class) stands for."""
+        if isinstance(target, type) and issubclass(target, Service):
+            name = target.name
+            if name not in self.specs or self.specs[name].cls is not target:
+                raise LookupError(f"{target.__qualname__} is not a service of App {self.name!r}; "
+                                  f"add it to App(..., services=[...])")
+            return name
+        raise TypeError(f"{target!r} is not a Service class")

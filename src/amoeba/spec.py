@@ -17,7 +17,7 @@ from typing import Any
 from amoeba.auth.principal import Principal
 from amoeba.events.event import ON_EVENT_ATTR, Event
 from amoeba.resource import Resource
-from amoeba.service import IDEMPOTENT_ATTR, LIFECYCLE, ROUTE_ATTR, Header, RouteDecl, Service
+from amoeba.service import IDEMPOTENT_ATTR, LIFECYCLE, ROUTE_ATTR, Header, Mount, RouteDecl, Service
 
 __all__ = ["MISSING", "MethodSpec", "Param", "RouteSpec", "ServiceSpec", "SpecError", "spec_of"]
 
@@ -85,6 +85,8 @@ class ServiceSpec:
     handlers: dict[str, type[Event]] = field(default_factory=dict)
     # event classes the service declares it publishes (``publishes = (...)``)
     publishes: tuple[type[Event], ...] = ()
+    # ASGI apps the service serves under path prefixes (``mounts = (Mount(...),)``)
+    mounts: tuple[Mount, ...] = ()
 
 
 _CACHE: dict[type[Service], ServiceSpec] = {}
@@ -136,6 +138,11 @@ def _build(cls: type[Service]) -> ServiceSpec:
     for ev in publishes:
         if not (isinstance(ev, type) and issubclass(ev, Event)):
             raise SpecError(f"{cls.__qualname__}.publishes: {ev!r} is not an Event subclass")
+    mounts = tuple(getattr(cls, "mounts", ()) or ())
+    for m in mounts:
+        if not isinstance(m, Mount):
+            raise SpecError(f"{cls.__qualname__}.mounts: {m!r} is not an amoeba.Mount; "
+                            f"write mounts = (Mount('module:app', '/prefix'),)")
     return ServiceSpec(
         name=name,
         cls=cls,
@@ -145,6 +152,7 @@ def _build(cls: type[Service]) -> ServiceSpec:
         doc=inspect.getdoc(cls) if cls.__doc__ else None,
         handlers=handlers,
         publishes=publishes,
+        mounts=mounts,
     )
 
 

@@ -35,6 +35,8 @@ from amoeba.errors import (
     BadRequest,
     Internal,
     Invalid,
+    MethodNotAllowed,
+    NotFound,
     ServiceError,
     TooManyRequests,
     Unauthorized,
@@ -46,6 +48,7 @@ from amoeba.gateway.router import Router
 from amoeba.topology.model import Listener
 
 if TYPE_CHECKING:
+    from amoeba.gateway.asgi import MountTable
     from amoeba.gateway.policy import EdgePolicy
     from amoeba.observe.metrics import Hist
     from amoeba.runtime.host import Host
@@ -193,6 +196,9 @@ class Edge:
             if ("GET", path) not in self.router.static:
                 self.router.add("GET", path, fn)
         self._openapi_body: bytes | None = None
+        # Mounted ASGI apps (and forwarders to them), set by the host: asked only
+        # after the router missed.
+        self.mounts: MountTable | None = None
 
     def __repr__(self) -> str:
         return f"<Edge {self.listener!r} {len(self.handlers)} routes>"
@@ -268,7 +274,13 @@ class Edge:
                         resp = error_response(TooManyRequests("rate limit exceeded; retry later"), rid)
                         resp.headers = [("retry-after", str(max(1, math.ceil(wait))))]
                         return resp
-            target, params = self.router.match(req.method, req.path)
+            try:
+                target, params = self.router.match(req.method, req.path)
+            except (NotFound, MethodNotAllowed):
+                mounted = self.mounts.find(req.path) if self.mounts is not None else None
+                if mounted is None:
+                    raise
+                return await self._mounted(req, rid, *mounted)
             if self.private and req.path not in self.open_paths:
                 token = req.headers.get("x-amoeba-token")
                 if not token:
@@ -312,6 +324,31 @@ class Edge:
         context.traceparent.set(tp)
         result = await tracer.within(span, target(req, params, auth_error), target.status)
         return Response(target.status, json_encoder.encode(result))
+
+    async def _mounted(self, req: Request, rid: str, prefix: str, service: str,
+                       handler: Callable[[Request, str], Awaitable[Response]]) -> Response:
+        """A request for a mounted ASGI app (here or, forwarded, in another process)."""
+        host = self.host
+        if self.private:
+            token = req.headers.get("x-amoeba-token")
+            if not token:
+                raise Unauthorized("this listener is private: internal credential required")
+            host.signer.verify(token, host.process.name)
+        req.route = prefix if prefix.endswith("/") else prefix + "/*"  # the metric label
+        context.request_id.set(rid)
+        context.service.set(service)
+        context.deadline.set(host.loop_time() + self.settings.deadline)
+        if self.tracer is not None:
+            span, tp = self.tracer.start(f"{req.method} {req.route}",
+                                         req.headers.get("traceparent", ""), "server",
+                                         {"http.request.method": req.method,
+                                          "http.route": req.route})
+            context.traceparent.set(tp)
+            resp = await self.tracer.within(span, handler(req, rid))
+            return resp
+        if self.tracing:
+            context.start_trace(req.headers.get("traceparent", ""))
+        return await handler(req, rid)
 
     # -- built-in endpoints ----------------------------------------------------
     async def _live(self, req: Request) -> Response:

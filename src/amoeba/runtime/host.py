@@ -7,7 +7,9 @@ Startup, decided once from the topology and never per call:
    nothing in between), a strict stub in strict mode, or a remote stub
    backed by a :class:`ProcessClient` of the callee's process;
 3. open resources, call ``start()`` in dependency order;
-4. open listeners (HTTP and RPC share each port).
+4. import mounted ASGI apps and run their lifespan startup (a failure fails
+   the start: no listener ever opens, so ``/readyz`` is never ready);
+5. open listeners (HTTP and RPC share each port).
 
 Shutdown (``drain``), what a load balancer needs to lose no request:
 
@@ -21,7 +23,7 @@ Shutdown (``drain``), what a load balancer needs to lose no request:
 3. listeners close (a proxy's new connection is refused: it tries the next
    server, which is always safe), idle connections close;
 4. in-flight requests finish and RPC clients hang up (up to ``grace``);
-5. services ``stop()`` in reverse order.
+5. mounted apps' lifespan shutdown, then services ``stop()`` in reverse order.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from amoeba.app import App
 from amoeba.codec import MethodCodec, codec_for
+from amoeba.gateway.asgi import MountedApp, MountTable
 from amoeba.gateway.edge import Edge, RouteHandler
 from amoeba.gateway.http import HttpProtocol
 from amoeba.gateway.policy import EdgePolicy
@@ -134,6 +137,8 @@ class Host:
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started: list[Service] = []
+        self.mounted: dict[str, list[MountedApp]] = {}  # service -> its mounted ASGI apps
+        self._mounts_up: list[MountedApp] = []
 
     def __repr__(self) -> str:
         return (f"<Host {self.topology.name}/{self.process.name}[{self.replica}] "
@@ -156,14 +161,7 @@ class Host:
             kind = "local"
             ref = strict_stub(spec, self.codecs[service], inst) if self.strict else inst
         else:
-            proc = self.topology.process_of(service)
-            assert proc is not None, f"service {service!r} is not placed (topology not bound?)"
-            client = self.clients.get(proc.name)
-            if client is None:
-                client = self.clients[proc.name] = ProcessClient(
-                    process=proc.name, addresses=proc.rpc_addresses(),
-                    settings=self.topology.settings, signer=self.signer,
-                    caller_process=self.process.name, tracer=self.tracer)
+            client = self._client_for(service)
             kind = "remote"
             ref = remote_stub(spec, self.codecs[service], client, caller=self.process.name,
                               stats=None if self.metrics is None else (self.metrics, caller))
@@ -173,6 +171,54 @@ class Host:
             ref = metered_stub(spec, self.codecs[service], ref, self.metrics, caller, kind)
         self.refs[key] = ref
         return ref
+
+    def ref_for(self, target: Any, caller: str) -> Any:
+        """What ``caller`` holds for ``target``, a Service class (or a Protocol one
+        service implements): the instance here, a stub otherwise."""
+        name = self.app.service_for(target)
+        return self._ref(name, caller)
+
+    async def _start_mounts(self, local: list[str]) -> None:
+        for name in _start_order(self.app, local):
+            for mount in self.app.specs[name].mounts:
+                mounted = MountedApp(name, mount, self.ref_for)
+                self.mounted.setdefault(name, []).append(mounted)
+                await mounted.startup()
+                self._mounts_up.append(mounted)
+        if self.mounted:
+            # Listeners of other processes may publish these mounts (a gateway):
+            # they forward over RPC to these handlers.
+            from amoeba.gateway.forward import MountServer
+
+            for name, apps in self.mounted.items():
+                self.rpc_handlers.update(MountServer(name, apps, self.replica).handlers())
+
+    def _mount_table(self, served: tuple[str, ...] | list[str]) -> MountTable | None:
+        table = MountTable()
+        for svc in served:
+            for i, mount in enumerate(self.app.specs[svc].mounts):
+                handler: Any
+                if svc in self.instances:
+                    handler = self.mounted[svc][i]
+                else:
+                    from amoeba.gateway.forward import Forwarder
+
+                    handler = Forwarder(svc, self._client_for(svc), self.process.name)
+                for prefix in mount.prefixes:
+                    table.add(prefix, svc, handler)
+        return table or None
+
+    def _client_for(self, service: str) -> ProcessClient:
+        """The pooled RPC client of the process that runs ``service``."""
+        proc = self.topology.process_of(service)
+        assert proc is not None, f"service {service!r} is not placed (topology not bound?)"
+        client = self.clients.get(proc.name)
+        if client is None:
+            client = self.clients[proc.name] = ProcessClient(
+                process=proc.name, addresses=proc.rpc_addresses(),
+                settings=self.topology.settings, signer=self.signer,
+                caller_process=self.process.name, tracer=self.tracer)
+        return client
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -190,6 +236,7 @@ class Host:
             self.instances[name] = inst
         try:
             await self._open(local)
+            await self._start_mounts(local)
         except BaseException:
             await self.stop()  # what opened before the failure is closed again
             raise
@@ -208,6 +255,11 @@ class Host:
                             self.metrics.edge[(route.method, route.path)] = (svc, m, kind)
                         handlers.append(RouteHandler(codec, getattr(ref, m)))
             edge = Edge(self, lst, handlers, self.policy)
+            try:
+                edge.mounts = self._mount_table(served)
+            except ValueError as exc:
+                await self.stop()
+                raise ValueError(f"{self.topology.file}: {lst.key}: {exc}") from None
             self.edges.append(edge)
             if self.listen:
                 port = lst.port_for(self.replica)
@@ -340,6 +392,12 @@ class Host:
         if self.events is not None:
             await self.events.aclose()  # deliveries stop; what was not acked comes again
             self.events = None
+        for mounted in reversed(self._mounts_up):  # the app's shutdown may still call services
+            try:
+                await mounted.shutdown()
+            except Exception:
+                log.exception("%s: lifespan shutdown failed", mounted.where)
+        self._mounts_up.clear()
         for inst in reversed(self.started):
             try:
                 await inst.stop()

@@ -1,0 +1,31 @@
+"""Apps whose lifespan startup fails, two ways."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from amoeba import App, Mount, Service
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    raise RuntimeError("cannot reach the warehouse")
+    yield
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+class Broken(Service):
+    mounts = (Mount("mountapp.failing:app", "/broken"),)
+
+
+class Missing(Service):
+    mounts = (Mount("mountapp.nowhere:app", "/missing"),)
+
+
+broken_app = App("broken", services=[Broken])
+missing_app = App("missing", services=[Missing])
