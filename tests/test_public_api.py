@@ -3,7 +3,7 @@ import amoeba
 
 def test_public_api_is_pinned():
     assert sorted(amoeba.__all__) == [
-        "App", "BadRequest", "Cache", "Conflict", "Database", "DeadlineExceeded", "Forbidden",
+        "App", "BadRequest", "Body", "Cache", "Conflict", "Database", "DeadlineExceeded", "Forbidden",
         "Header", "Internal", "Invalid", "MethodNotAllowed", "Mount", "NotFound", "PayloadTooLarge",
         "Principal", "Resource", "ResourceContext", "RuntimeInfo", "SQLite", "Service",
         "ServiceError", "Tokens", "TooManyRequests", "Unauthorized", "Unavailable",

@@ -46,11 +46,12 @@ from amoeba.errors import (
 from amoeba.provide import provide
 from amoeba.resource import Resource, ResourceContext
 from amoeba.runtime.info import RuntimeInfo
-from amoeba.service import Header, Mount, Service, delete, get, idempotent, patch, post, put
+from amoeba.service import Body, Header, Mount, Service, delete, get, idempotent, patch, post, put
 
 __all__ = [
     "App",
     "BadRequest",
+    "Body",
     "Cache",
     "Conflict",
     "Database",

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 
 from amoeba.runtime.info import RuntimeInfo
 
-__all__ = ["Header", "Mount", "Service", "delete", "get", "idempotent", "patch", "post", "put"]
+__all__ = ["Body", "Header", "Mount", "Service", "delete", "get", "idempotent", "patch", "post", "put"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -91,6 +91,22 @@ class Mount:
 
     def __hash__(self) -> int:
         return hash((self.app, self.prefixes))
+
+
+class Body:
+    """Make one parameter the whole JSON body of its route, FastAPI's convention
+    for a model parameter, so an existing ``{"qty": 1}`` contract survives::
+
+        @post("/api/v1/reserve")
+        async def reserve(self, req: Annotated[QtyRequest, Body()]) -> OperationResponse: ...
+
+    Without it the body is an object keyed by parameter name
+    (``{"req": {"qty": 1}}``).  Between services it is an ordinary argument."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Body()"
 
 
 def _snake(name: str) -> str:

@@ -17,7 +17,16 @@ from typing import Any
 from amoeba.auth.principal import Principal
 from amoeba.events.event import ON_EVENT_ATTR, Event
 from amoeba.resource import Resource
-from amoeba.service import IDEMPOTENT_ATTR, LIFECYCLE, ROUTE_ATTR, Header, Mount, RouteDecl, Service
+from amoeba.service import (
+    IDEMPOTENT_ATTR,
+    LIFECYCLE,
+    ROUTE_ATTR,
+    Body,
+    Header,
+    Mount,
+    RouteDecl,
+    Service,
+)
 
 __all__ = ["MISSING", "MethodSpec", "Param", "RouteSpec", "ServiceSpec", "SpecError", "spec_of"]
 
@@ -54,6 +63,8 @@ class RouteSpec:
     principal_params: tuple[tuple[str, bool], ...] = ()
     # (parameter, lower-case header name)
     header_params: tuple[tuple[str, str], ...] = ()
+    # The parameter marked Body(): the whole JSON body binds to it.
+    whole_body: str | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +221,12 @@ def header_of(annotation: Any) -> Header | None:
     return None
 
 
+def is_body(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is typing.Annotated:
+        return any(isinstance(m, Body) for m in annotation.__metadata__)
+    return False
+
+
 def _route(where: str, decl: RouteDecl, params: list[Param]) -> RouteSpec:
     principals: list[tuple[str, bool]] = []
     headers: list[tuple[str, str]] = []
@@ -236,6 +253,17 @@ def _route(where: str, decl: RouteDecl, params: list[Param]) -> RouteSpec:
             )
     rest = tuple(n for n in names if n not in in_path)
     from_query = decl.method in ("GET", "DELETE", "HEAD")
+    whole = [p.name for p in params if is_body(p.annotation)]
+    if whole:
+        if from_query:
+            raise SpecError(f"{where}: {decl.method} has no body; remove Body() from {whole[0]!r}")
+        others = [n for n in rest if n != whole[0]]
+        if len(whole) > 1 or others:
+            raise SpecError(f"{where}: parameter {whole[0]!r} is the whole body (Body()), so "
+                            f"{', '.join(repr(n) for n in [*whole[1:], *others])} cannot come from "
+                            f"it; take them from the path, a Header(...), or put them in the model")
+        if whole[0] in in_path:
+            raise SpecError(f"{where}: {{{whole[0]}}} is in the path and marked Body()")
     return RouteSpec(
         method=decl.method,
         path=decl.path,
@@ -247,4 +275,5 @@ def _route(where: str, decl: RouteDecl, params: list[Param]) -> RouteSpec:
         body_params=() if from_query else rest,
         principal_params=tuple(principals),
         header_params=tuple(headers),
+        whole_body=whole[0] if whole else None,
     )

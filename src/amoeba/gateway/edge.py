@@ -61,6 +61,17 @@ _ID_PREFIX = os.urandom(4).hex()
 _ALLOWED_RID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
+def _validating(codec: MethodCodec, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``fn`` behind pydantic validation of its model parameters: only routes
+    whose signature names a model take this extra step."""
+    validate = codec.validate
+
+    async def call(*args: Any) -> Any:
+        return await fn(*validate(list(args)))
+
+    return call
+
+
 class RouteHandler:
     """Turns a request into arguments for one method and calls it."""
 
@@ -91,6 +102,9 @@ class RouteHandler:
         by_name = {p.name: p for p in codec.spec.params}
         self.headers = [(index[n], h, by_name[n]) for n, h in route.header_params]
         self.plain = not self.principals and not self.headers
+        self.whole_body = codec.whole_body
+        if codec.models is not None:  # pydantic: validated after binding, by parameter index
+            self.fn = _validating(codec, fn)
 
     def __repr__(self) -> str:
         return f"<RouteHandler {self.codec.spec.qualname}>"
@@ -126,6 +140,8 @@ class RouteHandler:
                 raise invalid_from(exc) from None
             except msgspec.DecodeError as exc:
                 raise BadRequest(f"malformed JSON body: {exc}") from None
+            if self.whole_body is not None:  # Body(): the JSON is the parameter's value
+                b = codec.body_type(**{self.whole_body: b})  # type: ignore[misc]
         args = [getattr(b if in_body else q, name) for in_body, name in self.sources]
         if not self.plain:
             self._bind_edge_params(req, args, auth_error)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from amoeba.codec import MethodCodec
+from amoeba.models import model_components, schema_hook
 
 if TYPE_CHECKING:
     from amoeba.app import App
@@ -31,6 +32,23 @@ def _clean(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
+def _models_in(types: list[Any]) -> list[Any]:
+    """The pydantic models named by ``types`` (nested in Structs' fields too)."""
+    import typing
+
+    out: list[Any] = []
+    todo = list(types)
+    while todo:
+        t = todo.pop()
+        if hasattr(t, "model_json_schema"):
+            out.append(t)
+        elif isinstance(t, type) and issubclass(t, msgspec.Struct):
+            todo.extend(typing.get_type_hints(t, include_extras=True).values())
+        else:
+            todo.extend(typing.get_args(t))
+    return out
+
+
 def openapi_document(app: App, codecs: list[MethodCodec], *, bearer: bool = True) -> dict[str, Any]:
     """``bearer``: routes with a ``Principal`` parameter declare the bearer
     scheme (public listeners; a private one never verifies user tokens)."""
@@ -38,8 +56,12 @@ def openapi_document(app: App, codecs: list[MethodCodec], *, bearer: bool = True
     for c in codecs:
         types.append(c.spec.returns)
         if c.body_type is not None:
-            types.append(c.body_type)
-    schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
+            types.append(c.body_schema_type)
+    # schema_hook: a pydantic model's own schema (a type msgspec does not know)
+    schemas, components = msgspec.json.schema_components(types, ref_template=_REF,
+                                                         schema_hook=schema_hook)
+    if any(c.models or c.result_model for c in codecs):
+        components = {**model_components(_models_in(types)), **components}
     by_type = iter(schemas)
     paths: dict[str, dict[str, Any]] = {}
     secured = False
