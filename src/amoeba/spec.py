@@ -98,6 +98,9 @@ class ServiceSpec:
     publishes: tuple[type[Event], ...] = ()
     # ASGI apps the service serves under path prefixes (``mounts = (Mount(...),)``)
     mounts: tuple[Mount, ...] = ()
+    # attribute name -> the typing.Protocol it is annotated with; the App binds
+    # each to the one service implementing it (and adds it to ``dependencies``)
+    protocols: dict[str, type] = field(default_factory=dict)
 
 
 _CACHE: dict[type[Service], ServiceSpec] = {}
@@ -127,11 +130,14 @@ def _build(cls: type[Service]) -> ServiceSpec:
     name = cls.name
     dependencies: dict[str, str] = {}
     resources: dict[str, type[Resource]] = {}
+    protocols: dict[str, type] = {}
     for attr, hint in _hints(cls, cls.__qualname__).items():
         if attr == "runtime" or typing.get_origin(hint) is typing.ClassVar:
             continue
         if isinstance(hint, type) and issubclass(hint, Service):
             dependencies[attr] = hint.name
+        elif is_protocol(hint):
+            protocols[attr] = hint
         elif isinstance(hint, type) and issubclass(hint, Resource):
             resources[attr] = hint
 
@@ -164,7 +170,33 @@ def _build(cls: type[Service]) -> ServiceSpec:
         handlers=handlers,
         publishes=publishes,
         mounts=mounts,
+        protocols=protocols,
     )
+
+
+def is_protocol(hint: Any) -> bool:
+    return isinstance(hint, type) and bool(getattr(hint, "_is_protocol", False))
+
+
+def protocol_members(proto: type) -> dict[str, bool]:
+    """A Protocol's public members: name -> whether it is an ``async def``."""
+    out: dict[str, bool] = {}
+    for base in reversed(proto.__mro__):
+        if base in (object, typing.Protocol, typing.Generic) or not is_protocol(base):
+            continue
+        for name in (*base.__dict__, *getattr(base, "__annotations__", {})):
+            if not name.startswith("_"):
+                out[name] = inspect.iscoroutinefunction(base.__dict__.get(name))
+    return out
+
+
+def implements(cls: type, proto: type) -> bool:
+    """Does service class ``cls`` have every member of ``proto`` (async where it is)?"""
+    for name, is_async in protocol_members(proto).items():
+        member = getattr(cls, name, None)
+        if member is None or (is_async and not inspect.iscoroutinefunction(member)):
+            return False
+    return True
 
 
 def _handler(cls: type, attr: str, func: Any, event: type[Event]) -> type[Event]:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 from amoeba.resource import Resource, ResourceContext
 from amoeba.runtime.info import RuntimeInfo
 from amoeba.service import Service
+from amoeba.spec import is_protocol, protocol_members
 from amoeba.topology.model import Topology
 from amoeba.transport.client import ProcessClient
 from amoeba.transport.credential import TokenSigner, load_secret
@@ -120,7 +121,7 @@ class Host:
         self.clients: dict[str, ProcessClient] = {}
         # What a caller in this process holds for each service: (caller, callee) -> ref;
         # the caller is a service name, or "http" for the edge of a listener.
-        self.refs: dict[tuple[str, str], Any] = {}
+        self.refs: dict[tuple[str, ...] | tuple[str, str, frozenset[str]], Any] = {}
         self.observe = ObserveSettings.from_settings(dict(topology.settings.extra))
         self.metrics: Metrics | None = Metrics() if self.observe.metrics else None
         self.observe_state = ObserveState()
@@ -149,26 +150,30 @@ class Host:
         return self._loop.time()
 
     # -- wiring --------------------------------------------------------------
-    def _ref(self, service: str, caller: str) -> Any:
+    def _ref(self, service: str, caller: str, only: frozenset[str] | None = None) -> Any:
         """The object ``caller`` (a service here, or "http") uses for ``service``:
-        the instance itself, a strict or a remote stub, metered when metrics are on."""
-        key = (caller, service)
+        the instance itself, a strict or a remote stub, metered when metrics are on.
+        ``only``: a stub has just these methods (a Protocol's)."""
+        key = (caller, service) if only is None else (caller, service, only)
         if key in self.refs:
             return self.refs[key]
         spec = self.app.specs[service]
+        codecs = self.codecs[service]
+        if only is not None:
+            codecs = {m: c for m, c in codecs.items() if m in only}
         if service in self.instances:
             inst = self.instances[service]
             kind = "local"
-            ref = strict_stub(spec, self.codecs[service], inst) if self.strict else inst
+            ref = strict_stub(spec, codecs, inst) if self.strict else inst
         else:
             client = self._client_for(service)
             kind = "remote"
-            ref = remote_stub(spec, self.codecs[service], client, caller=self.process.name,
+            ref = remote_stub(spec, codecs, client, caller=self.process.name,
                               stats=None if self.metrics is None else (self.metrics, caller))
         if self.metrics is not None and kind == "local" and caller != HTTP:
             # Remote calls are counted by their client, the edge's calls by its route
             # metrics: only a local call needs a metering wrapper.
-            ref = metered_stub(spec, self.codecs[service], ref, self.metrics, caller, kind)
+            ref = metered_stub(spec, codecs, ref, self.metrics, caller, kind)
         self.refs[key] = ref
         return ref
 
@@ -176,7 +181,8 @@ class Host:
         """What ``caller`` holds for ``target``, a Service class (or a Protocol one
         service implements): the instance here, a stub otherwise."""
         name = self.app.service_for(target)
-        return self._ref(name, caller)
+        only = frozenset(protocol_members(target)) if is_protocol(target) else None
+        return self._ref(name, caller, only)
 
     async def _start_mounts(self, local: list[str]) -> None:
         for name in _start_order(self.app, local):
@@ -294,7 +300,9 @@ class Host:
             spec = self.app.specs[name]
             inst = self.instances[name]
             for attr, dep in spec.dependencies.items():
-                setattr(inst, attr, self._ref(dep, name))
+                proto = spec.protocols.get(attr)
+                only = None if proto is None else frozenset(protocol_members(proto))
+                setattr(inst, attr, self._ref(dep, name, only))
             for attr, rcls in spec.resources.items():
                 url = self.topology.resources.get(rcls.kind)
                 ctx = ResourceContext(name, url.replace("{service}", name) if url else None,
