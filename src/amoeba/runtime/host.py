@@ -181,6 +181,8 @@ class Host:
         """What ``caller`` holds for ``target``, a Service class (or a Protocol one
         service implements): the instance here, a stub otherwise."""
         name = self.app.service_for(target)
+        if name == caller and name in self.instances:
+            return self.instances[name]  # a mounted app reaching its own service: itself
         only = frozenset(protocol_members(target)) if is_protocol(target) else None
         return self._ref(name, caller, only)
 
