@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,18 +22,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def uvicorn(mode: str, port: int, **env: str) -> tuple[list[str], dict[str, str]]:
-    pytest.importorskip("uvicorn")
-    return ([sys.executable, "-m", "uvicorn", "tickets_api.main:app", "--port", str(port)],
-            {"SERVICE_MODE": mode, **env})
+def amoeba(topology: str, **env: str) -> tuple[list[str], dict[str, str]]:
+    return ([sys.executable, "-m", "amoeba", "run", f"topologies/{topology}.yaml"],
+            {"AMOEBA_DATA_DIR": tempfile.mkdtemp(prefix="fastapi-tickets-"), **env})
 
 
 def deployments(v: int, t: int) -> dict[str, tuple[list[tuple[list[str], dict[str, str]]], int, int]]:
     """name -> (commands to start, vacancy's port, ticket's port)."""
+    ports = {"VACANCY_PORT": str(v), "TICKET_PORT": str(t)}
     return {
-        "monolith": ([uvicorn("monolith", v)], v, v),
-        "microservices": ([uvicorn("vacancy", v),
-                           uvicorn("ticket", t, VACANCY_URL=f"http://127.0.0.1:{v}")], v, t),
+        "monolith": ([amoeba("monolith", PORT=str(v))], v, v),
+        "monolith-multi": ([amoeba("monolith-multi", **ports)], v, t),
+        "microservices": ([amoeba("microservices", **ports)], v, t),
+        "hybrid": ([amoeba("hybrid", PORT=str(t), VACANCY_PORT=str(v))], t, t),  # one gateway
     }
 
 

@@ -1,18 +1,15 @@
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 
-from tickets_api.clients import VacancyClient
+from amoeba import provide
+from tickets_api.clients import Vacancy, VacancyClient
 from tickets_api.stock import Stock
 
 
-async def get_stock(request: Request) -> Stock:
-    return request.app.state.stock  # type: ignore[no-any-return]
-
-
-async def get_vacancy(request: Request) -> VacancyClient:
-    return request.app.state.vacancy  # type: ignore[no-any-return]
+async def get_stock(vacancy: Annotated[Vacancy, Depends(provide(Vacancy))]) -> Stock:
+    return vacancy.stock
 
 
 StockDep = Annotated[Stock, Depends(get_stock)]
-VacancyDep = Annotated[VacancyClient, Depends(get_vacancy)]
+VacancyDep = Annotated[VacancyClient, Depends(provide(VacancyClient))]
