@@ -17,7 +17,7 @@ attempts with refusal or 503, which is why 503 is in the list.
 
 from __future__ import annotations
 
-from amoeba.deploy.plan import Plan, route_regex
+from amoeba.deploy.plan import EdgeRoute, Plan, route_regex
 
 __all__ = ["render"]
 
@@ -27,9 +27,13 @@ _PROXY = """\
 """
 
 
-def _location(path: str, upstream: str) -> str:
+def _location(route: EdgeRoute) -> str:
+    if route.mount:  # a mounted app: the prefix itself and everything below it
+        return "".join(f"        location {m} {{\n{_PROXY.format(upstream=route.upstream)}        }}\n"
+                       for m in (f"= {route.path}", f"^~ {route.below}"))
+    path = route.path
     match = f"= {path}" if "{" not in path else f"~ {route_regex(path)}"
-    return f"        location {match} {{\n{_PROXY.format(upstream=upstream)}        }}\n"
+    return f"        location {match} {{\n{_PROXY.format(upstream=route.upstream)}        }}\n"
 
 
 def render(plan: Plan) -> dict[str, str]:
@@ -43,7 +47,7 @@ def render(plan: Plan) -> dict[str, str]:
                           for h, p in u.servers)
         ups.append(f"    upstream {u.name} {{\n        least_conn;\n{servers}"
                    f"        keepalive 32;\n    }}\n")
-    routes = "".join(_location(r.path, r.upstream) for r in plan.routes)
+    routes = "".join(_location(r) for r in plan.routes)
     server_name = plan.deploy.edge_host or "_"
     conf = f"""{plan.header("nginx")}# Run: nginx -p DIR -c nginx.conf   (DIR: the directory of this file)
 pid nginx.pid;
