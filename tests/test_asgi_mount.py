@@ -54,6 +54,21 @@ async def test_second_prefix_and_misses(client):
     assert r.status == 404 and r.json()["error"]["type"] == "NotFound"
 
 
+async def test_openapi_merges_the_mounted_app(client):
+    if client.mode == "processes":
+        pytest.skip("requests for /openapi.json reach store's process there; the gateway mode "
+                    "covers a merge across processes")
+    doc = (await client.get("/openapi.json")).json()
+    add = doc["paths"]["/fast/add"]["post"]
+    body = add["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/AddRequest"}
+    assert doc["components"]["schemas"]["AddRequest"]["properties"]["n"]["exclusiveMinimum"] == 0
+    assert "/other/ping" in doc["paths"] and "/fast/events" in doc["paths"]
+    assert "/native/add" in doc["paths"]
+    page = await client.get("/docs")  # the docs page reads this document
+    assert page.status == 200 and "openapi.json" in page.body.decode()
+
+
 async def test_fastapi_validation_is_its_own(client):
     r = await client.post("/fast/add", json={"n": 0})
     assert r.status == 422

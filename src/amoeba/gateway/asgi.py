@@ -270,6 +270,22 @@ class MountedApp:
             self._lifespan.cancel()
         self._lifespan = None
 
+    def openapi(self) -> dict[str, Any] | None:
+        """The app's own OpenAPI operations under the mount's prefixes, when it
+        describes itself (FastAPI: ``app.openapi()``); None otherwise."""
+        from amoeba.gateway.openapi import mounted_paths
+
+        describe = getattr(self.app, "openapi", None)
+        if not callable(describe):
+            return None
+        try:
+            doc = describe()
+        except Exception:
+            log.exception("%s: the app's openapi() failed; its routes are left out of "
+                          "/openapi.json", self.where)
+            return None
+        return mounted_paths(doc, self.mount.prefixes) if isinstance(doc, dict) else None
+
     # -- requests --------------------------------------------------------------
     async def __call__(self, req: Request, rid: str) -> Response:
         app = self.app
@@ -417,3 +433,31 @@ class MountTable:
                                                    and path[len(prefix)] == "/"):
                 return prefix, service, handler
         return None
+
+
+async def add_mounted_docs(doc: dict[str, Any], table: MountTable) -> bool:
+    """Merge the OpenAPI operations of every app in ``table`` into ``doc``;
+    False when one of them could not be asked (its process unreachable)."""
+    from amoeba.gateway.openapi import merge_mounted
+
+    complete = True
+    seen: set[int] = set()
+    for _, service, handler in table.entries:
+        if id(handler) in seen:
+            continue
+        seen.add(id(handler))
+        describe = getattr(handler, "openapi", None)
+        if describe is None:
+            continue
+        try:
+            part = describe()
+            if asyncio.iscoroutine(part):
+                part = await part
+        except Exception as exc:
+            log.warning("/openapi.json: the mounted apps of %r cannot be described now: %s",
+                        service, exc)
+            complete = False
+            continue
+        if part:
+            merge_mounted(doc, part)
+    return complete

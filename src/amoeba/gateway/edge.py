@@ -388,7 +388,15 @@ class Edge:
         if self._openapi_body is None:
             doc = openapi_document(self.host.app, [h.codec for h in self.handlers],
                                    bearer=self.policy is not None)
-            self._openapi_body = json_encoder.encode(doc)
+            complete = True
+            if self.mounts is not None:
+                from amoeba.gateway.asgi import add_mounted_docs
+
+                complete = await add_mounted_docs(doc, self.mounts)
+            body = json_encoder.encode(doc)
+            if not complete:  # a mounting process was unreachable: ask again next time
+                return Response(200, body)
+            self._openapi_body = body
         return Response(200, self._openapi_body)
 
     async def _docs(self, req: Request) -> Response:

@@ -35,7 +35,7 @@ __all__ = ["Forwarder", "MountServer", "forward_codecs"]
 
 log = logging.getLogger("amoeba.forward")
 
-HTTP, MORE = "__http__", "__http_more__"
+HTTP, MORE, OPENAPI = "__http__", "__http_more__", "__openapi__"
 PULL_WAIT = 5.0  # longest a pull waits for the app's next part
 ABANDON = 30.0  # a stream unpulled this long is closed
 _DROP = frozenset({"x-amoeba-token", "connection", "keep-alive", "transfer-encoding"})
@@ -66,6 +66,11 @@ def forward_codecs(service: str) -> tuple[MethodCodec, MethodCodec]:
     return codec_for(http), codec_for(more)
 
 
+def openapi_codec(service: str) -> MethodCodec:
+    """``<service>.__openapi__``: the mounted apps' operations (JSON), for /openapi.json."""
+    return codec_for(MethodSpec(service, OPENAPI, (), bytes, None, True, None))
+
+
 class Forwarder:
     """The edge side: a mount whose service runs in another process."""
 
@@ -77,6 +82,12 @@ class Forwarder:
 
     def __repr__(self) -> str:
         return f"<Forwarder {self.service!r} via {self.client.process}>"
+
+    async def openapi(self) -> dict[str, Any] | None:
+        """The operations of the mounted apps, asked of the process hosting them."""
+        raw: bytes = await self.client.call(openapi_codec(self.service), self.caller, ())
+        doc = msgspec.json.decode(raw)
+        return doc if isinstance(doc, dict) and doc else None
 
     async def __call__(self, req: Request, rid: str) -> Response:
         headers = [(k, v) for k, v in req.headers.items() if k not in _DROP]
@@ -218,5 +229,18 @@ class MountServer:
     def handlers(self) -> dict[str, tuple[MethodCodec, Any, None]]:
         """RPC handlers to add to the host's table."""
         http, more = forward_codecs(self.service)
+        described = openapi_codec(self.service)
         return {http.spec.qualname: (http, self.http, None),
-                more.spec.qualname: (more, self.more, None)}
+                more.spec.qualname: (more, self.more, None),
+                described.spec.qualname: (described, self.openapi, None)}
+
+    async def openapi(self) -> bytes:
+        from amoeba.gateway.openapi import merge_mounted
+
+        doc: dict[str, Any] = {}
+        for app in {id(m): m for _, m in self.table}.values():
+            part = app.openapi()
+            if part is not None:
+                merge_mounted(doc, part)
+        return msgspec.json.encode({"paths": doc.get("paths", {}),
+                                    "schemas": doc.get("components", {}).get("schemas", {})})

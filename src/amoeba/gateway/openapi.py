@@ -13,7 +13,7 @@ from amoeba.models import model_components, schema_hook
 if TYPE_CHECKING:
     from amoeba.app import App
 
-__all__ = ["openapi_document"]
+__all__ = ["merge_mounted", "mounted_paths", "openapi_document"]
 
 _ERROR_SCHEMA = {
     "type": "object",
@@ -115,3 +115,27 @@ def openapi_document(app: App, codecs: list[MethodCodec], *, bearer: bool = True
         "paths": paths,
         "components": comp,
     }
+
+
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(p == "/" or path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+def mounted_paths(doc: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """The part of a mounted app's own OpenAPI document under its prefixes
+    (operations and the schemas they use; other paths are not served here)."""
+    return {"paths": {p: op for p, op in (doc.get("paths") or {}).items() if _under(p, prefixes)},
+            "schemas": dict((doc.get("components") or {}).get("schemas") or {})}
+
+
+def merge_mounted(doc: dict[str, Any], part: dict[str, Any]) -> None:
+    """Add a mounted app's operations to the listener's document.  A native
+    route's operation and a component of the same name win (as at the edge)."""
+    paths = doc.setdefault("paths", {})
+    for path, ops in part.get("paths", {}).items():
+        mine = paths.setdefault(path, {})
+        for method, op in ops.items():
+            mine.setdefault(method, op)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in part.get("schemas", {}).items():
+        schemas.setdefault(name, schema)

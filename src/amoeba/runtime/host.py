@@ -204,6 +204,7 @@ class Host:
     def _mount_table(self, served: tuple[str, ...] | list[str]) -> MountTable | None:
         table = MountTable()
         for svc in served:
+            forwarder: Any = None
             for i, mount in enumerate(self.app.specs[svc].mounts):
                 handler: Any
                 if svc in self.instances:
@@ -211,7 +212,10 @@ class Host:
                 else:
                     from amoeba.gateway.forward import Forwarder
 
-                    handler = Forwarder(svc, self._client_for(svc), self.process.name)
+                    # One per service: it serves every mount of the service over there.
+                    forwarder = forwarder or Forwarder(svc, self._client_for(svc),
+                                                       self.process.name)
+                    handler = forwarder
                 for prefix in mount.prefixes:
                     table.add(prefix, svc, handler)
         return table or None
