@@ -178,6 +178,7 @@ class MountedApp:
         self._shutdown: asyncio.Future[None] | None = None
         self._supported = True
         self.inflight = 0
+        self.loop: asyncio.AbstractEventLoop  # set by startup()
 
     def __repr__(self) -> str:
         return f"<MountedApp {self.mount!r} of {self.service!r}>"
@@ -186,7 +187,7 @@ class MountedApp:
     async def startup(self) -> None:
         """Import the app and run its lifespan startup; raise LifespanError if it failed."""
         self.app = load_app(self.mount.app, self.where)
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         started: asyncio.Future[str | None] = loop.create_future()
         self._shutdown = loop.create_future()
         done: asyncio.Future[str | None] = loop.create_future()
@@ -290,7 +291,7 @@ class MountedApp:
     async def __call__(self, req: Request, rid: str) -> Response:
         app = self.app
         assert app is not None, f"{self.where}: served before startup"
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         head: asyncio.Future[AsgiResponse] = loop.create_future()
         disconnect: asyncio.Future[None] = loop.create_future()
         principal = req.principal
@@ -307,9 +308,11 @@ class MountedApp:
             "client": (req.client, 0) if req.client else None, "server": self.server,
             "state": state, "amoeba.principal": principal, "amoeba.request_id": rid,
         }
+        # The app runs in a task of its own: a streamed answer is returned while
+        # the app goes on sending (the _run task ends with the app).
         task = loop.create_task(self._run(app, scope, req.body, head, disconnect))
         try:
-            return await asyncio.shield(head)
+            return await head
         except asyncio.CancelledError:
             task.cancel()
             raise
@@ -367,6 +370,8 @@ class MountedApp:
             queue = asyncio.Queue(_STREAM_BUFFER)
             for p in parts:
                 queue.put_nowait(p)
+            if head.done():  # the request was cancelled: nobody reads the stream
+                raise OSError("the request was cancelled")
             head.set_result(AsgiResponse(status, raw, b"", queue, disconnect))
 
         try:
