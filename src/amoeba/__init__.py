@@ -7,6 +7,8 @@ Layout (one noun per module):
     spec.py      frozen descriptions of services/methods from type hints
     errors.py    the error hierarchy (drawn in its docstring)
     codec.py     wire encoding of arguments, results, errors (msgspec)
+    models.py    pydantic models in signatures (validated on arrival; pydantic never imported)
+    provide.py   provide(): a mounted ASGI app's handlers reach services (FastAPI Depends)
     context.py   per-call deadline, trace and request id (ContextVars)
     resource.py  the Resource ABC; data/ holds the Database (SQLAlchemy) and
                  SQLite (raw, group commit) resources, and Cache
@@ -15,7 +17,8 @@ Layout (one noun per module):
     transport/   RPC framing, credentials, client pool, server, stubs
     auth/        Principal, access tokens (JWT, key rotation), password hashing
     gateway/     HTTP protocol, router, edge binding, OpenAPI, docs page,
-                 edge policy: token check, rate limits, CORS, access log
+                 edge policy: token check, rate limits, CORS, access log,
+                 mounted ASGI apps (asgi.py) and forwarding them across processes
     runtime/     Host (one process), process runner, supervisor
     testing.py   run one test body in every topology
     cli.py       `amoeba run | check | db`
