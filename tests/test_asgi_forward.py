@@ -1,0 +1,81 @@
+"""Mounted routes across processes: a public gateway forwards them over RPC to
+the private process hosting the mounting service — the verified principal,
+the request id and streamed answers (as they are produced) come along."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from mountapp.app import app
+from test_auth import KEYFILE, bearer, claims, sign
+
+from amoeba.testing import TopologyGroup
+
+GATEWAY = Path(__file__).parent / "mountapp" / "topologies" / "gateway.yaml"
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TopologyGroup]:
+    raw = yaml.safe_load(GATEWAY.read_text())
+    raw["pythonpath"] = [str(GATEWAY.parent.parent.parent.resolve())]
+    raw["settings"] = {"auth": {"keys": str(KEYFILE), "issuer": "authapp", "audience": "authapp"}}
+    path = tmp_path_factory.mktemp("gateway") / "gateway.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    group = TopologyGroup(app, "gateway-auth", path, {})
+    group.start()
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.fixture
+def gateway(group: TopologyGroup) -> str:
+    return group.url()
+
+
+def test_principal_and_request_id_cross_to_the_app(gateway: str) -> None:
+    r = httpx.get(gateway + "/raw/echo", headers={**bearer(sign(claims(sub="zoe"))),
+                                                  "X-Request-Id": "fw-1"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["principal"] == "zoe" and body["request_id"] == "fw-1"
+    assert r.headers["x-request-id"] == "fw-1" and r.headers["x-raw"] == "1"
+    r = httpx.get(gateway + "/fast/whoami", headers=bearer(sign(claims(sub="yan"))))
+    assert r.json() == {"subject": "yan", "flavour": "fastapi"}
+
+
+def test_the_back_process_refuses_direct_requests(group: TopologyGroup) -> None:
+    port = group.topo.processes["back"].listeners[0].port_for(0)
+    r = httpx.get(f"http://127.0.0.1:{port}/raw/echo")
+    assert r.status_code == 401  # the mount is private there: only the gateway reaches it
+
+
+def test_streams_cross_as_they_are_produced(gateway: str) -> None:
+    started = time.monotonic()
+    arrivals: list[float] = []
+    parts: list[bytes] = []
+    with httpx.stream("GET", gateway + "/raw/stream?n=20") as r:
+        assert r.headers["transfer-encoding"] == "chunked"
+        for part in r.iter_raw():
+            arrivals.append(time.monotonic() - started)
+            parts.append(part)
+    assert b"".join(parts) == b"".join(b"chunk %d\n" % i for i in range(20))
+    # 20 parts 10 ms apart: more than one read, the first well before the last.
+    assert len(parts) > 1 and arrivals[-1] - arrivals[0] > 0.05
+    with httpx.stream("GET", gateway + "/fast/events?n=3") as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert b"".join(r.iter_raw()) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+
+
+def test_app_errors_and_misses_cross_as_answers(gateway: str) -> None:
+    assert httpx.get(gateway + "/raw/boom").status_code == 500
+    r = httpx.get(gateway + "/fast/nope")
+    assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
+    r = httpx.post(gateway + "/fast/add", json={"n": 0})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "n"]
