@@ -16,11 +16,18 @@ Pairs, each printed with its ratio (servers pinned to core 0, wrk to core 1,
 
 Older trees are taken with ``git archive`` into a temporary directory and
 put first on PYTHONPATH.
+
+``--instructions``: throughput on a shared machine cannot show a few per
+cent, so the native route is also measured in instructions (valgrind's
+callgrind, which no neighbour disturbs): bench/observe_cost.py's in-process
+driver (the tickets purchase into the edge, metrics and tracing on), N and
+3N requests, before vs after; (3N - N) / 2N is one request.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -172,13 +179,41 @@ def pair(name: str, a: tuple[str, Server], b: tuple[str, Server],
           f"cpu per request {cpu[a[0]] / cpu[b[0]]:5.2f}x")
 
 
+def instructions_per_request(src: Path, n: int) -> float:
+    from observe_cost import DRIVER
+
+    counts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        driver = Path(tmp) / "driver.py"
+        driver.write_text(DRIVER.format(examples=str(ROOT / "examples")))
+        for k in (n, 3 * n):
+            out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                                  sys.executable, str(driver), "on", str(k)],
+                                 capture_output=True, text=True, check=True,
+                                 env={**os.environ, "PYTHONPATH": str(src), "PYTHONHASHSEED": "0"})
+            counts.append(next(int(line.split()[-1]) for line in out.stderr.splitlines()
+                               if "Collected :" in line))
+    return (counts[1] - counts[0]) / (2 * n)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--instructions", action="store_true",
+                    help="only: native route instructions per request, before vs after (callgrind)")
+    ap.add_argument("--requests", type=int, default=1000, help="N for --instructions")
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--only", default="native,trivial,fastapi")
     args = ap.parse_args()
+    if args.instructions:
+        n = max(50, args.requests // 50 * 50)
+        before = instructions_per_request(checkout(BEFORE, "src"), n)
+        after = instructions_per_request(ROOT / "src", n)
+        print(f"native route (tickets purchase into the edge, observe on), {2 * n} requests "
+              f"measured: after {after:.0f} vs before ({BEFORE}) {before:.0f} instructions per "
+              f"request: {after - before:+.0f} ({(after / before - 1) * 100:+.2f}%)")
+        return
     only = set(args.only.split(","))
     print(f"bench/asgi_mount.py: {args.connections} connections, {args.duration}s, "
           f"{args.rounds} round(s) ABBA, servers on cpu {SERVER_CPU}, wrk on cpu {LOAD_CPU}")
