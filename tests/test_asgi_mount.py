@@ -143,7 +143,8 @@ async def test_shutdown_waits_for_the_drain(tmp_path):
     await h.host.drain()
     r = await request
     assert r.body.count(b"chunk") == 20
-    assert events.EVENTS[-4:] == ["fast shutdown", "raw shutdown", "front stop", "store stop"]
+    assert events.EVENTS[-5:] == ["raw streamed 20", "fast shutdown", "raw shutdown", "front stop",
+                                  "store stop"]
 
 
 async def test_failed_startup_fails_the_process_and_opens_no_listener(tmp_path):

@@ -32,6 +32,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                         "more_body": True})
             await asyncio.sleep(0.01)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        events.record(f"raw streamed {n}")
         return
     if path == "/raw/boom":
         raise RuntimeError("the app failed")

@@ -389,7 +389,8 @@ class Host:
         # RPC connections are closed by their clients once the calls they sent
         # are answered: closing them here could cross a call on the wire.
         end = asyncio.get_running_loop().time() + settings.grace
-        while self.inflight or any(isinstance(c, RpcServerProtocol) for c in self.connections):
+        while (self.inflight or any(isinstance(c, RpcServerProtocol) for c in self.connections)
+               or any(m.inflight for m in self._mounts_up)):  # a streamed answer still going
             if asyncio.get_running_loop().time() >= end:
                 log.warning("%s: %d request(s) still running after %.1fs grace; stopping anyway",
                             self, self.inflight, settings.grace)
