@@ -11,7 +11,7 @@ import httpx
 import pytest
 from mountapp import events
 from mountapp.app import app
-from mountapp.failing import broken_app, missing_app
+from mountapp.failing import broken_app, missing_app, plain_app
 from test_auth import SETTINGS, bearer, claims, sign
 
 from amoeba.gateway.asgi import LifespanError
@@ -165,6 +165,16 @@ async def test_failed_startup_fails_the_process_and_opens_no_listener(tmp_path):
     host2 = Host(missing_app, monolith_topology(missing_app), "main", listen=False, data=tmp_path)
     with pytest.raises(LifespanError, match=r"cannot import 'mountapp\.nowhere'.*pythonpath"):
         await host2.start()
+
+
+async def test_an_app_without_lifespan_is_served(tmp_path):
+    h = InProcessHarness(plain_app, tmp_path / "data", strict=False, env={})
+    await h.start()
+    try:
+        r = await h.get("/plain/x")
+        assert r.status == 200 and r.body == b"plain"
+    finally:
+        await h.aclose()
 
 
 # -- the edge's policy --------------------------------------------------------------

@@ -29,3 +29,18 @@ class Missing(Service):
 
 broken_app = App("broken", services=[Broken])
 missing_app = App("missing", services=[Missing])
+
+
+async def no_lifespan(scope, receive, send):  # type: ignore[no-untyped-def]
+    """An app that ignores the lifespan scope (returns at once): served all the same."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"plain"})
+
+
+class Plain(Service):
+    mounts = (Mount("mountapp.failing:no_lifespan", "/plain"),)
+
+
+plain_app = App("plain", services=[Plain])

@@ -238,8 +238,9 @@ class MountedApp:
                     if not isinstance(exc, Exception):
                         raise
             finally:
-                if not started.done():
-                    started.set_result("the lifespan ended without answering startup")
+                if not started.done():  # returned without a word: no lifespan (as uvicorn does)
+                    self._supported = False
+                    started.set_result(None)
                 if not done.done():
                     done.set_result(None)
 
