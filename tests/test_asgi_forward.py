@@ -79,3 +79,25 @@ def test_app_errors_and_misses_cross_as_answers(gateway: str) -> None:
     assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
     r = httpx.post(gateway + "/fast/add", json={"n": 0})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "n"]
+
+
+async def test_only_safe_methods_may_be_sent_again() -> None:
+    """The pool retries a call lost under a dropped connection only when its
+    codec says idempotent: forwarded GETs are, POSTs are not."""
+    from amoeba.gateway.forward import Forwarder, HttpReply
+    from amoeba.gateway.http import Request
+
+    seen = []
+
+    class Pool:
+        process = "back"
+
+        async def call(self, codec, caller, args, stat=None, pin=None):  # type: ignore[no-untyped-def]
+            seen.append((args[0], codec.spec.idempotent, codec.spec.qualname))
+            return HttpReply(200, [], b"{}")
+
+    fw = Forwarder("front", Pool(), "edge")  # type: ignore[arg-type]
+    for method in ("GET", "POST", "HEAD", "DELETE"):
+        await fw(Request(method, "/raw/echo", "", {}, b""), "rid")
+    assert seen == [("GET", True, "front.__http__"), ("POST", False, "front.__http__"),
+                    ("HEAD", True, "front.__http__"), ("DELETE", False, "front.__http__")]

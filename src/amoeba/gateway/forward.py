@@ -54,13 +54,18 @@ class HttpMore(msgspec.Struct, array_like=True):
     done: bool
 
 
-def forward_codecs(service: str) -> tuple[MethodCodec, MethodCodec]:
-    """The codecs of ``<service>.__http__`` and ``<service>.__http_more__``."""
+_SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def forward_codecs(service: str, idempotent: bool = False) -> tuple[MethodCodec, MethodCodec]:
+    """The codecs of ``<service>.__http__`` and ``<service>.__http_more__``.
+    ``idempotent``: the variant for safe HTTP methods, which the pool may send
+    again to another replica when a connection is lost under it."""
     http = MethodSpec(service, HTTP, (
         Param("method", str), Param("path", str), Param("query", str),
         Param("headers", list[tuple[str, str]]), Param("body", bytes), Param("client", str),
         Param("request_id", str), Param("principal", Principal | None)),
-        HttpReply, None, False, None)
+        HttpReply, None, idempotent, None)
     more = MethodSpec(service, MORE, (Param("stream", int), Param("cancel", bool)),
                       HttpMore, None, False, None)
     return codec_for(http), codec_for(more)
@@ -79,6 +84,7 @@ class Forwarder:
         self.client = client
         self.caller = caller
         self.http, self.more = forward_codecs(service)
+        self.safe = forward_codecs(service, idempotent=True)[0]
 
     def __repr__(self) -> str:
         return f"<Forwarder {self.service!r} via {self.client.process}>"
@@ -92,7 +98,7 @@ class Forwarder:
     async def __call__(self, req: Request, rid: str) -> Response:
         headers = [(k, v) for k, v in req.headers.items() if k not in _DROP]
         reply: HttpReply = await self.client.call(
-            self.http, self.caller,
+            self.safe if req.method in _SAFE else self.http, self.caller,
             (req.method, req.path, req.query, headers, req.body, req.client, rid, req.principal))
         if not reply.stream:
             return AsgiResponse(reply.status, reply.headers, reply.body)
