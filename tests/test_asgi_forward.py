@@ -101,3 +101,36 @@ async def test_only_safe_methods_may_be_sent_again() -> None:
         await fw(Request(method, "/raw/echo", "", {}, b""), "rid")
     assert seen == [("GET", True, "front.__http__"), ("POST", False, "front.__http__"),
                     ("HEAD", True, "front.__http__"), ("DELETE", False, "front.__http__")]
+
+
+def test_amoeba_run_fails_when_a_mounted_app_cannot_start(tmp_path: Path) -> None:
+    """The process fails, saying why, and its listener never opened (so /readyz
+    never said ready).  (Under the `amoeba run` supervisor it is restarted with
+    backoff, as systemd or Kubernetes would.)"""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from amoeba.testing import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "amoeba", "run", str(GATEWAY.parent / "broken.yaml"),
+         "--process", "main"],
+        env={**os.environ, "PORT": str(port), "AMOEBA_DATA_DIR": str(tmp_path / "data")},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    ready = False
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                ready = True
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
+    out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 1, out
+    assert not ready, "the listener opened although the app's startup failed"
+    assert ("amoeba run: service 'broken', Mount('mountapp.failing:app'): the app's lifespan "
+            "startup failed: RuntimeError: cannot reach the warehouse") in out, out

@@ -177,9 +177,11 @@ def run_process(path: str, process: str, replica: int = 0, *, strict: bool = Fal
         runner = asyncio.run
     else:
         runner = uvloop.run
+    from amoeba.gateway.asgi import LifespanError
+
     try:
         runner(serve(host))
-    except ListenError as exc:
+    except (ListenError, LifespanError) as exc:  # said plainly: no traceback to read through
         print(f"amoeba run: {exc}", file=sys.stderr)
         return 1
     return 0
