@@ -10,7 +10,9 @@ Pairs, each printed with its ratio (servers pinned to core 0, wrk to core 1,
    mounts, pydantic, Protocol binding) vs this tree;
 2. a trivial ASGI app (bench/asgi_trivial.py) mounted under ``/t`` vs the
    same app under uvicorn (uvloop, httptools);
-3. examples/fastapi_tickets adopted and mounted (amoeba run, monolith and
+3. (``--only edge``) the edge as an ASGI app (amoeba.runtime.asgi_edge) under
+   uvicorn vs ``amoeba run``, tickets monolith;
+4. examples/fastapi_tickets adopted and mounted (amoeba run, monolith and
    microservices topologies) vs the same FastAPI app before adoption under
    uvicorn (commit cb728e2: SERVICE_MODE=monolith; vacancy + ticket over httpx).
 
@@ -204,7 +206,8 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--only", default="native,trivial,fastapi")
+    ap.add_argument("--only", default="native,trivial,fastapi",
+                    help="comma-separated: native, trivial, fastapi, edge")
     args = ap.parse_args()
     if args.instructions:
         n = max(50, args.requests // 50 * 50)
@@ -230,6 +233,12 @@ def main() -> None:
                                                   {"PORT": free_port()}, "PORT")),
              ("uvicorn", lambda: uvicorn("asgi_trivial:app", HERE)),
              ("/t", "GET", None), args)
+    if "edge" in only:
+        pair("the edge as an ASGI app (tickets monolith, POST /api/v1/purchase)",
+             ("under uvicorn (asgi_edge)",
+              lambda: uvicorn("asgi_edge_app:app", HERE, PORT=str(free_port()))),
+             ("amoeba run", lambda: amoeba(tickets, {"PORT": free_port()}, "PORT")),
+             PURCHASE, args)
     if "fastapi" in only:
         original = checkout(ORIGINAL_EXAMPLE, "examples/fastapi_tickets")
         topo = ROOT / "examples" / "fastapi_tickets" / "topologies"
