@@ -23,6 +23,11 @@ __all__ = ["ALLOWED_SKIPS", "import_or_missing", "missing", "required"]
 ALLOWED_SKIPS: tuple[tuple[str, str], ...] = (
     # The strict codec mode checks a call the in-process mode deliberately does not.
     ("tests/test_codec_calls.py::", "a plain await does no validation"),
+    # pydantic models validate nothing on a plain local await, as in Python.
+    ("tests/test_pydantic.py::test_invalid_model_data_through_the_codec[inprocess]",
+     "a plain local call is an ordinary await"),
+    # In the split mode /openapi.json is served by another process; the gateway mode checks the merge.
+    ("tests/test_asgi_mount.py::", "requests for /openapi.json reach store's process there"),
     # Topologies with no public listener have no nginx/HAProxy upstream to render.
     ("tests/test_deploy.py::test_output_is_deterministic_headed_and_secret_free", "no public listener"),
 )

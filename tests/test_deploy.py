@@ -29,6 +29,7 @@ from amoeba.topology import TopologyError, bind, load_topology
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "deploy"
 EXAMPLES = {
+    "fastapi-microservices": "examples/fastapi_tickets/topologies/microservices.yaml",
     "tickets-monolith": "examples/tickets/topologies/monolith.yaml",
     "tickets-microservices": "examples/tickets/topologies/microservices.yaml",
     "tickets-hybrid": "examples/tickets/topologies/hybrid.yaml",
@@ -410,7 +411,7 @@ def _write(files: dict[str, str], where: Path) -> Path:
 
 
 @pytest.mark.parametrize("example", ["tickets-monolith", "tickets-microservices", "shop-replicated",
-                                     "shop-hybrid"])
+                                     "shop-hybrid", "fastapi-microservices"])
 def test_nginx_accepts_the_config(example: str, tmp_path: Path) -> None:
     nginx = require_tool("nginx")
     d = _write(render(example, "nginx"), tmp_path / "nginx")
@@ -425,7 +426,7 @@ def test_nginx_accepts_the_config(example: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("example", ["tickets-monolith", "tickets-microservices", "shop-replicated",
-                                     "shop-hybrid"])
+                                     "shop-hybrid", "fastapi-microservices"])
 def test_haproxy_accepts_the_config(example: str, tmp_path: Path) -> None:
     haproxy = require_tool("haproxy")
     d = _write(render(example, "haproxy"), tmp_path / "haproxy")
@@ -454,6 +455,26 @@ def test_edge_configs_route_replicas_limits_and_retries() -> None:
     assert "http-request disable-l7-retry unless { method GET HEAD OPTIONS PUT DELETE }" in hp
     assert "balance leastconn" in hp and "http-check expect status 200" in hp
     assert "server gateway-1 127.0.0.1:8081" in hp
+
+
+def test_edge_configs_route_mounted_prefixes() -> None:
+    """fastapi_tickets: vacancy (the default upstream) and ticket each mount a
+    FastAPI app; ticket's prefix goes to ticket, with everything below it."""
+    routes = plan("fastapi-microservices", "nginx").routes
+    assert [(r.path, r.upstream, r.mount) for r in routes] == [("/api/v1/purchase", "ticket", True)]
+    conf = render("fastapi-microservices", "nginx")["nginx.conf"]
+    assert re.search(r"location = /api/v1/purchase \{\n\s+proxy_pass http://ticket;", conf)
+    assert re.search(r"location \^~ /api/v1/purchase/ \{\n\s+proxy_pass http://ticket;", conf)
+    hp = render("fastapi-microservices", "haproxy")["haproxy.cfg"]
+    assert ("use_backend ticket if { path /api/v1/purchase } || { path_beg /api/v1/purchase/ }"
+            in hp)
+    k8s = render("fastapi-microservices", "k8s")
+    ingress = next(yaml.safe_load(t) for n, t in k8s.items() if "ingress" in n.lower())
+    paths = ingress["spec"]["rules"][0]["http"]["paths"]
+    purchase = [p for p in paths if p["path"] == "/api/v1/purchase"]
+    assert purchase == [{"path": "/api/v1/purchase", "pathType": "Prefix", "backend": {
+        "service": {"name": purchase[0]["backend"]["service"]["name"], "port": {"number": 8002}}}}]
+    assert "ticket" in purchase[0]["backend"]["service"]["name"]
 
 
 def test_nginx_and_haproxy_need_a_public_listener(tmp_path: Path, capsys) -> None:

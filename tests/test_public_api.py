@@ -3,12 +3,12 @@ import amoeba
 
 def test_public_api_is_pinned():
     assert sorted(amoeba.__all__) == [
-        "App", "BadRequest", "Cache", "Conflict", "Counter", "Database", "DeadlineExceeded",
-        "Forbidden", "Gauge", "Header", "Histogram", "Internal", "Invalid", "MethodNotAllowed",
+        "App", "BadRequest", "Body", "Cache", "Conflict", "Counter", "Database", "DeadlineExceeded",
+        "Forbidden", "Gauge", "Header", "Histogram", "Internal", "Invalid", "MethodNotAllowed", "Mount",
         "NotFound", "PayloadTooLarge",
         "Principal", "Resource", "ResourceContext", "RuntimeInfo", "SQLite", "Service",
         "ServiceError", "Tokens", "TooManyRequests", "Unauthorized", "Unavailable",
-        "UnsupportedMediaType", "delete", "get", "idempotent", "patch", "post", "put",
+        "UnsupportedMediaType", "delete", "get", "idempotent", "patch", "post", "provide", "put",
     ]
     for name in amoeba.__all__:
         assert getattr(amoeba, name) is not None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tickets.app import app
 
-from amoeba import App, Service
+from amoeba import App, Mount, Service
 from amoeba.topology import TopologyError, bind, load_topology
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,3 +204,23 @@ def test_check_command_reads_the_gateway_and_database_settings(tmp_path, capsys,
     assert main(["check", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "settings.rate_limit.user.burst" in err and "fix:" in err and "bad.yaml:" in err
+
+
+class MountsApi(Service):
+    mounts = (Mount("x.app:app", "/api"),)
+
+
+class AlsoMountsApi(Service):
+    mounts = (Mount("y.app:app", "/api", "/other"),)
+
+
+def test_a_prefix_mounted_twice_on_one_listener(tmp_path):
+    both = App("mounts", [MountsApi, AlsoMountsApi])
+    p = tmp_path / "t.yaml"
+    p.write_text("processes:\n  m:\n    services: '*'\n    listeners: [{port: 1}]\n")
+    with pytest.raises(TopologyError, match=r"path prefix /api is mounted by both services "
+                                            r"'mounts_api' and 'also_mounts_api' on this listener"):
+        bind(load_topology(p, {}), both)
+    p.write_text("processes:\n  m:\n    services: '*'\n    listeners:\n"
+                 "      - {port: 1, routes: [mounts_api]}\n      - {port: 2, routes: [also_mounts_api]}\n")
+    bind(load_topology(p, {}), both)  # apart, they are fine

@@ -7,6 +7,8 @@ Layout (one noun per module):
     spec.py      frozen descriptions of services/methods from type hints
     errors.py    the error hierarchy (drawn in its docstring)
     codec.py     wire encoding of arguments, results, errors (msgspec)
+    models.py    pydantic models in signatures (validated on arrival; pydantic never imported)
+    provide.py   provide(): a mounted ASGI app's handlers reach services (FastAPI Depends)
     context.py   per-call deadline, trace and request id (ContextVars)
     resource.py  the Resource ABC; data/ holds the Database (SQLAlchemy) and
                  SQLite (raw, group commit) resources, and Cache
@@ -16,7 +18,8 @@ Layout (one noun per module):
     transport/   RPC framing, credentials, client pool, server, stubs
     auth/        Principal, access tokens (JWT, key rotation), password hashing
     gateway/     HTTP protocol, router, edge binding, OpenAPI, docs page,
-                 edge policy: token check, rate limits, CORS, access log
+                 edge policy: token check, rate limits, CORS, access log,
+                 mounted ASGI apps (asgi.py) and forwarding them across processes
     runtime/     Host (one process), process runner, supervisor
     observe/     metrics, tracing, logs, status, dashboard, advice; the
                  application's own Counter, Gauge, Histogram (instruments.py)
@@ -47,13 +50,15 @@ from amoeba.errors import (
     UnsupportedMediaType,
 )
 from amoeba.observe.instruments import Counter, Gauge, Histogram
+from amoeba.provide import provide
 from amoeba.resource import Resource, ResourceContext
 from amoeba.runtime.info import RuntimeInfo
-from amoeba.service import Header, Service, delete, get, idempotent, patch, post, put
+from amoeba.service import Body, Header, Mount, Service, delete, get, idempotent, patch, post, put
 
 __all__ = [
     "App",
     "BadRequest",
+    "Body",
     "Cache",
     "Conflict",
     "Counter",
@@ -66,6 +71,7 @@ __all__ = [
     "Internal",
     "Invalid",
     "MethodNotAllowed",
+    "Mount",
     "NotFound",
     "PayloadTooLarge",
     "Principal",
@@ -85,6 +91,7 @@ __all__ = [
     "idempotent",
     "patch",
     "post",
+    "provide",
     "put",
 ]
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 
 from amoeba.runtime.info import RuntimeInfo
 
-__all__ = ["Header", "Service", "delete", "get", "idempotent", "patch", "post", "put"]
+__all__ = ["Body", "Header", "Mount", "Service", "delete", "get", "idempotent", "patch", "post", "put"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,6 +65,65 @@ def snake_name(name: str) -> str:
     return _WORD.sub("_", name).lower()
 
 
+class Mount:
+    """Serve an existing ASGI 3 application (FastAPI, Starlette, Litestar...)
+    as part of a service, under one or more path prefixes::
+
+        class Tickets(Service):
+            vacancy: Vacancy
+            mounts = (Mount("tickets_api.main:app", "/api/v1"),)
+
+    ``app`` is ``"module:attribute"``, imported in the process that hosts the
+    service (never pickled).  Paths are passed on whole (the prefix is a claim,
+    not stripped), so the app's own routes keep their paths.  A native route
+    always wins: the mount table is consulted only when no route matched."""
+
+    __slots__ = ("app", "prefixes")
+
+    def __init__(self, app: str, *prefixes: str):
+        module, _, attr = app.partition(":")
+        if not module or not attr:
+            raise ValueError(f"Mount({app!r}): name the app as 'module:attribute', "
+                             f"e.g. 'myapp.main:app'")
+        if not prefixes:
+            raise ValueError(f"Mount({app!r}): give at least one path prefix, e.g. '/api'")
+        for p in prefixes:
+            if not p.startswith("/") or (p != "/" and p.endswith("/")) or "{" in p:
+                raise ValueError(f"Mount({app!r}, {p!r}): a prefix starts with '/', does not end "
+                                 f"with one and has no {{parameters}}, e.g. '/api/v1'")
+        self.app = app
+        self.prefixes = tuple(prefixes)
+
+    def __repr__(self) -> str:
+        return f"Mount({self.app!r}, {', '.join(map(repr, self.prefixes))})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mount) and (self.app, self.prefixes) == (other.app, other.prefixes)
+
+    def __hash__(self) -> int:
+        return hash((self.app, self.prefixes))
+
+
+class Body:
+    """Make one parameter the whole JSON body of its route, FastAPI's convention
+    for a model parameter, so an existing ``{"qty": 1}`` contract survives::
+
+        @post("/api/v1/reserve")
+        async def reserve(self, req: Annotated[QtyRequest, Body()]) -> OperationResponse: ...
+
+    Without it the body is an object keyed by parameter name
+    (``{"req": {"qty": 1}}``).  Between services it is an ordinary argument."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Body()"
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
 class Service:
     """Base class of every service.
 
@@ -77,6 +136,8 @@ class Service:
     """
 
     name: ClassVar[str]
+    # ASGI applications this service serves under path prefixes (see Mount).
+    mounts: ClassVar[tuple[Mount, ...]] = ()
     # Set by the runtime before ``start``: topology, process and replica.
     runtime: RuntimeInfo
 

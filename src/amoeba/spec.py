@@ -21,8 +21,18 @@ import msgspec
 
 from amoeba.auth.principal import Principal
 from amoeba.events.event import ON_EVENT_ATTR, Event
+from amoeba.models import uses_models
 from amoeba.resource import Resource
-from amoeba.service import IDEMPOTENT_ATTR, LIFECYCLE, ROUTE_ATTR, Header, RouteDecl, Service
+from amoeba.service import (
+    IDEMPOTENT_ATTR,
+    LIFECYCLE,
+    ROUTE_ATTR,
+    Body,
+    Header,
+    Mount,
+    RouteDecl,
+    Service,
+)
 
 __all__ = ["MISSING", "MethodSpec", "Param", "RouteSpec", "ServiceSpec", "SpecError", "spec_of"]
 
@@ -84,6 +94,8 @@ class RouteSpec:
     principal_params: tuple[tuple[str, bool], ...] = ()
     # (parameter, lower-case header name)
     header_params: tuple[tuple[str, str], ...] = ()
+    # The parameter marked Body(): the whole JSON body binds to it.
+    whole_body: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,11 @@ class ServiceSpec:
     handlers: dict[str, type[Event]] = field(default_factory=dict)
     # event classes the service declares it publishes (``publishes = (...)``)
     publishes: tuple[type[Event], ...] = ()
+    # ASGI apps the service serves under path prefixes (``mounts = (Mount(...),)``)
+    mounts: tuple[Mount, ...] = ()
+    # attribute name -> the typing.Protocol it is annotated with; the App binds
+    # each to the one service implementing it (and adds it to ``dependencies``)
+    protocols: dict[str, type] = field(default_factory=dict)
 
 
 _CACHE: dict[type[Service], ServiceSpec] = {}
@@ -144,11 +161,14 @@ def _build(cls: type[Service]) -> ServiceSpec:
     name = cls.name
     dependencies: dict[str, str] = {}
     resources: dict[str, type[Resource]] = {}
+    protocols: dict[str, type] = {}
     for attr, hint in _hints(cls, cls.__qualname__).items():
         if attr == "runtime" or typing.get_origin(hint) is typing.ClassVar:
             continue
         if isinstance(hint, type) and issubclass(hint, Service):
             dependencies[attr] = hint.name
+        elif is_protocol(hint):
+            protocols[attr] = hint
         elif isinstance(hint, type) and issubclass(hint, Resource):
             resources[attr] = hint
 
@@ -179,6 +199,11 @@ def _build(cls: type[Service]) -> ServiceSpec:
         if not (isinstance(ev, type) and issubclass(ev, Event)):
             raise SpecError(f"{cls.__qualname__}.publishes: {ev!r} is not an Event subclass")
         _check_wire(_Fail(name, cls, "publishes", None), "event", ev)
+    mounts = tuple(getattr(cls, "mounts", ()) or ())
+    for m in mounts:
+        if not isinstance(m, Mount):
+            raise SpecError(f"{cls.__qualname__}.mounts: {m!r} is not an amoeba.Mount; "
+                            f"write mounts = (Mount('module:app', '/prefix'),)")
     return ServiceSpec(
         name=name,
         cls=cls,
@@ -188,6 +213,8 @@ def _build(cls: type[Service]) -> ServiceSpec:
         doc=inspect.getdoc(cls) if cls.__doc__ else None,
         handlers=handlers,
         publishes=publishes,
+        mounts=mounts,
+        protocols=protocols,
     )
 
 
@@ -204,6 +231,31 @@ class _Fail:
 
     def __call__(self, message: str, fix: str) -> SpecError:
         return SpecError(message, where=self.where, fix=fix, key=self.key, func=self.func)
+
+
+def is_protocol(hint: Any) -> bool:
+    return isinstance(hint, type) and bool(getattr(hint, "_is_protocol", False))
+
+
+def protocol_members(proto: type) -> dict[str, bool]:
+    """A Protocol's public members: name -> whether it is an ``async def``."""
+    out: dict[str, bool] = {}
+    for base in reversed(proto.__mro__):
+        if base in (object, typing.Protocol, typing.Generic) or not is_protocol(base):
+            continue
+        for name in (*base.__dict__, *getattr(base, "__annotations__", {})):
+            if not name.startswith("_"):
+                out[name] = inspect.iscoroutinefunction(base.__dict__.get(name))
+    return out
+
+
+def implements(cls: type, proto: type) -> bool:
+    """Does service class ``cls`` have every member of ``proto`` (async where it is)?"""
+    for name, is_async in protocol_members(proto).items():
+        member = getattr(cls, name, None)
+        if member is None or (is_async and not inspect.iscoroutinefunction(member)):
+            return False
+    return True
 
 
 def _handler(service: str, cls: type, attr: str, func: Any, event: type[Event]) -> type[Event]:
@@ -261,7 +313,10 @@ def _check_wire(fail: _Fail, what: str, annotation: Any) -> None:
     """Refuse a type the codec cannot encode or decode, or OpenAPI describe:
     msgspec treats an unknown class as a custom type that needs hooks amoeba
     does not give, so it would fail on the first call (a 500) and break
-    ``/openapi.json`` for every route of the listener."""
+    ``/openapi.json`` for every route of the listener.  pydantic models are
+    the codec's too (:mod:`amoeba.models`): pydantic checks them itself."""
+    if uses_models(annotation):
+        return
     try:
         msgspec.json.schema(annotation)
         msgspec.msgpack.Decoder(annotation)
@@ -290,6 +345,12 @@ def header_of(annotation: Any) -> Header | None:
     return None
 
 
+def is_body(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is typing.Annotated:
+        return any(isinstance(m, Body) for m in annotation.__metadata__)
+    return False
+
+
 def _route(fail: _Fail, decl: RouteDecl, params: list[Param]) -> RouteSpec:
     principals: list[tuple[str, bool]] = []
     headers: list[tuple[str, str]] = []
@@ -315,6 +376,18 @@ def _route(fail: _Fail, decl: RouteDecl, params: list[Param]) -> RouteSpec:
                        f"parameter {n!r}", f"add a parameter `{n}`, or take {{{n}}} out of the path")
     rest = tuple(n for n in names if n not in in_path)
     from_query = decl.method in ("GET", "DELETE", "HEAD")
+    whole = [p.name for p in params if is_body(p.annotation)]
+    if whole:
+        if from_query:
+            raise fail(f"{decl.method} has no body", f"remove Body() from {whole[0]!r}")
+        others = [n for n in rest if n != whole[0]]
+        if len(whole) > 1 or others:
+            raise fail(f"parameter {whole[0]!r} is the whole body (Body()), so "
+                       f"{', '.join(repr(n) for n in [*whole[1:], *others])} cannot come from it",
+                       "take them from the path, a Header(...), or put them in the model")
+        if whole[0] in in_path:
+            raise fail(f"{{{whole[0]}}} is in the path and marked Body()",
+                       f"remove Body() from {whole[0]!r}, or take {{{whole[0]}}} out of the path")
     return RouteSpec(
         method=decl.method,
         path=decl.path,
@@ -326,4 +399,5 @@ def _route(fail: _Fail, decl: RouteDecl, params: list[Param]) -> RouteSpec:
         body_params=() if from_query else rest,
         principal_params=tuple(principals),
         header_params=tuple(headers),
+        whole_body=whole[0] if whole else None,
     )

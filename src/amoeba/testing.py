@@ -195,6 +195,14 @@ class InProcessHarness(Harness):
         # A task of its own, as the server gives each request: context stays per request.
         resp = await asyncio.get_running_loop().create_task(
             edge.handle(Request(method, path, query, hdrs, body, "127.0.0.1"), rid))
+        from amoeba.gateway.asgi import AsgiResponse
+
+        if isinstance(resp, AsgiResponse):  # a mounted app's answer: its own headers
+            if resp.streaming:
+                resp.body = b"".join([part async for part in resp.chunks()])
+            own = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in resp.raw}
+            return HttpResult(resp.status, resp.body, {**own, "x-request-id": rid,
+                                                       **dict(resp.headers or ())})
         return HttpResult(resp.status, resp.body, {"x-request-id": rid,
                                                    "content-type": resp.content_type.decode(),
                                                    **dict(resp.headers or ())})
@@ -339,12 +347,16 @@ class ProcessGroup(_RunGroup):
         self.log = self.dir / "output.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.router: Router[int] = Router()
+        self.mounts: list[tuple[str, int]] = []  # a mounted ASGI app's prefixes, longest first
         for s, pdata in self.topo["processes"].items():
             port = pdata["listeners"][0]["port"]
             for m in app.specs[s].methods.values():
                 if m.route is not None:
                     # By path alone: a wrong method must reach the owner to get its 405.
                     self.router.add("ANY", m.route.path, port)
+            for mount in app.specs[s].mounts:
+                self.mounts.extend((prefix, port) for prefix in mount.prefixes)
+        self.mounts.sort(key=lambda e: -len(e[0]))
 
     def ports(self) -> dict[str, int]:
         return {s: p["listeners"][0]["port"] for s, p in self.topo["processes"].items()}
@@ -430,10 +442,13 @@ class ProcessHarness(_SocketHarness):
         self.group = group
 
     def url(self, path: str) -> str:
+        bare = path.partition("?")[0]
         try:  # straight to the owner of the route (every process is public here)
-            port, _ = self.group.router.match("ANY", path.partition("?")[0])
+            port, _ = self.group.router.match("ANY", bare)
         except Exception:
-            port = next(iter(self.group.ports().values()))
+            port = next((p for prefix, p in self.group.mounts
+                         if prefix == "/" or bare == prefix or bare.startswith(prefix + "/")),
+                        next(iter(self.group.ports().values())))
         return f"http://127.0.0.1:{port}{path}"
 
     def addresses(self, service: str) -> tuple[str, list[tuple[str, int]]]:

@@ -29,7 +29,10 @@ def render(plan: Plan) -> dict[str, str]:
     tries = max(len(u.servers) for u in plan.upstreams)
     uses = []
     for r in plan.routes:
-        cond = f"path {r.path}" if r.exact else f"path_reg {route_regex(r.path)}"
+        if r.mount:  # a mounted app's prefix and everything below it
+            cond = f"path {r.path} }} || {{ path_beg {r.below}"
+        else:
+            cond = f"path {r.path}" if r.exact else f"path_reg {route_regex(r.path)}"
         uses.append(f"    use_backend {r.upstream} if {{ {cond} }}\n")
     backends = []
     for u in plan.upstreams:

@@ -193,7 +193,9 @@ def _ingress(plan: Plan) -> dict[str, Any] | None:
     paths: dict[tuple[str, str], str] = {}
     exact = {r.path for r in plan.routes if r.exact}
     for r in plan.routes:
-        if r.exact:
+        if r.mount:  # Prefix matches by path segments: /api/v1 and /api/v1/..., not /api/v1x
+            paths[(r.path, "Prefix")] = r.upstream
+        elif r.exact:
             paths[(r.path, "Exact")] = r.upstream
         else:
             paths[(r.prefix, "Prefix")] = r.upstream

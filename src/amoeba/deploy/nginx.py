@@ -17,7 +17,7 @@ attempts with refusal or 503, which is why 503 is in the list.
 
 from __future__ import annotations
 
-from amoeba.deploy.plan import Plan, edge_port_conflict, edge_warnings, route_regex
+from amoeba.deploy.plan import EdgeRoute, Plan, edge_port_conflict, edge_warnings, route_regex
 
 __all__ = ["render"]
 
@@ -27,9 +27,13 @@ _PROXY = """\
 """
 
 
-def _location(path: str, upstream: str) -> str:
+def _location(route: EdgeRoute) -> str:
+    if route.mount:  # a mounted app: the prefix itself and everything below it
+        return "".join(f"        location {m} {{\n{_PROXY.format(upstream=route.upstream)}        }}\n"
+                       for m in (f"= {route.path}", f"^~ {route.below}"))
+    path = route.path
     match = f"= {path}" if "{" not in path else f"~ {route_regex(path)}"
-    return f"        location {match} {{\n{_PROXY.format(upstream=upstream)}        }}\n"
+    return f"        location {match} {{\n{_PROXY.format(upstream=route.upstream)}        }}\n"
 
 
 def warnings(plan: Plan) -> str:
@@ -49,7 +53,7 @@ def render(plan: Plan) -> dict[str, str]:
                           for h, p in u.servers)
         ups.append(f"    upstream {u.name} {{\n        least_conn;\n{servers}"
                    f"        keepalive 32;\n    }}\n")
-    routes = "".join(_location(r.path, r.upstream) for r in plan.routes)
+    routes = "".join(_location(r) for r in plan.routes)
     server_name = plan.deploy.edge_host or "_"
     head = plan.header("nginx") + warnings(plan)
     conf = f"""{head}# Run: nginx -p DIR -c nginx.conf   (DIR: the directory of this file)

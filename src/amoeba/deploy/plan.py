@@ -111,17 +111,24 @@ class Upstream:
 class EdgeRoute:
     """A route the edge sends to an upstream other than the default one."""
 
-    path: str  # as declared: /api/orders/{order_id}
+    path: str  # as declared: /api/orders/{order_id}; a mount's prefix: /api/v1
     upstream: str
+    # A mounted ASGI app's prefix: the path itself and everything below it.
+    mount: bool = False
 
     @property
     def exact(self) -> bool:
-        return "{" not in self.path
+        return "{" not in self.path and not self.mount
 
     @property
     def prefix(self) -> str:
         """The static segments before the first parameter (Kubernetes ``Prefix`` paths)."""
         return self.path.split("{", 1)[0].rstrip("/") or "/"
+
+    @property
+    def below(self) -> str:
+        """A mount's subtree, ``/api/v1/`` (its own path is matched exactly)."""
+        return self.path.rstrip("/") + "/"
 
 
 def route_regex(path: str) -> str:
@@ -367,7 +374,7 @@ def _fail(topo: Topology, key: str, message: str, fix: str) -> TopologyError:
 
 def _edge(topo: Topology, app: App, units: dict[str, Unit]) -> tuple[list[Upstream], list[EdgeRoute]]:
     upstreams: list[Upstream] = []
-    served: list[tuple[str, list[str]]] = []
+    served: list[tuple[str, list[str], list[str]]] = []
     for proc in topo.processes.values():
         public = [lst for lst in proc.listeners if lst.public]
         for lst in public:
@@ -379,20 +386,28 @@ def _edge(topo: Topology, app: App, units: dict[str, Unit]) -> tuple[list[Upstre
             upstreams.append(Upstream(name, proc.name, units[proc.name].name, lst.port,
                                       tuple((host, lst.port_for(i)) for i in range(proc.replicas)),
                                       lst.host, lst.key))
-            paths = []
+            paths: list[str] = []
+            prefixes: list[str] = []  # mounted ASGI apps' path prefixes
             for s in (proc.services if lst.routes is None else lst.routes):
                 for m in app.specs[s].methods.values():
                     if m.route is not None and m.route.path not in paths:
                         paths.append(m.route.path)
-            served.append((name, paths))
+                for mount in app.specs[s].mounts:
+                    prefixes.extend(p for p in mount.prefixes if p not in prefixes)
+            served.append((name, paths, prefixes))
     routes: list[EdgeRoute] = []
     if served:
         taken = set(served[0][1])
-        for name, paths in served[1:]:
+        mounted = set(served[0][2])
+        for name, paths, prefixes in served[1:]:
             for p in paths:
                 if p not in taken:
                     taken.add(p)
                     routes.append(EdgeRoute(p, name))
+            for p in prefixes:
+                if p not in mounted and p != "/":  # "/" is the default upstream's anyway
+                    mounted.add(p)
+                    routes.append(EdgeRoute(p, name, mount=True))
     return upstreams, routes
 
 

@@ -35,6 +35,8 @@ from amoeba.errors import (
     BadRequest,
     Internal,
     Invalid,
+    MethodNotAllowed,
+    NotFound,
     ServiceError,
     TooManyRequests,
     Unauthorized,
@@ -46,6 +48,7 @@ from amoeba.gateway.router import Router
 from amoeba.topology.model import Listener
 
 if TYPE_CHECKING:
+    from amoeba.gateway.asgi import MountTable
     from amoeba.gateway.policy import EdgePolicy
     from amoeba.observe.metrics import Hist
     from amoeba.runtime.host import Host
@@ -56,6 +59,17 @@ log = logging.getLogger("amoeba.edge")
 _ids = itertools.count(1)
 _ID_PREFIX = os.urandom(4).hex()
 _ALLOWED_RID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+def _validating(codec: MethodCodec, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``fn`` behind pydantic validation of its model parameters: only routes
+    whose signature names a model take this extra step."""
+    validate = codec.validate
+
+    async def call(*args: Any) -> Any:
+        return await fn(*validate(list(args)))
+
+    return call
 
 
 class RouteHandler:
@@ -88,6 +102,9 @@ class RouteHandler:
         by_name = {p.name: p for p in codec.spec.params}
         self.headers = [(index[n], h, by_name[n]) for n, h in route.header_params]
         self.plain = not self.principals and not self.headers
+        self.whole_body = codec.whole_body
+        if codec.models is not None:  # pydantic: validated after binding, by parameter index
+            self.fn = _validating(codec, fn)
 
     def __repr__(self) -> str:
         return f"<RouteHandler {self.codec.spec.qualname}>"
@@ -123,6 +140,8 @@ class RouteHandler:
                 raise invalid_from(exc) from None
             except msgspec.DecodeError as exc:
                 raise BadRequest(f"malformed JSON body: {exc}") from None
+            if self.whole_body is not None:  # Body(): the JSON is the parameter's value
+                b = codec.body_type(**{self.whole_body: b})  # type: ignore[misc]
         args = [getattr(b if in_body else q, name) for in_body, name in self.sources]
         if not self.plain:
             self._bind_edge_params(req, args, auth_error)
@@ -195,6 +214,9 @@ class Edge:
             if ("GET", path) not in self.router.static:
                 self.router.add("GET", path, fn)
         self._openapi_body: bytes | None = None
+        # Mounted ASGI apps (and forwarders to them), set by the host: asked only
+        # after the router missed.
+        self.mounts: MountTable | None = None
 
     def __repr__(self) -> str:
         return f"<Edge {self.listener!r} {len(self.handlers)} routes>"
@@ -271,7 +293,13 @@ class Edge:
                         resp = error_response(TooManyRequests("rate limit exceeded; retry later"), rid)
                         resp.headers = [("retry-after", str(max(1, math.ceil(wait))))]
                         return resp
-            target, params = self.router.match(req.method, req.path)
+            try:
+                target, params = self.router.match(req.method, req.path)
+            except (NotFound, MethodNotAllowed):
+                mounted = self.mounts.find(req.path) if self.mounts is not None else None
+                if mounted is None:
+                    raise
+                return await self._mounted(req, rid, *mounted)
             if self.private and req.path not in self.open_paths:
                 token = req.headers.get("x-amoeba-token")
                 if not token:
@@ -316,6 +344,31 @@ class Edge:
         result = await tracer.within(span, target(req, params, auth_error), target.status)
         return Response(target.status, json_encoder.encode(result))
 
+    async def _mounted(self, req: Request, rid: str, prefix: str, service: str,
+                       handler: Callable[[Request, str], Awaitable[Response]]) -> Response:
+        """A request for a mounted ASGI app (here or, forwarded, in another process)."""
+        host = self.host
+        if self.private:
+            token = req.headers.get("x-amoeba-token")
+            if not token:
+                raise Unauthorized("this listener is private: internal credential required")
+            host.signer.verify(token, host.process.name)
+        req.route = prefix if prefix.endswith("/") else prefix + "/*"  # the metric label
+        context.request_id.set(rid)
+        context.service.set(service)
+        context.deadline.set(host.loop_time() + self.settings.deadline)
+        if self.tracer is not None:
+            span, tp = self.tracer.start(f"{req.method} {req.route}",
+                                         req.headers.get("traceparent", ""), "server",
+                                         {"http.request.method": req.method,
+                                          "http.route": req.route})
+            context.traceparent.set(tp)
+            resp = await self.tracer.within(span, handler(req, rid))
+            return resp
+        if self.tracing:
+            context.start_trace(req.headers.get("traceparent", ""))
+        return await handler(req, rid)
+
     # -- built-in endpoints ----------------------------------------------------
     async def _live(self, req: Request) -> Response:
         return Response(200, json_encoder.encode({
@@ -338,7 +391,15 @@ class Edge:
         if self._openapi_body is None:
             doc = openapi_document(self.host.app, [h.codec for h in self.handlers],
                                    bearer=self.policy is not None)
-            self._openapi_body = json_encoder.encode(doc)
+            complete = True
+            if self.mounts is not None:
+                from amoeba.gateway.asgi import add_mounted_docs
+
+                complete = await add_mounted_docs(doc, self.mounts)
+            body = json_encoder.encode(doc)
+            if not complete:  # a mounting process was unreachable: ask again next time
+                return Response(200, body)
+            self._openapi_body = body
         return Response(200, self._openapi_body)
 
     async def _docs(self, req: Request) -> Response:

@@ -57,6 +57,15 @@ class Request:
 
 class Response:
     __slots__ = ("body", "content_type", "headers", "status")
+    # A streamed answer (a mounted ASGI app's, see asgi.py): ``encode`` gives the
+    # head, ``write_body`` the rest and says whether the connection may be reused.
+    streaming = False
+
+    async def write_body(self, transport: asyncio.Transport) -> bool:
+        return True
+
+    def close(self) -> None:
+        """The connection is gone before the answer was written in full."""
 
     def __init__(self, status: int, body: bytes, content_type: bytes = b"application/json",
                  headers: list[tuple[str, str]] | None = None):
@@ -105,6 +114,7 @@ class HttpProtocol(asyncio.Protocol):
         self.size = 0
         self.too_large = False
         self.client = ""
+        self.streaming: Response | None = None
 
     # -- connection ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,6 +126,8 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.edge.host.connections.discard(self)
         self.transport = None
+        if self.streaming is not None:
+            self.streaming.close()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -232,6 +244,13 @@ class HttpProtocol(asyncio.Protocol):
             # of an idle connection it is about to reuse.
             keep_alive = keep_alive and not self.closing and not self.edge.host.draining
             self.transport.write(resp.encode(rid, keep_alive))
+            if resp.streaming:
+                self.streaming = resp
+                whole = await resp.write_body(self.transport)
+                self.streaming = None
+                if self.transport is None:
+                    break
+                keep_alive = keep_alive and whole
             if not keep_alive:
                 self.transport.close()
                 break

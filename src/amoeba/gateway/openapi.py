@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from amoeba.codec import MethodCodec
+from amoeba.models import model_components, schema_hook
 from amoeba.spec import header_of
 
 if TYPE_CHECKING:
     from amoeba.app import App
 
-__all__ = ["openapi_document"]
+__all__ = ["merge_mounted", "mounted_paths", "openapi_document"]
 
 _ERROR_SCHEMA = {
     "type": "object",
@@ -48,6 +49,21 @@ def _with_default(schema: dict[str, Any], default: Any) -> dict[str, Any]:
     if isinstance(default, bool | int | float | str) and "$ref" not in schema:
         return {**schema, "default": default}
     return schema
+def _models_in(types: list[Any]) -> list[Any]:
+    """The pydantic models named by ``types`` (nested in Structs' fields too)."""
+    import typing
+
+    out: list[Any] = []
+    todo = list(types)
+    while todo:
+        t = todo.pop()
+        if hasattr(t, "model_json_schema"):
+            out.append(t)
+        elif isinstance(t, type) and issubclass(t, msgspec.Struct):
+            todo.extend(typing.get_type_hints(t, include_extras=True).values())
+        else:
+            todo.extend(typing.get_args(t))
+    return out
 
 
 def openapi_document(app: App, codecs: list[MethodCodec], *, bearer: bool = True) -> dict[str, Any]:
@@ -57,8 +73,12 @@ def openapi_document(app: App, codecs: list[MethodCodec], *, bearer: bool = True
     for c in codecs:
         types.append(c.spec.returns)
         if c.body_type is not None:
-            types.append(c.body_type)
-    schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
+            types.append(c.body_schema_type)
+    # schema_hook: a pydantic model's own schema (a type msgspec does not know)
+    schemas, components = msgspec.json.schema_components(types, ref_template=_REF,
+                                                         schema_hook=schema_hook)
+    if any(c.models or c.result_model for c in codecs):
+        components = {**model_components(_models_in(types)), **components}
     by_type = iter(schemas)
     paths: dict[str, dict[str, Any]] = {}
     secured = False
@@ -113,3 +133,27 @@ def openapi_document(app: App, codecs: list[MethodCodec], *, bearer: bool = True
         "paths": paths,
         "components": comp,
     }
+
+
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(p == "/" or path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+def mounted_paths(doc: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """The part of a mounted app's own OpenAPI document under its prefixes
+    (operations and the schemas they use; other paths are not served here)."""
+    return {"paths": {p: op for p, op in (doc.get("paths") or {}).items() if _under(p, prefixes)},
+            "schemas": dict((doc.get("components") or {}).get("schemas") or {})}
+
+
+def merge_mounted(doc: dict[str, Any], part: dict[str, Any]) -> None:
+    """Add a mounted app's operations to the listener's document.  A native
+    route's operation and a component of the same name win (as at the edge)."""
+    paths = doc.setdefault("paths", {})
+    for path, ops in part.get("paths", {}).items():
+        mine = paths.setdefault(path, {})
+        for method, op in ops.items():
+            mine.setdefault(method, op)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in part.get("schemas", {}).items():
+        schemas.setdefault(name, schema)

@@ -10,7 +10,9 @@ Startup, decided once from the topology and never per call:
 4. pass the start gate, if any (``amoeba run`` holds a caller here until the
    processes it calls are ready: nothing before this point calls them);
 5. call ``start()`` in dependency order, deliver events;
-6. open listeners (HTTP and RPC share each port).
+6. import mounted ASGI apps and run their lifespan startup (a failure fails
+   the start: no listener ever opens, so ``/readyz`` is never ready);
+7. open listeners (HTTP and RPC share each port).
 
 Shutdown (``drain``), what a load balancer needs to lose no request:
 
@@ -24,7 +26,7 @@ Shutdown (``drain``), what a load balancer needs to lose no request:
 3. listeners close (a proxy's new connection is refused: it tries the next
    server, which is always safe), idle connections close;
 4. in-flight requests finish and RPC clients hang up (up to ``grace``);
-5. services ``stop()`` in reverse order.
+5. mounted apps' lifespan shutdown, then services ``stop()`` in reverse order.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from amoeba.app import App
 from amoeba.codec import MethodCodec, codec_for
+from amoeba.gateway.asgi import MountedApp, MountTable
 from amoeba.gateway.edge import Edge, RouteHandler
 from amoeba.gateway.http import HttpProtocol
 from amoeba.gateway.policy import EdgePolicy
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
 from amoeba.resource import Resource, ResourceContext
 from amoeba.runtime.info import RuntimeInfo
 from amoeba.service import Service
+from amoeba.spec import is_protocol, protocol_members
 from amoeba.topology.model import Listener, Topology
 from amoeba.transport.client import ProcessClient
 from amoeba.transport.credential import TokenSigner, load_secret
@@ -122,7 +126,7 @@ class Host:
         self.clients: dict[str, ProcessClient] = {}
         # What a caller in this process holds for each service: (caller, callee) -> ref;
         # the caller is a service name, or "http" for the edge of a listener.
-        self.refs: dict[tuple[str, str], Any] = {}
+        self.refs: dict[tuple[str, ...] | tuple[str, str, frozenset[str]], Any] = {}
         self.observe = ObserveSettings.from_settings(dict(topology.settings.extra))
         self.metrics: Metrics | None = Metrics() if self.observe.metrics else None
         self.observe_state = ObserveState()
@@ -139,6 +143,8 @@ class Host:
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started: list[Service] = []
+        self.mounted: dict[str, list[MountedApp]] = {}  # service -> its mounted ASGI apps
+        self._mounts_up: list[MountedApp] = []
 
     def __repr__(self) -> str:
         return (f"<Host {self.topology.name}/{self.process.name}[{self.replica}] "
@@ -149,35 +155,87 @@ class Host:
         return self._loop.time()
 
     # -- wiring --------------------------------------------------------------
-    def _ref(self, service: str, caller: str) -> Any:
+    def _ref(self, service: str, caller: str, only: frozenset[str] | None = None) -> Any:
         """The object ``caller`` (a service here, or "http") uses for ``service``:
-        the instance itself, a strict or a remote stub, metered when metrics are on."""
-        key = (caller, service)
+        the instance itself, a strict or a remote stub, metered when metrics are on.
+        ``only``: a stub has just these methods (a Protocol's)."""
+        key = (caller, service) if only is None else (caller, service, only)
         if key in self.refs:
             return self.refs[key]
         spec = self.app.specs[service]
+        codecs = self.codecs[service]
+        if only is not None:
+            codecs = {m: c for m, c in codecs.items() if m in only}
         if service in self.instances:
             inst = self.instances[service]
             kind = "local"
-            ref = strict_stub(spec, self.codecs[service], inst) if self.strict else inst
+            ref = strict_stub(spec, codecs, inst) if self.strict else inst
         else:
-            proc = self.topology.process_of(service)
-            assert proc is not None, f"service {service!r} is not placed (topology not bound?)"
-            client = self.clients.get(proc.name)
-            if client is None:
-                client = self.clients[proc.name] = ProcessClient(
-                    process=proc.name, addresses=proc.rpc_addresses(),
-                    settings=self.topology.settings, signer=self.signer,
-                    caller_process=self.process.name, tracer=self.tracer)
+            client = self._client_for(service)
             kind = "remote"
-            ref = remote_stub(spec, self.codecs[service], client, caller=self.process.name,
+            ref = remote_stub(spec, codecs, client, caller=self.process.name,
                               stats=None if self.metrics is None else (self.metrics, caller))
         if self.metrics is not None and kind == "local" and caller != HTTP:
             # Remote calls are counted by their client, the edge's calls by its route
             # metrics: only a local call needs a metering wrapper.
-            ref = metered_stub(spec, self.codecs[service], ref, self.metrics, caller, kind)
+            ref = metered_stub(spec, codecs, ref, self.metrics, caller, kind)
         self.refs[key] = ref
         return ref
+
+    def ref_for(self, target: Any, caller: str) -> Any:
+        """What ``caller`` holds for ``target``, a Service class (or a Protocol one
+        service implements): the instance here, a stub otherwise."""
+        name = self.app.service_for(target)
+        if name == caller and name in self.instances:
+            return self.instances[name]  # a mounted app reaching its own service: itself
+        only = frozenset(protocol_members(target)) if is_protocol(target) else None
+        return self._ref(name, caller, only)
+
+    async def _start_mounts(self, local: list[str]) -> None:
+        for name in _start_order(self.app, local):
+            for mount in self.app.specs[name].mounts:
+                mounted = MountedApp(name, mount, self.ref_for)
+                self.mounted.setdefault(name, []).append(mounted)
+                await mounted.startup()
+                self._mounts_up.append(mounted)
+        if self.mounted:
+            # Listeners of other processes may publish these mounts (a gateway):
+            # they forward over RPC to these handlers.
+            from amoeba.gateway.forward import MountServer
+
+            for name, apps in self.mounted.items():
+                self.rpc_handlers.update(MountServer(name, apps, self.replica).handlers())
+
+    def _mount_table(self, served: tuple[str, ...] | list[str]) -> MountTable | None:
+        table = MountTable()
+        for svc in served:
+            forwarder: Any = None
+            for i, mount in enumerate(self.app.specs[svc].mounts):
+                handler: Any
+                if svc in self.instances:
+                    handler = self.mounted[svc][i]
+                else:
+                    from amoeba.gateway.forward import Forwarder
+
+                    # One per service: it serves every mount of the service over there.
+                    forwarder = forwarder or Forwarder(svc, self._client_for(svc),
+                                                       self.process.name)
+                    handler = forwarder
+                for prefix in mount.prefixes:
+                    table.add(prefix, svc, handler)
+        return table or None
+
+    def _client_for(self, service: str) -> ProcessClient:
+        """The pooled RPC client of the process that runs ``service``."""
+        proc = self.topology.process_of(service)
+        assert proc is not None, f"service {service!r} is not placed (topology not bound?)"
+        client = self.clients.get(proc.name)
+        if client is None:
+            client = self.clients[proc.name] = ProcessClient(
+                process=proc.name, addresses=proc.rpc_addresses(),
+                settings=self.topology.settings, signer=self.signer,
+                caller_process=self.process.name, tracer=self.tracer)
+        return client
 
     async def start(self, gate: Callable[[], Awaitable[bool]] | None = None) -> bool:
         """Open everything and listen.  ``gate`` (``amoeba run`` holding a caller
@@ -204,6 +262,7 @@ class Host:
                 await self.stop()
                 return False
             await self._begin(local)
+            await self._start_mounts(local)
         except BaseException:
             await self.stop()  # what opened before the failure is closed again
             raise
@@ -222,6 +281,11 @@ class Host:
                             self.metrics.edge[(route.method, route.path)] = (svc, m, kind)
                         handlers.append(RouteHandler(codec, getattr(ref, m)))
             edge = Edge(self, lst, handlers, self.policy)
+            try:
+                edge.mounts = self._mount_table(served)
+            except ValueError as exc:
+                await self.stop()
+                raise ValueError(f"{self.topology.file}: {lst.key}: {exc}") from None
             self.edges.append(edge)
             if self.listen:
                 port = lst.port_for(self.replica)
@@ -267,7 +331,9 @@ class Host:
             spec = self.app.specs[name]
             inst = self.instances[name]
             for attr, dep in spec.dependencies.items():
-                setattr(inst, attr, self._ref(dep, name))
+                proto = spec.protocols.get(attr)
+                only = None if proto is None else frozenset(protocol_members(proto))
+                setattr(inst, attr, self._ref(dep, name, only))
             for attr, rcls in spec.resources.items():
                 url = self.topology.resources.get(rcls.kind)
                 ctx = ResourceContext(name, url.replace("{service}", name) if url else None,
@@ -362,7 +428,8 @@ class Host:
         # RPC connections are closed by their clients once the calls they sent
         # are answered: closing them here could cross a call on the wire.
         end = asyncio.get_running_loop().time() + settings.grace
-        while self.inflight or any(isinstance(c, RpcServerProtocol) for c in self.connections):
+        while (self.inflight or any(isinstance(c, RpcServerProtocol) for c in self.connections)
+               or any(m.inflight for m in self._mounts_up)):  # a streamed answer still going
             if asyncio.get_running_loop().time() >= end:
                 log.warning("%s: %d request(s) still running after %.1fs grace; stopping anyway",
                             self, self.inflight, settings.grace)
@@ -379,6 +446,12 @@ class Host:
         if self.events is not None:
             await self.events.aclose()  # deliveries stop; what was not acked comes again
             self.events = None
+        for mounted in reversed(self._mounts_up):  # the app's shutdown may still call services
+            try:
+                await mounted.shutdown()
+            except Exception:
+                log.exception("%s: lifespan shutdown failed", mounted.where)
+        self._mounts_up.clear()
         for inst in reversed(self.started):
             try:
                 await inst.stop()

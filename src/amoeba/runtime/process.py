@@ -249,12 +249,17 @@ def run_process(path: str, process: str, replica: int = 0, *, strict: bool = Fal
         runner = asyncio.run
     else:
         runner = uvloop.run
+    from amoeba.gateway.asgi import LifespanError
+
     gated = os.environ.pop(START_GATE, "") == "stdin"
     try:
         runner(serve(host, gated=gated))
     except ListenError as exc:
         print(f"amoeba run: {exc}", file=sys.stderr)
         return EX_CONFIG  # the supervisor does not restart it: the port stays taken
+    except LifespanError as exc:  # said plainly: no traceback to read through
+        print(f"amoeba run: {exc}", file=sys.stderr)
+        return 1  # the app's startup may depend on something that comes back: restarted
     except (MissingDriver, UnsupportedURL) as exc:  # what preflight saw may have changed since
         print(f"amoeba run: {exc}", file=sys.stderr)
         return EX_CONFIG

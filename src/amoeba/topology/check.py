@@ -148,6 +148,16 @@ def bind(topo: Topology, app: App) -> Topology:
                             f"{m.qualname} on this listener",
                             "serve the two services on different listeners, or change one path")
                     owner[rk] = m.qualname
+            mounted: dict[str, str] = {}  # a mounted ASGI app's prefix -> its service
+            for s in served:
+                for mount in (known[s].mounts if s in known else ()):
+                    for prefix in mount.prefixes:
+                        if mounted.setdefault(prefix, s) != s:
+                            add(f"{lst.key}.routes",
+                                f"path prefix {prefix} is mounted by both services "
+                                f"{mounted[prefix]!r} and {s!r} on this listener",
+                                "serve the two services on different listeners, or change one "
+                                "Mount's prefix")
 
     # The in-process bus (no resources.events) delivers only inside the process
     # that published: an event whose handler runs elsewhere would be lost.  An

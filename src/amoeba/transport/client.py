@@ -246,19 +246,20 @@ class ProcessClient:
         self.live = []
 
     async def call(self, codec: MethodCodec, caller: str, args: Any,
-                   stat: CallStat | None = None) -> Any:
+                   stat: CallStat | None = None, pin: int | None = None) -> Any:
         """Call ``codec``'s method on a replica.  ``stat`` (metrics on): where the
         call's time, outcome and bytes are counted, here rather than in a wrapper
-        of one more coroutine."""
+        of one more coroutine.  ``pin``: that replica only (it holds state the
+        call needs, as a forwarded stream's parts)."""
         tracer = self.tracer
         parent = context.current_traceparent()
         if tracer is None:
-            pending = self._call(codec, caller, args, stat, context.new_traceparent(parent))
+            pending = self._call(codec, caller, args, stat, context.new_traceparent(parent), pin)
         else:
             span, trace = tracer.start(codec.spec.qualname, parent, "client",
                                        {"rpc.system": "amoeba", "rpc.method": codec.spec.qualname,
                                         "server.address": self.process})
-            pending = tracer.within(span, self._call(codec, caller, args, stat, trace))
+            pending = tracer.within(span, self._call(codec, caller, args, stat, trace, pin))
         if stat is None:
             return await pending
         started = time.perf_counter()
@@ -271,7 +272,7 @@ class ProcessClient:
         return result
 
     async def _call(self, codec: MethodCodec, caller: str, args: Any, stat: CallStat | None,
-                    trace: str) -> Any:
+                    trace: str, pin: int | None = None) -> Any:
         loop = asyncio.get_running_loop()
         now = loop.time()
         dl = context.deadline.get()
@@ -282,13 +283,21 @@ class ProcessClient:
         tries = len(self.replicas) + 1
         last = ""
         for _ in range(tries):
-            if not self.live:
+            if pin is not None:
+                pinned = self.replicas[pin] if 0 <= pin < len(self.replicas) else None
+                if pinned is None or pinned.ejected or not pinned.conns:
+                    raise Unavailable(f"{method}: replica {pin} of {self.process!r}, which this "
+                                      f"call must reach, is gone")
+                conn = pinned.conns[self.rr % len(pinned.conns)]
+            elif not self.live:
                 await self.connect()
                 if not self.live:
                     last = "; ".join(f"{r.address}: {r.last_error or 'unreachable'}"
                                      for r in self.replicas)
                     break  # before sending: nothing ran, but no replica is reachable
-            conn = self.live[self.rr % len(self.live)]
+                conn = self.live[self.rr % len(self.live)]
+            else:
+                conn = self.live[self.rr % len(self.live)]
             self.rr += 1
             call_id, fut, size = conn.send(method, timeout, trace, caller, args)
             handle = loop.call_later(timeout, _expire, fut)

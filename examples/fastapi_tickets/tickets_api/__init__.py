@@ -1,0 +1,1 @@
+"""Ticket sale, FastAPI style: vacancy (stock) and ticket (purchase)."""

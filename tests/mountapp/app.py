@@ -1,0 +1,4 @@
+from amoeba import App
+from mountapp.services import Front, Store
+
+app = App("mountapp", services=[Store, Front])

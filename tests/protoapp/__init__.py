@@ -1,0 +1,1 @@
+"""Protocol-typed dependencies: bound at startup to the implementing service."""

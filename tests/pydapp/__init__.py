@@ -1,0 +1,1 @@
+"""A test app whose service signatures use pydantic models."""
