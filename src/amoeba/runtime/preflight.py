@@ -17,12 +17,12 @@ Each comes back as a :class:`~amoeba.topology.Problem`: file, line, key, fix.
 Exit codes of ``amoeba run`` (with or without ``--process``):
 
     0   stopped by a signal, after draining
-    1   failed for a reason that may pass (a crash), or ``amoeba run`` gave up
-        on a child that failed to start twice the same way
+    1   failed for a reason that may pass (a crash, a port in use), or
+        ``amoeba run`` gave up on a child that failed to start twice the same way
     2   bad command line: no such process, replica out of range
     78  EX_CONFIG (sysexits.h): the topology, the app or the installation is
-        wrong (the problems above, a driver found missing when connecting, a
-        port already in use); starting it again cannot help, so a supervisor
+        wrong (the problems above, a driver found missing when connecting);
+        starting it again cannot help, so a supervisor
         must not restart it (``amoeba run`` gives up at once)
 """
 

@@ -256,7 +256,7 @@ def run_process(path: str, process: str, replica: int = 0, *, strict: bool = Fal
         runner(serve(host, gated=gated))
     except ListenError as exc:
         print(f"amoeba run: {exc}", file=sys.stderr)
-        return EX_CONFIG  # the supervisor does not restart it: the port stays taken
+        return 1  # another process may let go of it: amoeba run gives up the second time
     except LifespanError as exc:  # said plainly: no traceback to read through
         print(f"amoeba run: {exc}", file=sys.stderr)
         return 1  # the app's startup may depend on something that comes back: restarted
