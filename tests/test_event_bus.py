@@ -13,7 +13,7 @@ import servers
 
 from amoeba.events.bus import Delivery, EventBus, Message, open_bus
 
-BACKENDS = ["memory", "nats", "redis"]
+BACKENDS = ["memory", "nats", "redis", "kafka"]
 
 
 def _url(backend: str) -> str | None:
@@ -25,6 +25,8 @@ def _url(backend: str) -> str | None:
         prefix = f"amoeba-test-events-{uuid.uuid4().hex[:8]}:"
         _REDIS_PREFIXES.append(prefix)  # deleted by ``_redis_keys_deleted`` after the test
         return f"{servers.redis_url()}/0?prefix={prefix}"
+    if backend == "kafka":
+        return f"{servers.kafka_url()}?partitions=4"  # a private Tansu unless AMOEBA_TEST_KAFKA
     raise AssertionError(backend)
 
 

@@ -13,8 +13,10 @@ Backends, chosen once from the topology's ``resources.events`` URL:
     (none) / memory://   MemoryBus   in-process queues (one process only)
     nats://host:4222     NatsBus     NATS JetStream: durable consumers, explicit acks
     redis://host:6379    RedisBus    Redis Streams: consumer groups, XACK, XAUTOCLAIM
+    kafka://host:9092    KafkaBus    Kafka: a consumer group per service, manual commits,
+                                     a retry topic per group
 
-A Kafka or RabbitMQ backend is one more module implementing ``EventBus``:
+A RabbitMQ backend is one more module implementing ``EventBus``:
 ``publish`` that returns once the broker holds the message, ``subscribe``
 with a consumer group and manual acks, and redelivery with a delay.
 """
@@ -117,6 +119,11 @@ def open_bus(url: str | None, *, app: str) -> EventBus:
         from amoeba.events.redis import RedisBus
 
         return RedisBus(url, app=app)
+    if url.startswith("kafka://"):
+        from amoeba.events.kafka import KafkaBus
+
+        return KafkaBus(url, app=app)
     raise ValueError(f"resources.events: {url!r} is not a supported broker URL; fix: "
-                     f"nats://127.0.0.1:4222, redis://127.0.0.1:6379/0, or remove it for "
+                     f"nats://127.0.0.1:4222, redis://127.0.0.1:6379/0, kafka://127.0.0.1:9092, "
+                     f"or remove it for "
                      f"the in-process bus")
