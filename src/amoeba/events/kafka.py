@@ -73,7 +73,8 @@ __all__ = ["KafkaBus", "group_id", "retry_topic", "topic"]
 
 log = logging.getLogger("amoeba.events")
 OPTIONS: dict[str, float] = {"partitions": 8, "replication": 1, "concurrency": 64,
-                             "revoke_wait": 10.0, "request_timeout": 30.0}
+                             "revoke_wait": 10.0, "request_timeout": 30.0,
+                             "session_timeout": 6.0}
 FETCH_WAIT_MS = 1000  # a getmany with nothing to return ends after this
 BACKOFF = (0.1, 5.0)  # s: first and longest pause after a failed fetch or commit
 PROBE_WAIT = 5.0  # s: pending() gives up reading the log ends after this
@@ -508,9 +509,13 @@ class KafkaBus(EventBus):
         topics = {topic(self.app, n): n for n in names}
         retries = retry_topic(self.app, group)
         await self.ensure_topics([*topics, retries])
+        # A short session (Kafka's smallest default minimum, 6 s): a dead replica's
+        # partitions move within it, and Tansu holds a JoinGroup for half of it.
+        session = int(self.options["session_timeout"] * 1000)
         consumer = aiokafka.AIOKafkaConsumer(
             group_id=group_id(self.app, group), enable_auto_commit=False,
-            auto_offset_reset="earliest", **self._common())
+            auto_offset_reset="earliest", session_timeout_ms=session,
+            heartbeat_interval_ms=max(100, session // 3), **self._common())
         sub = _Subscription(self, group, topics, handler, consumer)
         consumer.subscribe([*topics, retries], listener=_listener(sub))
         await consumer.start()
