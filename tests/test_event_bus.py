@@ -595,3 +595,53 @@ async def test_kafka_urls_are_checked():
     absent = KafkaBus(f"kafka://127.0.0.1:{port}?request_timeout=2", app="a")
     with pytest.raises(ConnectionError, match="no Kafka broker"):
         await absent.start()
+
+
+async def test_an_event_after_an_idle_spell_arrives_promptly_and_idling_warns_nothing(buses, caplog):
+    """An empty fetch is not a failure: no warning, no backoff (NATS's fetch loop
+    once took the built-in TimeoutError for one and paused up to 5 s)."""
+    import logging
+
+    bus = await buses()
+    c = Collect()
+    await bus.subscribe("svc", ["test.happened"], c)
+    await bus.publish(msg())
+    await c.wait_for(1, within=30)  # subscribed and flowing
+    with caplog.at_level(logging.WARNING, logger="amoeba.events"):
+        await asyncio.sleep(7)  # longer than NATS's 5 s lingering pull: it ends empty
+        sent = asyncio.get_running_loop().time()
+        await bus.publish(msg())
+        await c.wait_for(2, within=10)
+        took = asyncio.get_running_loop().time() - sent
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == []
+    assert took < 1.5, f"{took:.2f}s from publish to delivery after an idle spell"
+
+
+async def test_nats_an_empty_fetch_is_not_a_failure(caplog):
+    """nats-py's fetch() ends empty with its own TimeoutError or, from some paths,
+    the built-in one; neither is logged or backed off from."""
+    import logging
+
+    from amoeba.events.nats import NatsBus
+
+    class Empty:  # a pull subscription with nothing to fetch
+        calls = 0
+
+        async def fetch(self, batch: int, timeout: float) -> list[object]:  # noqa: ASYNC109
+            Empty.calls += 1
+            await asyncio.sleep(0.001)  # as a pull request's round trip
+            if Empty.calls % 2:
+                raise TimeoutError  # what fetch(n > 1) raises when its deadline runs out
+            import nats.errors
+
+            raise nats.errors.TimeoutError
+
+    bus = NatsBus("nats://127.0.0.1:4222", app="unit")
+    with caplog.at_level(logging.WARNING, logger="amoeba.events"):
+        task = asyncio.create_task(bus._fetch(Empty(), "test.happened", Collect()))  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [r.getMessage() for r in caplog.records] == []
+    assert Empty.calls > 20  # no backoff pauses between the empty fetches

@@ -288,8 +288,6 @@ class NatsBus(EventBus):
         task.add_done_callback(self._tasks.discard)
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription, name: str, handler: Handler) -> None:
-        import nats.errors
-
         slots = _Slots(CONCURRENCY)
         pause, idle = BACKOFF[0], True
         while True:
@@ -299,8 +297,10 @@ class NatsBus(EventBus):
                     msgs = await sub.fetch(batch=1, timeout=FETCH_WAIT)
                 else:
                     msgs = await sub.fetch(batch=free, timeout=BATCH_WAIT)
-            except nats.errors.TimeoutError:
-                idle = True  # nothing to fetch
+            except TimeoutError:
+                # Nothing to fetch.  nats-py raises its own TimeoutError (a subclass)
+                # or, from some paths of fetch(), the built-in one: both mean empty.
+                idle = True
                 continue
             except Exception as exc:  # connection lost, server restarting, ...: keep going
                 log.warning("NATS fetch of %s for %s failed (%s: %s); retrying in %.1fs",
