@@ -485,3 +485,28 @@ def test_systemd_units(tmp_path: Path) -> None:
                 if x.strip() and "is not executable" not in x and "No such file" not in x
                 and "Failed to prepare filename" not in x]
     assert not problems, r.stdout + r.stderr
+
+
+def test_compose_starts_kafka_when_the_events_url_is_kafka(tmp_path: Path) -> None:
+    """The shop on Kafka: only the events URL differs; compose adds one KRaft node
+    (apache/kafka) and points EVENTS_URL at it, and the file passes the schema."""
+    jsonschema = pytest.importorskip("jsonschema")
+    text = (ROOT / EXAMPLES["shop-microservices"]).read_text()
+    assert "${EVENTS_URL:-nats://127.0.0.1:4222}" in text
+    kafka = tmp_path / "microservices.yaml"
+    kafka.write_text(text.replace("${EVENTS_URL:-nats://127.0.0.1:4222}",
+                                  "${EVENTS_URL:-kafka://127.0.0.1:9092?partitions=8}")
+                     .replace("pythonpath: ../..", f"pythonpath: {ROOT / 'examples'}"))
+    files = deploy_cli.render("compose", deploy_cli.plan_for(str(kafka), "deploy/compose", cwd=ROOT))
+    doc = yaml.safe_load(files["compose.yaml"])
+    schema = json.loads((ROOT / "tests/schemas/compose-spec/compose-spec.json").read_text())
+    errors = list(jsonschema.Draft201909Validator(schema).iter_errors(doc))
+    assert not errors, [e.message for e in errors]
+    services = doc["services"]
+    assert "nats" not in services and services["kafka"]["image"].startswith("apache/kafka:")
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert "kafka-data" in doc["volumes"]
+    orders = services["shop-orders"]
+    assert orders["environment"]["EVENTS_URL"] == "kafka://kafka:9092?partitions=8"
+    assert orders["depends_on"]["kafka"] == {"condition": "service_healthy"}
+    assert "kafka" in files["Dockerfile"]  # the image installs amoeba's [kafka] extra
