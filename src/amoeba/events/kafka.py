@@ -211,7 +211,10 @@ class _Subscription:
 
         pause = BACKOFF[0]
         concurrency = int(self.bus.options["concurrency"])
+        me = asyncio.current_task()
         while True:
+            if me is not None and me.cancelling():  # a cancel the client swallowed
+                raise asyncio.CancelledError
             while self.running >= concurrency:
                 self.room.clear()
                 await self.room.wait()

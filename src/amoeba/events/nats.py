@@ -290,7 +290,12 @@ class NatsBus(EventBus):
     async def _fetch(self, sub: JetStreamContext.PullSubscription, name: str, handler: Handler) -> None:
         slots = _Slots(CONCURRENCY)
         pause, idle = BACKOFF[0], True
+        me = asyncio.current_task()
         while True:
+            if me is not None and me.cancelling():
+                # nats-py's request path can swallow a cancel (and answer with a
+                # TimeoutError): without this check the loop would outlive aclose().
+                raise asyncio.CancelledError
             free = await slots.wait()
             try:
                 if idle:

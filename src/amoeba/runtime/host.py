@@ -338,7 +338,9 @@ class Host:
             conn.abort()
         self.connections.clear()
         if self.events is not None:
-            await self.events.aclose()  # deliveries stop; what was not acked comes again
+            # Deliveries stop; running handlers get ``grace`` to finish and ack;
+            # what was not acked comes again.
+            await self.events.aclose(self.topology.settings.grace)
             self.events = None
         for inst in reversed(self.started):
             try:
