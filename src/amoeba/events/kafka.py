@@ -551,7 +551,8 @@ class KafkaBus(EventBus):
             return 0
         starts = await probe.beginning_offsets(tps)
         ends = await probe.end_offsets(tps)
-        done = {tp: await probe.committed(tp) for tp in tps}
+        done = dict(zip(tps, await asyncio.gather(*(probe.committed(tp) for tp in tps)),
+                        strict=True))
         # Log ends from a fetch's high watermark (see the module docstring).
         live = [tp for tp in tps if ends[tp] > starts[tp]]
         if live:
