@@ -536,17 +536,18 @@ class KafkaBus(EventBus):
             await probe.start()
             self._probes[group] = probe
         mine = [s for s in self._subs if s.group == group]
-        if mine:
+        if mine:  # made by subscribe()
             topics = {t for s in mine for t in s.names} | {retry_topic(self.app, group)}
         else:  # a group subscribed elsewhere: every event topic of the app, and its retries
-            every = await probe.topics()
+            every = set(await self._admin.list_topics())
             prefix = topic(self.app, "")
             topics = {t for t in every if t.startswith(prefix)} | (
                 {retry_topic(self.app, group)} & every)
-        tps = []
-        for t in sorted(topics):
-            for p in sorted(probe.partitions_for_topic(t) or ()):
-                tps.append(TopicPartition(t, p))
+        # Partitions from a fresh Metadata request (a consumer's cached metadata may
+        # predate a topic); only existing topics are asked for: Tansu would create others.
+        described = await self._admin.describe_topics(sorted(topics)) if topics else []
+        tps = sorted(TopicPartition(d["topic"], p["partition"])
+                     for d in described for p in d["partitions"])
         if not tps:
             return 0
         starts = await probe.beginning_offsets(tps)
