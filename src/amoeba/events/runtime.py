@@ -12,8 +12,8 @@ broker holds them (the in-process bus: once every subscriber acked).  A broker
 outage or a crash between commit and publish leaves the rows in place; the
 relay retries with backoff and catches up.  A row can be published twice (a
 relay killed after publishing, before deleting): brokers deduplicate on the
-event id where they can (NATS ``Nats-Msg-Id``) and consumers' inboxes do the
-rest.  Replicas of a service each run a relay over the shared outbox: that is
+event id where they can (NATS ``Nats-Msg-Id``; not Redis, not Kafka) and
+consumers' inboxes do the rest.  Replicas of a service each run a relay over the shared outbox: that is
 correct (duplicates are dropped as above), merely redundant work.
 
 Consuming.  Each ``@on_event`` method is subscribed with its service's name as
@@ -29,6 +29,10 @@ exponential backoff up to ``settings.events.max_attempts``, then its event is
 parked in ``amoeba_dead_letters``.  Without a ``Database`` a service's
 handlers are at-least-once with no deduplication, and dead letters are only
 logged.
+
+Stopping (``aclose(grace)``, on SIGTERM): deliveries that arrive from then on
+are not started (the broker delivers them again), running handlers get up to
+``grace`` to commit and ack, then the bus closes.
 """
 
 from __future__ import annotations
