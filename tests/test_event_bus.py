@@ -555,7 +555,7 @@ async def test_kafka_a_nacked_record_does_not_hold_up_its_partition():
     bus, = await kafka_buses(1)
     seen: list[tuple[str, int]] = []
     done = asyncio.Event()
-    first, second = msg(key="k"), msg(key="k2")
+    first, second = msg(key="k"), msg(key="k")  # one key: one partition, in order
 
     async def handler(d: Delivery) -> None:
         seen.append((d.message.id, d.attempt))
