@@ -262,6 +262,8 @@ class _Subscription:
 
     def _queue(self, delivery: _Delivery) -> None:
         """Run it now, or after the running delivery of the same key."""
+        if delivery._part.gone:  # revoked before its turn: the new owner has it
+            return
         key = delivery.message.key
         if key is not None:
             waiting = self.busy_keys.get(key)
@@ -290,6 +292,8 @@ class _Subscription:
             key = delivery.message.key
             if key is not None:
                 waiting = self.busy_keys.get(key)
+                while waiting and waiting[0]._part.gone:
+                    waiting.popleft()
                 if waiting:
                     self._run(waiting.popleft())
                 else:
