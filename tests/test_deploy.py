@@ -854,3 +854,28 @@ def test_k8s_guide_runs_as_written_up_to_kubectl_apply(tmp_path: Path) -> None:
     assert wanted == set(env_secret["data"])
     assert keys_secret["metadata"]["name"] == "shop-auth-keys" and set(keys_secret["data"]) == {"keys.json"}
     assert {d["metadata"].get("namespace") for d in applied if d["kind"] != "Namespace"} == {"shop"}
+
+
+def test_compose_starts_kafka_when_the_events_url_is_kafka(tmp_path: Path) -> None:
+    """The shop on Kafka: only the events URL differs; compose adds one KRaft node
+    (apache/kafka) and points EVENTS_URL at it, and the file passes the schema."""
+    jsonschema = import_or_missing("jsonschema", "pip install -e '.[test]'")
+    text = (ROOT / EXAMPLES["shop-microservices"]).read_text()
+    assert "${EVENTS_URL:-nats://127.0.0.1:4222}" in text
+    kafka = tmp_path / "microservices.yaml"
+    kafka.write_text(text.replace("${EVENTS_URL:-nats://127.0.0.1:4222}",
+                                  "${EVENTS_URL:-kafka://127.0.0.1:9092?partitions=8}")
+                     .replace("pythonpath: ../..", f"pythonpath: {ROOT / 'examples'}"))
+    files = deploy_cli.render("compose", deploy_cli.plan_for(str(kafka), "deploy/compose", cwd=ROOT))
+    doc = yaml.safe_load(files["compose.yaml"])
+    schema = json.loads((ROOT / "tests/schemas/compose-spec/compose-spec.json").read_text())
+    errors = list(jsonschema.Draft201909Validator(schema).iter_errors(doc))
+    assert not errors, [e.message for e in errors]
+    services = doc["services"]
+    assert "nats" not in services and services["kafka"]["image"].startswith("apache/kafka:")
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert "kafka-data" in doc["volumes"]
+    orders = services["shop-orders"]
+    assert orders["environment"]["EVENTS_URL"] == "kafka://kafka:9092?partitions=8"
+    assert orders["depends_on"]["kafka"] == {"condition": "service_healthy"}
+    assert "kafka" in files["Dockerfile"]  # the image installs amoeba's [kafka] extra

@@ -14,7 +14,7 @@ from require import missing
 
 from amoeba.events.bus import Delivery, EventBus, Message, open_bus
 
-BACKENDS = ["memory", "nats", "redis"]
+BACKENDS = ["memory", "nats", "redis", "kafka"]
 
 
 def _url(backend: str) -> str | None:
@@ -26,6 +26,8 @@ def _url(backend: str) -> str | None:
         prefix = f"amoeba-test-events-{uuid.uuid4().hex[:8]}:"
         _REDIS_PREFIXES.append(prefix)  # deleted by ``_redis_keys_deleted`` after the test
         return f"{servers.redis_url()}/0?prefix={prefix}"
+    if backend == "kafka":
+        return f"{servers.kafka_url()}?partitions=4"  # a private Tansu unless AMOEBA_TEST_KAFKA
     raise AssertionError(backend)
 
 
@@ -501,3 +503,156 @@ async def test_nats_start_raises_when_no_server_listens():
         await bus.start()
     with pytest.raises(ValueError, match="ack_wait"):
         NatsBus("nats://127.0.0.1:4222?ackwait=5", app="absent")
+
+
+# --- Kafka ----------------------------------------------------------------------
+
+async def kafka_buses(n: int, query: str = "") -> list[EventBus]:
+    """``n`` started buses of one fresh app on the test Kafka (a private Tansu)."""
+    url, app = f"{servers.kafka_url()}?partitions=4{query}", f"t{uuid.uuid4().hex[:8]}"
+    made = [open_bus(url, app=app) for _ in range(n)]
+    for bus in made:
+        await bus.start()
+    return made
+
+
+async def test_kafka_pending_counts_records_not_batches():
+    """Tansu's ListOffsets says the last batch's base offset + 1: 40 records sent
+    in a few batches must still count as 40 (and 0 once handled)."""
+    bus, = await kafka_buses(1)
+    try:
+        sent = [msg(key="one") for _ in range(40)]  # one key: one partition, batched
+        await bus.publish(sent[0])  # makes the topic: the others go out in list order
+        await asyncio.gather(*(bus.publish(m) for m in sent[1:]))
+        assert await bus.pending("svc") == 40
+        c = Collect()
+        await bus.subscribe("svc", ["test.happened"], c)
+        await c.wait_for(40, within=30)
+        for _ in range(100):
+            if await bus.pending("svc") == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await bus.pending("svc") == 0
+        assert [i for i, _ in c.seen] == [m.id for m in sent]  # one key: in order
+    finally:
+        await bus.aclose()
+
+
+async def test_kafka_unacked_records_of_a_closed_subscriber_go_to_another():
+    first, second = await kafka_buses(2)
+    got = asyncio.Event()
+
+    async def hold(d: Delivery) -> None:  # takes the record, never acks it
+        got.set()
+        await asyncio.sleep(3600)
+
+    try:
+        await first.subscribe("svc", ["test.happened"], hold)
+        m = msg()
+        await second.publish(m)
+        await asyncio.wait_for(got.wait(), 30)
+        assert await second.pending("svc") == 1  # delivered, not acked: still lag
+        await first.aclose()  # cancels the handler; leaves the group without committing it
+        c = Collect()
+        await second.subscribe("svc", ["test.happened"], c)
+        await c.wait_for(1, within=30)
+        assert [i for i, _ in c.seen] == [m.id]
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_kafka_a_nacked_record_does_not_hold_up_its_partition():
+    bus, = await kafka_buses(1)
+    seen: list[tuple[str, int]] = []
+    done = asyncio.Event()
+    first, second = msg(key="k"), msg(key="k")  # one key: one partition, in order
+
+    async def handler(d: Delivery) -> None:
+        seen.append((d.message.id, d.attempt))
+        if d.message.id == first.id and d.attempt == 1:
+            await d.nack(2.0)
+            return
+        await d.ack()
+        if len(seen) == 3:
+            done.set()
+
+    try:
+        await bus.subscribe("svc", ["test.happened"], handler)
+        await bus.publish(first)
+        await bus.publish(second)
+        await asyncio.wait_for(done.wait(), 30)
+        # The second record ran while the first waited out its 2 s in the retry topic.
+        assert seen == [(first.id, 1), (second.id, 1), (first.id, 2)]
+        assert await bus.pending("svc") == 0
+    finally:
+        await bus.aclose()
+
+
+async def test_kafka_urls_are_checked():
+    from amoeba.events.kafka import KafkaBus, group_id, retry_topic, topic
+
+    bus = KafkaBus("kafka://h1:9092,h2:9093?partitions=3&replication=2", app="shop_t1")
+    assert bus.servers == "h1:9092,h2:9093"
+    assert (bus.options["partitions"], bus.options["replication"]) == (3, 2)
+    assert topic("shop", "shop.order_placed") == "amoeba.shop.shop.order_placed"
+    assert retry_topic("shop", "notifications") == "amoeba-retry.shop.notifications"
+    assert group_id("my app", "x") == "amoeba.my.20.app.x"
+    with pytest.raises(ValueError, match="partitions"):
+        KafkaBus("kafka://h:9092?partitions=1.5", app="a")
+    with pytest.raises(ValueError, match="unknown option"):
+        KafkaBus("kafka://h:9092?acks=1", app="a")
+    port = _OwnNats("nats-server", "").port  # free: nothing listens there
+    absent = KafkaBus(f"kafka://127.0.0.1:{port}?request_timeout=2", app="a")
+    with pytest.raises(ConnectionError, match="no Kafka broker"):
+        await absent.start()
+
+
+async def test_an_event_after_an_idle_spell_arrives_promptly_and_idling_warns_nothing(buses, caplog):
+    """An empty fetch is not a failure: no warning, no backoff (NATS's fetch loop
+    once took the built-in TimeoutError for one and paused up to 5 s)."""
+    import logging
+
+    bus = await buses()
+    c = Collect()
+    await bus.subscribe("svc", ["test.happened"], c)
+    await bus.publish(msg())
+    await c.wait_for(1, within=30)  # subscribed and flowing
+    with caplog.at_level(logging.WARNING, logger="amoeba.events"):
+        await asyncio.sleep(7)  # longer than NATS's 5 s lingering pull: it ends empty
+        sent = asyncio.get_running_loop().time()
+        await bus.publish(msg())
+        await c.wait_for(2, within=10)
+        took = asyncio.get_running_loop().time() - sent
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == []
+    assert took < 1.5, f"{took:.2f}s from publish to delivery after an idle spell"
+
+
+async def test_nats_an_empty_fetch_is_not_a_failure(caplog):
+    """nats-py's fetch() ends empty with its own TimeoutError or, from some paths,
+    the built-in one; neither is logged or backed off from."""
+    import logging
+
+    from amoeba.events.nats import NatsBus
+
+    class Empty:  # a pull subscription with nothing to fetch
+        calls = 0
+
+        async def fetch(self, batch: int, timeout: float) -> list[object]:  # noqa: ASYNC109
+            Empty.calls += 1
+            await asyncio.sleep(0.001)  # as a pull request's round trip
+            if Empty.calls % 2:
+                raise TimeoutError  # what fetch(n > 1) raises when its deadline runs out
+            import nats.errors
+
+            raise nats.errors.TimeoutError
+
+    bus = NatsBus("nats://127.0.0.1:4222", app="unit")
+    with caplog.at_level(logging.WARNING, logger="amoeba.events"):
+        task = asyncio.create_task(bus._fetch(Empty(), "test.happened", Collect()))  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [r.getMessage() for r in caplog.records] == []
+    assert Empty.calls > 20  # no backoff pauses between the empty fetches

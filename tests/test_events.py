@@ -1,6 +1,6 @@
 """The events runtime on the in-process bus: outbox in the publisher's
 transaction, inbox deduplication, retries with backoff, dead letters and
-their replay."""
+their replay; the dead letters once more with events on Kafka."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import servers
 from evdemo.app import Reader, app
 
 from amoeba.cli import main
@@ -17,6 +18,16 @@ from amoeba.testing import Harness, app_fixture
 
 demo = app_fixture(app, modes=("inprocess", "strict"),
                    settings={"events": {"max_attempts": 3, "backoff": 0.02, "relay_poll": 0.2}})
+
+
+def _kafka(mode: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    import uuid
+
+    return {"EVENTS_URL": f"{servers.kafka_url()}?namespace=t{uuid.uuid4().hex[:8]}"}
+
+
+demo_kafka = app_fixture(app, modes=("inprocess",), setup=_kafka,
+                         topology=Path(__file__).parent / "topologies" / "evdemo-kafka.yaml")
 
 
 async def settled(h: Harness, within: float = 15.0) -> None:
@@ -73,6 +84,22 @@ async def test_a_failing_handler_is_retried_and_its_writes_undone(demo):
 
 
 async def test_dead_letters_are_parked_and_replayed(demo, tmp_path, monkeypatch, capsys):
+    await dead_letters_round(demo, tmp_path, monkeypatch, capsys)
+
+
+async def test_dead_letters_are_parked_and_replayed_on_kafka(demo_kafka, tmp_path, monkeypatch,
+                                                             capsys):
+    """Retries through the service's retry topic, then the dead-letter table and
+    ``events replay``, unchanged."""
+    from amoeba.events.kafka import KafkaBus
+
+    assert isinstance(demo_kafka.host.events.bus, KafkaBus)
+    await dead_letters_round(demo_kafka, tmp_path, monkeypatch, capsys)
+    assert await demo_kafka.host.events.lag() == {"reader": 0}
+
+
+async def dead_letters_round(demo: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str]) -> None:
     Reader.broken = True
     try:
         assert (await demo.post("/note", json={"text": "bad apple"})).status == 200

@@ -1,7 +1,7 @@
 """The shop's API, in every topology: in-process (plain and strict) from the
 monolith file, and microservices, hybrid and replicated started with
 ``amoeba run`` on PostgreSQL and Redis, and microservices once more on
-MariaDB."""
+MariaDB and once more with events on Kafka (a private Tansu)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ ENV = {
 shop = app_fixture(
     app, modes=("inprocess", "strict"), topology=TOPOS / "monolith.yaml",
     topologies={**{n: TOPOS / f"{n}.yaml" for n in ("microservices", "hybrid", "replicated")},
-                "microservices-mariadb": TOPOS / "microservices.yaml"},
+                "microservices-mariadb": TOPOS / "microservices.yaml",
+                "microservices-kafka": TOPOS / "microservices.yaml"},
     env=ENV, setup=servers.distributed_env)
 
 

@@ -1,10 +1,11 @@
 """``compose.yaml``: every process of the topology as a compose service built
-from the generated ``Dockerfile``, plus PostgreSQL, Redis and NATS when the
-topology's resource URLs name them.
+from the generated ``Dockerfile``, plus PostgreSQL, Redis, NATS and Kafka
+(the official ``apache/kafka`` image, one KRaft node: broker and controller)
+when the topology's resource URLs name them.
 
 Start order: servers first, then callees before callers, each waiting for
 the previous to be *healthy* (``/readyz`` answers 200; ``pg_isready``,
-``redis-cli ping``, NATS ``/healthz``).  Secrets never appear: compose reads
+``redis-cli ping``, NATS ``/healthz``, Kafka answering ``ApiVersions``).  Secrets never appear: compose reads
 ``AMOEBA_SECRET``, ``POSTGRES_PASSWORD`` and any other secret variable from
 the environment or the ``.env`` file next to ``compose.yaml``, and refuses
 to start without them (``${VAR:?...}``).
@@ -42,6 +43,28 @@ _SERVERS: dict[str, dict[str, Any]] = {
                         "interval": "2s", "timeout": "3s", "retries": 30},
         "volumes": ["nats-data:/data"],
     },
+    "kafka": {
+        "image": "apache/kafka:4.0.0",
+        # One KRaft node for a compose run; a production cluster: docs/kafka.md.
+        "environment": {
+            "KAFKA_NODE_ID": "1",
+            "KAFKA_PROCESS_ROLES": "broker,controller",
+            "KAFKA_LISTENERS": "PLAINTEXT://:9092,CONTROLLER://:9093",
+            "KAFKA_ADVERTISED_LISTENERS": "PLAINTEXT://kafka:9092",
+            "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+            "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
+            "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+            "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+            "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+            "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+            "KAFKA_LOG_DIRS": "/var/lib/kafka/data",
+        },
+        "healthcheck": {"test": ["CMD-SHELL", "/opt/kafka/bin/kafka-broker-api-versions.sh "
+                                 "--bootstrap-server localhost:9092 > /dev/null"],
+                        "interval": "5s", "timeout": "10s", "retries": 30, "start_period": "10s"},
+        "volumes": ["kafka-data:/var/lib/kafka/data"],
+    },
 }
 
 
@@ -57,6 +80,8 @@ def _url(r: Resource) -> str:
         return f"postgresql://postgres:${{POSTGRES_PASSWORD}}@postgres:5432{tail}"
     if r.infra == "redis":
         return f"redis://redis:6379{tail}"
+    if r.infra == "kafka":
+        return f"kafka://kafka:9092{tail}"
     return f"nats://nats:4222{tail}"
 
 

@@ -29,7 +29,7 @@ __all__ = ["EdgeRoute", "Plan", "Port", "Resource", "Unit", "Upstream", "build_p
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _INFRA = {"postgresql": "postgres", "postgres": "postgres", "redis": "redis", "rediss": "redis",
-          "nats": "nats"}
+          "nats": "nats", "kafka": "kafka"}
 # Where things live inside the image: the same for compose and Kubernetes.
 APP_DIR = "/app"
 DATA_DIR = "/var/lib/amoeba"
@@ -84,7 +84,7 @@ class Resource:
 
     kind: str  # database | cache | events | ...
     var: str | None  # the variable carrying the URL; None: a file/in-memory URL kept as written
-    infra: str | None  # postgres | redis | nats: a server compose can start
+    infra: str | None  # postgres | redis | nats | kafka: a server compose can start
     default: str  # the URL written in the file (the default of ${VAR:-...}), never the env's value
 
     def __repr__(self) -> str:

@@ -5,6 +5,7 @@
     memory.py    MemoryBus: in-process queues (the default)
     nats.py      NatsBus: NATS JetStream
     redis.py     RedisBus: Redis Streams
+    kafka.py     KafkaBus: Kafka (aiokafka), a retry topic per consuming service
     outbox.py    the outbox, inbox and dead-letter tables of a service's Database
     runtime.py   Events: publishing, the outbox relay, consumers with retries,
                  deduplication and dead letters; the counters metrics read

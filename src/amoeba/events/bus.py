@@ -14,11 +14,13 @@ the table in ``amoeba/drivers.py`` (which also names the library each needs)::
     (none) / memory://   MemoryBus   in-process queues (one process only)
     nats://host:4222     NatsBus     NATS JetStream: durable consumers, explicit acks
     redis://host:6379    RedisBus    Redis Streams: consumer groups, XACK, XAUTOCLAIM
+    kafka://host:9092    KafkaBus    Kafka: a consumer group per service, manual commits,
+                                     a retry topic per group
 
-A Kafka or RabbitMQ backend is one more module implementing ``EventBus``
-(and one more row of that table): ``publish`` that returns once the broker
-holds the message, ``subscribe`` with a consumer group and manual acks, and
-redelivery with a delay.
+A RabbitMQ backend is one more module implementing ``EventBus`` (and one
+more row of that table): ``publish`` that returns once the broker holds the
+message, ``subscribe`` with a consumer group and manual acks, and redelivery
+with a delay.
 """
 
 from __future__ import annotations

@@ -288,19 +288,24 @@ class NatsBus(EventBus):
         task.add_done_callback(self._tasks.discard)
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription, name: str, handler: Handler) -> None:
-        import nats.errors
-
         slots = _Slots(CONCURRENCY)
         pause, idle = BACKOFF[0], True
+        me = asyncio.current_task()
         while True:
+            if me is not None and me.cancelling():
+                # nats-py's request path can swallow a cancel (and answer with a
+                # TimeoutError): without this check the loop would outlive aclose().
+                raise asyncio.CancelledError
             free = await slots.wait()
             try:
                 if idle:
                     msgs = await sub.fetch(batch=1, timeout=FETCH_WAIT)
                 else:
                     msgs = await sub.fetch(batch=free, timeout=BATCH_WAIT)
-            except nats.errors.TimeoutError:
-                idle = True  # nothing to fetch
+            except TimeoutError:
+                # Nothing to fetch.  nats-py raises its own TimeoutError (a subclass)
+                # or, from some paths of fetch(), the built-in one: both mean empty.
+                idle = True
                 continue
             except Exception as exc:  # connection lost, server restarting, ...: keep going
                 log.warning("NATS fetch of %s for %s failed (%s: %s); retrying in %.1fs",

@@ -256,7 +256,10 @@ class _Subscription:
     async def _read(self) -> None:
         backoff = _Backoff(f"events: reading {sorted(self.streams.values())} for group {self.group!r}")
         wanted = dict.fromkeys(self.streams, ">")
+        me = asyncio.current_task()
         while True:
+            if me is not None and me.cancelling():  # a cancel the client swallowed
+                raise asyncio.CancelledError
             try:
                 reply = await self.redis.xreadgroup(self.group, self.consumer, wanted,
                                                     count=READ_COUNT, block=BLOCK_MS)

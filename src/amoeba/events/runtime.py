@@ -12,8 +12,8 @@ broker holds them (the in-process bus: once every subscriber acked).  A broker
 outage or a crash between commit and publish leaves the rows in place; the
 relay retries with backoff and catches up.  A row can be published twice (a
 relay killed after publishing, before deleting): brokers deduplicate on the
-event id where they can (NATS ``Nats-Msg-Id``) and consumers' inboxes do the
-rest.  Replicas of a service each run a relay over the shared outbox: that is
+event id where they can (NATS ``Nats-Msg-Id``; not Redis, not Kafka) and
+consumers' inboxes do the rest.  Replicas of a service each run a relay over the shared outbox: that is
 correct (duplicates are dropped as above), merely redundant work.
 
 Consuming.  Each ``@on_event`` method is subscribed with its service's name as
@@ -29,11 +29,16 @@ exponential backoff up to ``settings.events.max_attempts``, then its event is
 parked in ``amoeba_dead_letters``.  Without a ``Database`` a service's
 handlers are at-least-once with no deduplication, and dead letters are only
 logged.
+
+Stopping (``aclose(grace)``, on SIGTERM): deliveries that arrive from then on
+are not started (the broker delivers them again), running handlers get up to
+``grace`` to commit and ack, then the bus closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -58,6 +63,7 @@ __all__ = ["EventSettings", "Events", "SubscriptionCounters"]
 log = logging.getLogger("amoeba.events")
 _encoder = msgspec.json.Encoder()
 PUBLISH_WINDOW = 16  # outbox rows published to a broker at once
+CLOSE_WAIT = 10.0  # s a broker client gets to close on stop
 TRACE_KEY = "$trace"  # the publisher's W3C traceparent, added to an event's JSON
 REQUEST_KEY = "$request"  # the request id of the request that published it
 
@@ -209,6 +215,9 @@ class Events:
         self.counters: dict[tuple[str, str], SubscriptionCounters] = {}
         self.groups: list[str] = []
         self.tracer: Tracer | None = None  # set by the host when spans are exported
+        self.inflight = 0  # deliveries being handled
+        self.idle = asyncio.Event()  # set when the last of them finishes
+        self.closing = False  # aclose() began: deliveries that arrive now are not started
 
     def __repr__(self) -> str:
         return f"<Events {self.bus!r} services={sorted(self.specs)}>"
@@ -299,6 +308,17 @@ class Events:
         where = f"{service}.{attr}"
 
         async def handle(delivery: Delivery) -> None:
+            if self.closing:  # not started: left unacked, the broker delivers it again
+                return
+            self.inflight += 1
+            try:
+                await run(delivery)
+            finally:
+                self.inflight -= 1
+                if not self.inflight:
+                    self.idle.set()
+
+        async def run(delivery: Delivery) -> None:
             counters.delivered += 1
             msg = delivery.message
             db = self.dbs.get(service)
@@ -399,10 +419,30 @@ class Events:
         return {svc: int(await relay.db.scalar(query) or 0)
                 for svc, relay in self.relays.items()}
 
-    async def aclose(self) -> None:
+    async def aclose(self, grace: float = 0.0) -> None:
+        """Stop: deliveries not yet started are left to the broker (redelivered),
+        those being handled get up to ``grace`` s to finish and ack, then the bus
+        closes; a broker client that does not close within ``CLOSE_WAIT`` is left
+        behind, so a process on SIGTERM always exits."""
+        self.closing = True
         for relay in self.relays.values():
             if relay.task is not None:
                 relay.task.cancel()
         await asyncio.gather(*(r.task for r in self.relays.values() if r.task),
                              return_exceptions=True)
-        await self.bus.aclose()
+        if self.inflight and grace > 0:
+            self.idle.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    while self.inflight:
+                        await self.idle.wait()
+                        self.idle.clear()
+        if self.inflight:
+            log.warning("events: %d delivery(ies) still running after %.1fs grace; stopping them "
+                        "(not acked: the broker delivers them again)", self.inflight, grace)
+        closing = asyncio.create_task(self.bus.aclose(), name=f"closing {self.bus!r}")
+        done, _ = await asyncio.wait({closing}, timeout=CLOSE_WAIT)
+        if not done:
+            log.warning("events: %r did not close within %.0fs; leaving it", self.bus, CLOSE_WAIT)
+        elif closing.exception() is not None:
+            log.warning("events: closing %r failed: %r", self.bus, closing.exception())

@@ -444,7 +444,9 @@ class Host:
             conn.abort()
         self.connections.clear()
         if self.events is not None:
-            await self.events.aclose()  # deliveries stop; what was not acked comes again
+            # Deliveries stop; running handlers get ``grace`` to finish and ack;
+            # what was not acked comes again.
+            await self.events.aclose(self.topology.settings.grace)
             self.events = None
         for mounted in reversed(self._mounts_up):  # the app's shutdown may still call services
             try:
