@@ -5,6 +5,7 @@ can read), and a small reader of HTTP/1.1 answers."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import subprocess
@@ -17,21 +18,36 @@ from typing import Any
 
 from amoeba.app import App
 from amoeba.runtime.host import Host
-from amoeba.testing import free_port, monolith_topology, settings_from
+from amoeba.testing import _single_process, free_port, monolith_topology, settings_from
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @asynccontextmanager
-async def serving(app: App, data: Path, **settings: Any) -> AsyncIterator[tuple[Host, int]]:
-    """``app`` as a monolith listening on 127.0.0.1 (a free port), in this loop."""
-    host = Host(app, monolith_topology(app, "edge-test", settings_from(settings)), "main",
-                data=data)
-    await host.start()
+async def serving(app: App, data: Path, *, topology: Path | None = None,
+                  env: dict[str, str] | None = None, resources: dict[str, str] | None = None,
+                  **settings: Any) -> AsyncIterator[tuple[Host, int]]:
+    """``app`` as a monolith listening on 127.0.0.1 (a free port), in this loop:
+    generated with ``settings``, or ``topology`` (a one-process file, its port 0)."""
+    if topology is None:
+        topo, process = monolith_topology(app, "edge-test", settings_from(settings)), "main"
+    else:
+        topo, process = _single_process(app, topology, {**os.environ, **(env or {}), "PORT": "0"})
+    if resources:
+        topo = dataclasses.replace(topo, resources={**topo.resources, **resources})
+    old = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    host = Host(app, topo, process, data=data)
     try:
+        await host.start()
         yield host, host.bound_ports()[0]
     finally:
         await host.stop()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class Answer:

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from amoeba import Cache, Conflict, Database, Invalid, Principal, Service, Tokens, Unauthorized, get, post
 from amoeba.auth.passwords import hash_password, verify_password
 from shop.events import UserRegistered
+from shop.fields import NO_NUL
 from shop.sessions import Session, SessionStore, expiry, session_store
 from shop.timestamps import Timestamp
 
@@ -41,8 +42,11 @@ users = sa.Table(
 )
 
 REFRESH_DAYS = 14
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
+# What the accounts accept as an address, also stated in the OpenAPI schema.
+EMAIL_PATTERN = r"^\s*[^@\s\x00]{1,64}@[^@\s\x00]+\.[^@\s\x00]+\s*$"
+_EMAIL = re.compile(EMAIL_PATTERN)
+Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320, pattern=EMAIL_PATTERN,
+                                    extra_json_schema={"format": "email"})]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
 LoginPassword = Annotated[str, msgspec.Meta(max_length=256)]
 
@@ -156,7 +160,8 @@ class Accounts(Service):
                          expires_in=expires_in)
 
     @post("/api/auth/refresh", tags=("accounts",))
-    async def refresh(self, refresh_token: Annotated[str, msgspec.Meta(max_length=512)]) -> TokenPair:
+    async def refresh(self, refresh_token: Annotated[str, msgspec.Meta(max_length=512, pattern=NO_NUL)]
+                      ) -> TokenPair:
         """Trade a refresh token for a new pair; the old refresh token stops working."""
         sid, _, rest = refresh_token.partition(".")
         gen_text, _, secret = rest.partition(".")

@@ -23,8 +23,9 @@ import msgspec
 import sqlalchemy as sa
 
 from amoeba import Conflict, Database, Header, Invalid, NotFound, Principal, Service, get, post
-from shop.catalog import Catalog, Line, PricedLine
+from shop.catalog import Catalog, Line, PricedLine, ProductId
 from shop.events import OrderPlaced
+from shop.fields import Page, PerPage, RowId
 from shop.money import from_cents, to_cents
 from shop.timestamps import Timestamp
 
@@ -143,7 +144,7 @@ class Orders(Service):
         self,
         principal: Principal,
         items: list[Line] | None = None,
-        product_ids: list[int] | None = None,
+        product_ids: list[ProductId] | None = None,
         total_amount: Decimal | None = None,
         user_id: str | int | None = None,
         idempotency_key: Annotated[str | None, Header("Idempotency-Key")] = None,
@@ -242,13 +243,13 @@ class Orders(Service):
                        unit_price=from_cents(i.unit_cents)) for i in items])
 
     @get("/api/orders/{order_id}", tags=("orders",))
-    async def get_order(self, principal: Principal, order_id: int) -> Order:
+    async def get_order(self, principal: Principal, order_id: RowId) -> Order:
         """One of the caller's orders (another user's id answers 404)."""
         return await self._load(principal.subject, order_id)
 
     @get("/api/orders", tags=("orders",))
-    async def list_orders(self, principal: Principal, page: Annotated[int, msgspec.Meta(ge=1)] = 1,
-                          per_page: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20) -> OrderPage:
+    async def list_orders(self, principal: Principal, page: Page = 1,
+                          per_page: PerPage = 20) -> OrderPage:
         """The caller's orders, newest first."""
         mine = orders.c.user_id == principal.subject
         async with self.db.transaction() as conn:
