@@ -29,7 +29,8 @@ def post(path: str, body: bytes, extra: str = "", ctype: str = "application/json
 
 async def one(port: int, raw: bytes) -> tuple[int, dict[str, object]]:
     (a,) = parse_answers(await exchange(port, raw + get("/healthz", "connection: close\r\n")))[:1]
-    return a.status, json.loads(a.body) if a.body else {}
+    is_json = a.headers.get("content-type", "").startswith("application/json")
+    return a.status, json.loads(a.body) if a.body and is_json else {}
 
 
 # -- 500s from bad input ---------------------------------------------------------
@@ -178,3 +179,17 @@ async def test_missing_token_is_401_before_the_body_is_validated(tmp_path: Path)
     async with serving(authapp, tmp_path, **AUTH_SETTINGS) as (_, port):
         status, err = await one(port, post("/api/orders", b'{"qty": "not a number"}'))
         assert status == 401, err
+
+
+# -- observability on a public listener -------------------------------------------
+
+async def test_forwarded_requests_do_not_get_a_loopback_peers_rights(tmp_path: Path):
+    async with serving(tickets, tmp_path / "a") as (_, port):
+        assert (await one(port, get("/metrics")))[0] == 200  # a developer's curl localhost
+        assert (await one(port, get("/metrics", "x-forwarded-for: 203.0.113.9\r\n")))[0] == 404
+        assert (await one(port, get("/_amoeba/api/stats", "forwarded: for=203.0.113.9\r\n")))[0] == 404
+        assert (await one(port, get("/metrics", "x-forwarded-for: 127.0.0.1\r\n")))[0] == 404
+    async with serving(tickets, tmp_path / "b", trusted_proxies=["127.0.0.1"]) as (_, port):
+        assert (await one(port, get("/metrics", "x-forwarded-for: 203.0.113.9\r\n")))[0] == 404
+        assert (await one(port, get("/metrics", "x-forwarded-for: 127.0.0.1\r\n")))[0] == 200
+        assert (await one(port, get("/metrics")))[0] == 200
