@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from amoeba import Conflict, Database, Forbidden, NotFound, Principal, Service, get, patch, post
 from shop.fields import NO_NUL, Page, PerPage, RowId
-from shop.money import from_cents, to_cents
+from shop.money import Money, from_cents, to_cents
 from shop.timestamps import Timestamp
 
 metadata = sa.MetaData()
@@ -145,7 +145,7 @@ class Catalog(Service):
         return _product(row)
 
     @post("/api/products", status=201, tags=("catalog",))
-    async def create_product(self, principal: Principal, name: Name, price: Decimal,
+    async def create_product(self, principal: Principal, name: Name, price: Money,
                              stock: Stock = 0, description: Description = "") -> Product:
         """Add a product (admins only).  ``price`` is a decimal string like "12.50"."""
         _admin(principal)
@@ -161,7 +161,7 @@ class Catalog(Service):
 
     @patch("/api/products/{product_id}", tags=("catalog",))
     async def update_product(self, principal: Principal, product_id: ProductId, name: Name | None = None,
-                             price: Decimal | None = None, stock: Stock | None = None,
+                             price: Money | None = None, stock: Stock | None = None,
                              description: Description | None = None) -> Product:
         """Change some fields of a product (admins only); absent fields keep their value."""
         _admin(principal)

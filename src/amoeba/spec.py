@@ -54,6 +54,8 @@ class RouteSpec:
     principal_params: tuple[tuple[str, bool], ...] = ()
     # (parameter, lower-case header name)
     header_params: tuple[tuple[str, str], ...] = ()
+    # Extra JSON Schema keywords for the body (OpenAPI only; the method enforces them).
+    body_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,7 @@ def _route(where: str, decl: RouteDecl, params: list[Param]) -> RouteSpec:
         path_params=in_path,
         query_params=rest if from_query else (),
         body_params=() if from_query else rest,
+        body_schema=decl.body_schema,
         principal_params=tuple(principals),
         header_params=tuple(headers),
     )

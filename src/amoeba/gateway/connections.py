@@ -1,11 +1,13 @@
 """The open connections of one listener: its cap, and the clock that closes
 the ones that stall.
 
-Every connection (HTTP, or RPC once it said its magic) keeps a ``deadline``
-(``loop.time()`` seconds; ``inf`` while nothing is awaited of the peer) and
-the table sweeps them a few times a second, calling ``timed_out()`` on those
-past it.  One sweep for all connections instead of a timer per request: the
-hot path only writes a float.
+The table sweeps its connections (HTTP, or RPC once it said its magic) a few
+times a second, calling ``tick(now)`` on each: a connection compares what it
+is doing with what it was doing at the last sweep, and closes itself (or
+answers 408) when it has been stuck in one state longer than that state
+allows.  One sweep for all connections instead of a timer per request: the
+hot path reads no clock and arms nothing; a timeout fires up to one sweep
+interval (a quarter of the shortest timeout, at most 1 s) late.
 
 Past ``max_connections`` a new connection makes room by shedding the oldest
 *sheddable* one (idle keep-alive, or still sending a request head: what a
@@ -65,10 +67,8 @@ class ConnectionLimits:
 
 
 class Connection(Protocol):
-    deadline: float
-
-    def timed_out(self) -> None:
-        """The deadline passed: answer (408) or close, as the state says."""
+    def tick(self, now: float) -> None:
+        """A sweep: time out (answer 408, or close) if stuck for too long."""
 
     def sheddable(self) -> bool:
         """Nothing of value would be lost by closing it now."""
@@ -118,8 +118,8 @@ class ConnectionTable:
         while True:
             await asyncio.sleep(self.every)
             now = loop.time()
-            for conn in [c for c in self.open if c.deadline <= now]:
-                conn.timed_out()
+            for conn in list(self.open):
+                conn.tick(now)
 
     def close(self) -> None:
         if self._sweeper is not None:

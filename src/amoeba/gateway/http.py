@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 from collections import deque
 from http import HTTPStatus
@@ -129,7 +128,9 @@ def normalise_path(path: str) -> str:
 # and headers; BODY: a body; REFUSED: a refusal is queued, input is discarded;
 # CLOSING: the refusal is written and the connection lingers, discarding input,
 # so the client reads the answer instead of a reset.
-_IDLE, _HEAD, _BODY, _REFUSED, _CLOSING = range(5)
+# FIRST: nothing read yet (the bytes may be the RPC magic).  The states from
+# FIRST on take data_received's one slow branch.
+_IDLE, _HEAD, _BODY, _FIRST, _REFUSED, _CLOSING = range(6)
 _LINGER = 2.0  # seconds a refused connection discards input before it closes
 _SINGLE = frozenset(("host", "authorization", "content-type"))  # twice is a 400
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -139,11 +140,11 @@ class _Refused(Exception):
     """Raised in a parser callback to stop parsing: a refusal is queued."""
 
 
-class _Final:
-    __slots__ = ("data",)
+class _Nobody:
+    """What a closed connection's parser reports to: nothing holds the protocol."""
 
-    def __init__(self, data: bytes):
-        self.data = data
+
+_DEAD = httptools.HttpRequestParser(_Nobody())
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -163,26 +164,28 @@ class HttpProtocol(asyncio.Protocol):
         self.keepalive_timeout = limits.keepalive_timeout
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
-        self.first = True
-        self.queue: deque[tuple[Request | _Final, bool]] = deque()
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[tuple[Request, bool]] = deque()
+        self.final: bytes | None = None  # a refusal, written after the queued answers
         self.busy = False
         self.closing = False
         self.pipeline_full = False
         self.write_paused = False
         self.writable: asyncio.Future[None] | None = None
-        self.state = _IDLE
-        self.deadline = math.inf
+        self.state = _FIRST
+        self.seq = 0  # requests begun on this connection
+        # What the table's last sweep saw, and since when (see tick).
+        self.seen: tuple[int, int, int, bool, bool] | None = None
+        self.since = 0.0
         self.discarded = 0
         # per-message state
         self.url = b""
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
         self.size = 0
-        self.head_bytes = 0
-        self.header_count = 0
-        self.header_size = 0
-        self.begun_now = False
+        self.head_bytes = 0  # -1: the head began in the read being parsed
+        self.header_count = 0  # repeated header lines
+        self.large = False  # this read is large, or continues a head: check every line
         self.client = ""
 
     def __repr__(self) -> str:
@@ -194,14 +197,15 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) else ""
         if not self.table.admit(self):
-            self.parser = None
+            self.parser = _DEAD
             self.state = _CLOSING
             msg = "this listener is at its connection limit; retry later"
             self.transport.write(refusal(503, msg, "-", [("retry-after", "1")]).encode("-", False))
             self.transport.close()
             return
         self.edge.host.connections.add(self)
-        self.deadline = self.loop.time() + self.header_timeout  # the first request's head
+        self.since = self.loop.time()  # a first request's head is due header_timeout from here
+        self.seen = (self.state, self.seq, self.size, self.busy, self.write_paused)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.table.discard(self)
@@ -209,7 +213,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = None
         # The parser holds bound methods of this protocol: drop it, and what was
         # buffered, now rather than at the next cyclic garbage collection.
-        self.parser = None
+        self.parser = _DEAD
         self.queue.clear()
         self.body = []
         self.headers = {}
@@ -232,14 +236,38 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- limits the listener's table enforces ----------------------------------
     def sheddable(self) -> bool:
-        return not self.busy and self.state in (_IDLE, _HEAD, _CLOSING)
+        return not self.busy and self.state in (_IDLE, _HEAD, _FIRST, _CLOSING)
 
     def shed(self) -> None:
         if self.transport is not None:
             self.transport.abort()
 
+    def tick(self, now: float) -> None:
+        """Called by the table's sweep.  The hot path keeps no clock: it changes
+        state, counts requests and body bytes; a connection whose state has not
+        moved since ``since`` for longer than that state allows has timed out."""
+        seen = (self.state, self.seq, self.size, self.busy, self.write_paused)
+        if seen != self.seen:
+            self.seen, self.since = seen, now
+            return
+        state = self.state
+        if self.write_paused:
+            limit = self.body_timeout  # the client does not read its answers
+        elif state == _HEAD:
+            limit = self.header_timeout  # counted from its start: trickling does not extend it
+        elif state == _BODY:
+            limit = self.body_timeout  # counted from the last body bytes
+        elif state in (_IDLE, _FIRST) and not self.busy:
+            limit = self.keepalive_timeout if self.seq else self.header_timeout
+        elif state == _CLOSING:
+            limit = _LINGER
+        else:
+            return  # the server's turn
+        if now - self.since >= limit:
+            self.seen = None
+            self.timed_out()
+
     def timed_out(self) -> None:
-        self.deadline = math.inf
         if self.transport is None:
             return
         if self.state == _CLOSING or self.write_paused:
@@ -248,7 +276,7 @@ class HttpProtocol(asyncio.Protocol):
             self._refuse(408, f"request head not received within {self.header_timeout:g}s")
         elif self.state == _BODY:
             self._refuse(408, f"request body stalled for {self.body_timeout:g}s")
-        elif self.state == _IDLE and not self.busy:
+        elif self.state in (_IDLE, _FIRST) and not self.busy:
             self.transport.close()
 
     # -- flow control ----------------------------------------------------------
@@ -256,7 +284,6 @@ class HttpProtocol(asyncio.Protocol):
         # The client does not read its answers: stop reading its requests, and
         # give it body_timeout to catch up.
         self.write_paused = True
-        self.deadline = min(self.deadline, self.loop.time() + self.body_timeout)
         if self.transport is not None:
             self.transport.pause_reading()
 
@@ -265,35 +292,36 @@ class HttpProtocol(asyncio.Protocol):
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
         self.writable = None
-        self.deadline = math.inf if self.busy else self.loop.time() + self.keepalive_timeout
         if self.transport is not None and not self.pipeline_full:
             self.transport.resume_reading()
 
     # -- input -------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self.first:
-            self.first = False
+        if self.state >= _FIRST:
+            if self.state != _FIRST:
+                self._discard(len(data))
+                return
+            self.state = _IDLE
             if data[:4] == MAGIC:
                 self._become_rpc(data[4:])
                 return
-        if self.state >= _REFUSED:
-            self._discard(len(data))
-            return
-        self._feed(data)
-
-    def _feed(self, data: bytes) -> None:
-        parser = self.parser
-        if parser is None:
-            return
-        self.begun_now = False
+        # A read that could hold a header line over the limit, or one that continues
+        # a head, has every line checked (on_header); small reads need not be.
+        self.large = len(data) > self.max_line or self.state == _HEAD
         try:
-            parser.feed_data(data)
+            self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             # An Upgrade offer (h2c, websocket) is ignored, as RFC 9110 allows: the
             # request was answered as HTTP/1.1 and the connection stays HTTP/1.1.
-            if self.state < _REFUSED:
-                self.parser = httptools.HttpRequestParser(self)
-                self._feed(data[int(exc.args[0]):])
+            if self.state >= _REFUSED:
+                return
+            if self.parser.get_method() == b"CONNECT":  # a tunnel follows: never
+                if self.queue:
+                    self.queue.pop()
+                self._refuse(400, "CONNECT is not supported")
+                return
+            self.parser = httptools.HttpRequestParser(self)
+            self.data_received(data[int(exc.args[0]):])
             return
         except httptools.HttpParserCallbackError:
             if self.state < _REFUSED:  # not ours: a bug, but still the client's request
@@ -310,7 +338,7 @@ class HttpProtocol(asyncio.Protocol):
     def _count_head(self, data: bytes) -> None:
         """A head still unfinished after a read: bound it.  (httptools buffers an
         unfinished header line itself, so its callbacks cannot.)"""
-        if self.begun_now:  # it began in this read: count from its start
+        if self.head_bytes < 0:  # it began in this read: count from its start
             end = data.rfind(b"\r\n\r\n")
             self.head_bytes = len(data) - (end + 4 if end >= 0 else 0)
         else:
@@ -328,7 +356,7 @@ class HttpProtocol(asyncio.Protocol):
         self.edge.host.connections.discard(self)
         rpc = RpcServerProtocol(self.edge.host, self.header_timeout)
         self.table.replace(self, rpc)
-        self.parser = None
+        self.parser = _DEAD
         self.transport.set_protocol(rpc)
         rpc.connection_made(self.transport)
         if rest:
@@ -340,9 +368,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.state >= _REFUSED or self.transport is None:
             return
         self.state = _REFUSED
-        self.deadline = math.inf
         rid = self.edge.request_id(self.headers)
-        self.queue.append((_Final(refusal(status, message, rid).encode(rid, False)), False))
+        self.final = refusal(status, message, rid).encode(rid, False)
         if not self.busy:
             self.busy = True
             self.loop.create_task(self._serve())
@@ -352,12 +379,10 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b""
         self.headers = {}
         self.body = []
-        self.size = 0
-        self.header_count = 0
-        self.header_size = 0
+        self.size = self.header_count = 0
         self.state = _HEAD
-        self.begun_now = True
-        self.deadline = self.loop.time() + self.header_timeout
+        self.head_bytes = -1
+        self.seq += 1
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -366,49 +391,61 @@ class HttpProtocol(asyncio.Protocol):
             raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_count += 1
-        size = len(name) + len(value)
-        self.header_size += size
-        if size > self.max_line or self.header_count > self.max_headers or \
-                self.header_size > self.max_head:
-            self._refuse(431, f"a header line exceeds {self.max_line} bytes" if size > self.max_line
-                         else f"more than {self.max_headers} header lines"
-                         if self.header_count > self.max_headers
-                         else f"request head exceeds the limit of {self.max_head} bytes")
-            raise _Refused
         key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
+        if self.large or key in self.headers:
+            self._header(key, name, value)
+        else:
+            self.headers[key] = value.decode("latin-1")
+
+    def _header(self, key: str, name: bytes, value: bytes) -> None:
+        """A header line of a large read, or a repeated one: checked."""
+        if len(name) + len(value) > self.max_line:
+            self._refuse(431, f"a header line exceeds {self.max_line} bytes")
+            raise _Refused
         headers = self.headers
-        if key in headers:
-            if key in _SINGLE:
-                self._refuse(400, f"header {key!r} given twice")
-                raise _Refused
-            # RFC 9110 5.3: repeated fields are one comma-separated list (cookies: "; ").
-            text = headers[key] + ("; " if key == "cookie" else ", ") + text
-        headers[key] = text
+        text = value.decode("latin-1")
+        if key not in headers:
+            headers[key] = text
+            return
+        if key in _SINGLE:
+            self._refuse(400, f"header {key!r} given twice")
+            raise _Refused
+        self.header_count += 1  # the distinct ones are counted at the end of the head
+        # RFC 9110 5.3: repeated fields are one comma-separated list (cookies: "; ").
+        headers[key] += ("; " if key == "cookie" else ", ") + text
 
     def on_headers_complete(self) -> None:
-        parser = self.parser
-        assert parser is not None
         headers = self.headers
-        if "host" not in headers and parser.get_http_version() == "1.1":
-            self._refuse(400, "an HTTP/1.1 request needs a Host header (RFC 9112 3.2)")
-            raise _Refused
+        if self.large or "host" not in headers or len(headers) > self.max_headers:
+            self._check_head()
         self.state = _BODY
-        self.deadline = self.loop.time() + self.body_timeout
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             self._refuse(413, f"request body exceeds the limit of {self.max_body} bytes")
             raise _Refused
-        expect = headers.get("expect")
-        if expect is not None:
-            if expect.lower() != "100-continue":
-                self._refuse(417, f"unsupported expectation {expect!r}")
-                raise _Refused
-            # Said only when nothing is queued ahead of it (else the client's own
-            # timeout sends the body, as RFC 9110 10.1.1 expects).
-            if not self.busy and self.transport is not None:
-                self.transport.write(_CONTINUE)
+        if "expect" in headers:
+            self._expect(headers["expect"])
+
+    def _check_head(self) -> None:
+        headers = self.headers
+        if len(headers) + self.header_count > self.max_headers:
+            self._refuse(431, f"more than {self.max_headers} header lines")
+            raise _Refused
+        if self.large and sum(len(k) + len(v) for k, v in headers.items()) > self.max_head:
+            self._refuse(431, f"request head exceeds the limit of {self.max_head} bytes")
+            raise _Refused
+        if "host" not in headers and self.parser.get_http_version() == "1.1":
+            self._refuse(400, "an HTTP/1.1 request needs a Host header (RFC 9112 3.2)")
+            raise _Refused
+
+    def _expect(self, expect: str) -> None:
+        if expect.lower() != "100-continue":
+            self._refuse(417, f"unsupported expectation {expect!r}")
+            raise _Refused
+        # Said only when nothing is queued ahead of it (else the client's own
+        # timeout sends the body, as RFC 9110 10.1.1 expects).
+        if not self.busy and self.transport is not None:
+            self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
@@ -416,17 +453,11 @@ class HttpProtocol(asyncio.Protocol):
             self._refuse(413, f"request body exceeds the limit of {self.max_body} bytes")
             raise _Refused
         self.body.append(body)
-        self.deadline = self.loop.time() + self.body_timeout
 
     def on_message_complete(self) -> None:
-        parser = self.parser
-        assert parser is not None
         self.state = _IDLE
-        self.deadline = math.inf  # the server's turn: no clock on the client
+        parser = self.parser
         method = parser.get_method().decode("ascii")
-        if method == "CONNECT":
-            self._refuse(400, "CONNECT is not supported")
-            raise _Refused
         try:
             url = httptools.parse_url(self.url)
         except httptools.HttpParserInvalidURLError:
@@ -448,11 +479,7 @@ class HttpProtocol(asyncio.Protocol):
     # -- output ------------------------------------------------------------
     async def _serve(self) -> None:
         while self.queue:
-            item, keep_alive = self.queue.popleft()
-            if item.__class__ is _Final:
-                self._write_final(item.data)
-                break
-            req = cast(Request, item)
+            req, keep_alive = self.queue.popleft()
             rid = self.edge.request_id(req.headers)
             resp = await self.edge.handle(req, rid)
             transport = self.transport
@@ -476,8 +503,8 @@ class HttpProtocol(asyncio.Protocol):
                 if not self.write_paused:
                     transport.resume_reading()
         self.busy = False
-        if self.state == _IDLE and self.transport is not None:
-            self.deadline = self.loop.time() + self.keepalive_timeout
+        if self.final is not None:
+            self._write_final(self.final)
 
     def _write_final(self, data: bytes) -> None:
         transport = self.transport
@@ -490,7 +517,6 @@ class HttpProtocol(asyncio.Protocol):
         # the client might never read the answer.
         if transport.can_write_eof():
             transport.write_eof()
-            self.deadline = self.loop.time() + _LINGER
             transport.resume_reading()
         else:
             transport.close()

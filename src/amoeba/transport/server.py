@@ -40,8 +40,7 @@ class RpcServerProtocol(asyncio.Protocol):
         self.peer = "?"
         self.tasks: set[asyncio.Task[None]] = set()
         self.hello_timeout = hello_timeout
-        # Read by the listener's ConnectionTable: the hello is due by then.
-        self.deadline = math.inf
+        self.deadline = math.inf  # the hello is due by then
 
     def __repr__(self) -> str:
         return f"<RpcServerProtocol peer={self.peer} {'authenticated' if self.authed else 'hello'}>"
@@ -56,7 +55,10 @@ class RpcServerProtocol(asyncio.Protocol):
         self.transport = None
         self.buf = bytearray()
 
-    def timed_out(self) -> None:
+    def tick(self, now: float) -> None:
+        """The listener's ConnectionTable sweeps: no hello in time, no connection."""
+        if now < self.deadline:
+            return
         self.deadline = math.inf
         if not self.authed and self.transport is not None:
             log.warning("closing RPC connection: no hello within %gs", self.hello_timeout)
