@@ -129,8 +129,8 @@ def normalise_path(path: str) -> str:
 # CLOSING: the refusal is written and the connection lingers, discarding input,
 # so the client reads the answer instead of a reset.
 # FIRST: nothing read yet (the bytes may be the RPC magic).  The states from
-# FIRST on take data_received's one slow branch.
-_IDLE, _HEAD, _BODY, _FIRST, _REFUSED, _CLOSING = range(6)
+# HEAD on take data_received's one slow branch (as does a large read).
+_IDLE, _BODY, _HEAD, _FIRST, _REFUSED, _CLOSING = range(6)
 _LINGER = 2.0  # seconds a refused connection discards input before it closes
 _SINGLE = frozenset(("host", "authorization", "content-type"))  # twice is a 400
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -297,6 +297,17 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- input -------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self.state >= _HEAD or len(data) > self.max_line:
+            self._slow_read(data)
+            return
+        self._feed(data)
+        if self.state == _HEAD:
+            self._count_head(data)
+
+    def _slow_read(self, data: bytes) -> None:
+        """The first read, input after a refusal, and reads that could hold a
+        header line over the limit or continue a head: those have every header
+        line checked (on_header)."""
         if self.state >= _FIRST:
             if self.state != _FIRST:
                 self._discard(len(data))
@@ -305,9 +316,15 @@ class HttpProtocol(asyncio.Protocol):
             if data[:4] == MAGIC:
                 self._become_rpc(data[4:])
                 return
-        # A read that could hold a header line over the limit, or one that continues
-        # a head, has every line checked (on_header); small reads need not be.
-        self.large = len(data) > self.max_line or self.state == _HEAD
+        self.large = True
+        try:
+            self._feed(data)
+        finally:
+            self.large = False
+        if self.state == _HEAD:
+            self._count_head(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -322,18 +339,13 @@ class HttpProtocol(asyncio.Protocol):
                 return
             self.parser = httptools.HttpRequestParser(self)
             self.data_received(data[int(exc.args[0]):])
-            return
         except httptools.HttpParserCallbackError:
             if self.state < _REFUSED:  # not ours: a bug, but still the client's request
                 log.exception("error parsing a request from %s", self.client)
                 self._refuse(400, "malformed HTTP request")
-            return
         except httptools.HttpParserError as exc:
             if self.state < _REFUSED:
                 self._refuse(400, f"malformed HTTP request: {exc}")
-            return
-        if self.state == _HEAD:
-            self._count_head(data)
 
     def _count_head(self, data: bytes) -> None:
         """A head still unfinished after a read: bound it.  (httptools buffers an
@@ -391,21 +403,18 @@ class HttpProtocol(asyncio.Protocol):
             raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        if self.large or key in self.headers:
-            self._header(key, name, value)
-        else:
-            self.headers[key] = value.decode("latin-1")
+        text = value.decode("latin-1")
+        if self.headers.setdefault(name.decode("latin-1").lower(), text) is not text or self.large:
+            self._header(name, value, text)
 
-    def _header(self, key: str, name: bytes, value: bytes) -> None:
+    def _header(self, name: bytes, value: bytes, text: str) -> None:
         """A header line of a large read, or a repeated one: checked."""
         if len(name) + len(value) > self.max_line:
             self._refuse(431, f"a header line exceeds {self.max_line} bytes")
             raise _Refused
+        key = name.decode("latin-1").lower()
         headers = self.headers
-        text = value.decode("latin-1")
-        if key not in headers:
-            headers[key] = text
+        if headers[key] is text:
             return
         if key in _SINGLE:
             self._refuse(400, f"header {key!r} given twice")
