@@ -141,6 +141,7 @@ def test_unauthenticated_rpc_peers_cannot_take_memory(tmp_path: Path):
         for t in threads:
             t.join(60)
         grown = srv.settled_rss() - before
+        print(f"server RSS grew {grown / MiB:.1f} MiB")
         assert grown < 16 * MiB, f"server grew {grown / MiB:.0f} MiB"
     finally:
         srv.stop()
