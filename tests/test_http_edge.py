@@ -238,3 +238,16 @@ async def test_closed_connection_is_freed_without_the_cycle_collector(tmp_path):
             assert ref() is None, gc.get_referrers(ref())
         finally:
             gc.enable()
+
+
+def test_limit_settings_are_checked_when_the_topology_loads():
+    from amoeba.testing import settings_from
+    from amoeba.topology.model import TopologyError
+
+    s = settings_from({"header_timeout": "2s", "max_header_size": "32KiB", "max_connections": "auto"})
+    assert (s.header_timeout, s.max_header_size, s.max_connections) == (2.0, 32 << 10, 0)
+    for bad, key in (({"header_timeout": "0s"}, "settings.header_timeout"),
+                     ({"max_headers": 2}, "settings.max_headers"),
+                     ({"keepalive_timeout": "soon"}, "settings.keepalive_timeout")):
+        with pytest.raises(TopologyError, match=key):
+            settings_from(bad)
