@@ -3,6 +3,7 @@
     python bench/tickets.py [--duration 10] [--connections 50] [--rounds 1]
                             [--access-log off|on|both] [--observe on|off|both]
                             [--topologies monolith,microservices] [--no-fastapi]
+                            [--against DIR]
 
 Drives ``POST /api/v1/purchase {"qty": 1}`` with wrk (50 connections, pinned to
 core 1) against servers pinned to core 0 (both processes of a microservices
@@ -21,6 +22,9 @@ does by default), or both, interleaved, with the on/off ratio.  ``--observe``
 runs amoeba with metrics and tracing on (the default: per-call and per-route
 metrics, trace ids made at the edge), off (``AMOEBA_OBSERVE=off``), or both,
 interleaved, with the on/off ratio (issue 6's overhead budget: >= 0.90).
+``--against DIR`` also runs the amoeba of another checkout (say a ``git
+worktree`` of an older commit: its ``src`` and ``examples``), interleaved
+ABBA with this one, and prints this/that for req/s and server CPU per request.
 """
 
 from __future__ import annotations
@@ -56,15 +60,19 @@ HEADERS = {"Content-Type": "application/json"}
 
 
 @contextmanager
-def amoeba(topology: str, log_level: str = "WARNING",
-            observe: str = "on") -> Iterator[tuple[int, int]]:
-    """Start ``amoeba run`` on a tickets topology; yield the purchase port."""
+def amoeba(topology: str, log_level: str = "WARNING", observe: str = "on",
+           tree: str = "") -> Iterator[tuple[int, int]]:
+    """Start ``amoeba run`` on a tickets topology; yield the purchase port.
+    ``tree``: another checkout whose amoeba and examples to run."""
     ports = {"PORT": free_port(), "VACANCY_PORT": free_port(), "TICKET_PORT": free_port()}
     env = {k: str(v) for k, v in ports.items()}
     env.update(INITIAL_STOCK=STOCK, AMOEBA_DATA_DIR=tempfile.mkdtemp(prefix="bench-tickets-"),
                AMOEBA_LOG_LEVEL=log_level, AMOEBA_OBSERVE=observe)
+    root = Path(tree) if tree else ROOT
+    if tree:
+        env["PYTHONPATH"] = str(root / "src")
     proc = start_server([sys.executable, "-m", "amoeba", "run",
-                         str(ROOT / "examples" / "tickets" / "topologies" / f"{topology}.yaml")],
+                         str(root / "examples" / "tickets" / "topologies" / f"{topology}.yaml")],
                         cpu=SERVER_CPU, env=env)
     port = ports["PORT"] if topology == "monolith" else ports["TICKET_PORT"]
     try:
@@ -136,6 +144,8 @@ def main() -> None:
                     help="metrics and tracing on, off (AMOEBA_OBSERVE=off), or both")
     ap.add_argument("--topologies", default="monolith,microservices")
     ap.add_argument("--no-fastapi", action="store_true", help="skip the FastAPI comparison")
+    ap.add_argument("--against", default="", metavar="DIR",
+                    help="also run the amoeba of checkout DIR, interleaved, and compare")
     args = ap.parse_args()
     if os.cpu_count() and os.cpu_count() < 2:  # type: ignore[operator]
         print("warning: fewer than 2 cores; server and load generator will share one")
@@ -145,10 +155,13 @@ def main() -> None:
     targets = {"monolith": 3.2, "microservices": 15.0}
     levels = {"off": ["WARNING"], "on": ["INFO"], "both": ["WARNING", "INFO"]}[args.access_log]
     observes = {"on": ["on"], "off": ["off"], "both": ["off", "on"]}[args.observe]
-    variants = [(level, obs) for obs in observes for level in levels]
+    trees = [args.against, ""] if args.against else [""]
+    variants = [(level, obs, tree) for tree in trees for obs in observes for level in levels]
 
-    def label(level: str, obs: str) -> str:
+    def label(level: str, obs: str, tree: str = "") -> str:
         parts = []
+        if len(trees) > 1:
+            parts.append(f"before ({Path(tree).name})" if tree else "after (this tree)")
         if len(levels) > 1:
             parts.append(f"log {'on' if level == 'INFO' else 'off'}")
         if len(observes) > 1:
@@ -156,14 +169,14 @@ def main() -> None:
         return ", ".join(parts) or "amoeba"
 
     for topology in args.topologies.split(","):
-        ours: dict[tuple[str, str], list[LoadResult]] = {v: [] for v in variants}
+        ours: dict[tuple[str, str, str], list[LoadResult]] = {v: [] for v in variants}
         theirs: list[LoadResult] = []
         for r in range(args.rounds):
             # ABBA: alternate the order each round, so a drift of the machine's speed
             # does not always favour the configuration that runs first.
-            for level, obs in (variants if r % 2 == 0 else variants[::-1]):
-                ours[(level, obs)].append(drive(amoeba, topology, args, log_level=level,
-                                                observe=obs))
+            for level, obs, tree in (variants if r % 2 == 0 else variants[::-1]):
+                ours[(level, obs, tree)].append(drive(amoeba, topology, args, log_level=level,
+                                                      observe=obs, tree=tree))
             if not args.no_fastapi:
                 theirs.append(drive(fastapi, topology, args))
         width = max(len(label(*v)) for v in variants)
@@ -179,19 +192,30 @@ def main() -> None:
                 ratio = median(ours[v]).rps / f.rps
                 print(f"{'':>13}  ratio vs fastapi {ratio:5.2f}x  (target >= {targets[topology]}x, "
                       f"p99 <= 25 ms)  {label(*v)}")
+        if len(trees) > 1:
+            for level in levels:
+                for obs in observes:
+                    new, old = ours[(level, obs, "")], ours[(level, obs, args.against)]
+                    ratios = sorted(a.rps / b.rps for a, b in zip(new, old, strict=True))
+                    cpu_new = statistics.median(r.cpu_us for r in new)
+                    cpu_old = statistics.median(r.cpu_us for r in old)
+                    print(f"{'':>13}  after/before {median(new).rps / median(old).rps:5.3f} of "
+                          f"median req/s; per round {[round(r, 3) for r in ratios]}; server cpu "
+                          f"per request {cpu_new:.1f} us / {cpu_old:.1f} us = "
+                          f"{cpu_new / cpu_old:5.3f}  {label(level, obs)}")
         if len(levels) > 1:
             for obs in observes:
-                on, off = median(ours[("INFO", obs)]), median(ours[("WARNING", obs)])
+                on, off = median(ours[("INFO", obs, "")]), median(ours[("WARNING", obs, "")])
                 print(f"{'':>13}  log on/off {on.rps / off.rps:5.3f}  (target >= 0.90)")
         if len(observes) > 1:
             for level in levels:
-                on, off = median(ours[(level, "on")]), median(ours[(level, "off")])
-                ratios = sorted(a.rps / b.rps for a, b in zip(ours[(level, "on")],
-                                                              ours[(level, "off")], strict=True))
+                on, off = median(ours[(level, "on", "")]), median(ours[(level, "off", "")])
+                ratios = sorted(a.rps / b.rps for a, b in zip(ours[(level, "on", "")],
+                                                              ours[(level, "off", "")], strict=True))
                 print(f"{'':>13}  observe on/off {on.rps / off.rps:5.3f} of medians; per round "
                       f"{[round(r, 3) for r in ratios]}  (target >= 0.90)")
-                cpu_on = statistics.median(r.cpu_us for r in ours[(level, "on")])
-                cpu_off = statistics.median(r.cpu_us for r in ours[(level, "off")])
+                cpu_on = statistics.median(r.cpu_us for r in ours[(level, "on", "")])
+                cpu_off = statistics.median(r.cpu_us for r in ours[(level, "off", "")])
                 print(f"{'':>13}  server cpu per request on {cpu_on:.1f} us / off {cpu_off:.1f} us "
                       f"(medians): throughput bound on/off {cpu_off / cpu_on:5.3f}  (target >= 0.90)")
 

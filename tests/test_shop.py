@@ -188,9 +188,11 @@ async def test_order_priced_by_the_catalog(shop):
     assert r.status == 201 and r.json()["total_amount"] == "5.00"
     r = await shop.post("/api/orders", headers=user, json={
         "product_ids": [p["id"]], "total_amount": "0.01"})
-    assert r.status == 422 and "total_amount" in r.json()["error"]["message"]
+    # A total that disagrees with the current prices is a conflict with the catalog's state
+    # (409), someone else's user_id is forbidden (403): neither is a malformed request.
+    assert r.status == 409 and "total_amount" in r.json()["error"]["message"]
     r = await shop.post("/api/orders", headers=user, json={"product_ids": [p["id"]], "user_id": "u_other"})
-    assert r.status == 422
+    assert r.status == 403
     assert await stock_of(shop, p["id"]) == 5  # the refused orders took nothing
     r = await shop.post("/api/orders", headers=user, json={"items": [{"product_id": 999999, "qty": 1}]})
     assert r.status == 404
@@ -225,7 +227,7 @@ async def test_idempotency_key(shop):
     assert again.json() == first.json()
     assert await stock_of(shop, p["id"]) == 98
     other = await shop.post("/api/orders", headers=key, json={"items": [{"product_id": p["id"], "qty": 3}]})
-    assert other.status == 422
+    assert other.status == 409 and other.json()["error"]["type"] == "IdempotencyKeyReused"
     # Concurrent repeats: one order; the others see it, or 409 while it runs.
     key = {**user, "idempotency-key": uuid.uuid4().hex}
     rs = await asyncio.gather(*(shop.post("/api/orders", headers=key, json=body) for _ in range(10)))

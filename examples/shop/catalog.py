@@ -16,7 +16,8 @@ import msgspec
 import sqlalchemy as sa
 
 from amoeba import Conflict, Database, Forbidden, NotFound, Principal, Service, get, patch, post
-from shop.money import from_cents, to_cents
+from shop.fields import NO_NUL, Page, PerPage, RowId
+from shop.money import Money, from_cents, to_cents
 from shop.timestamps import Timestamp
 
 metadata = sa.MetaData()
@@ -31,11 +32,11 @@ products = sa.Table(
     sa.Column("updated_at", Timestamp, nullable=False),
 )
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-Description = Annotated[str, msgspec.Meta(max_length=2000)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+Description = Annotated[str, msgspec.Meta(max_length=2000, pattern=NO_NUL)]
 Stock = Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
 Qty = Annotated[int, msgspec.Meta(gt=0, le=1_000_000)]
-ProductId = Annotated[int, msgspec.Meta(ge=1)]
+ProductId = RowId
 
 DEMO_PRODUCTS = [
     ("Mechanical keyboard", "Tenkeyless, brown switches", "89.90", 25),
@@ -127,8 +128,7 @@ class Catalog(Service):
                 for n, d, p, s in DEMO_PRODUCTS])
 
     @get("/api/products", tags=("catalog",))
-    async def list_products(self, page: Annotated[int, msgspec.Meta(ge=1)] = 1,
-                            per_page: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20) -> ProductPage:
+    async def list_products(self, page: Page = 1, per_page: PerPage = 20) -> ProductPage:
         """Products in id order, one page at a time."""
         async with self.db.transaction() as conn:
             total = (await conn.execute(sa.select(sa.func.count()).select_from(products))).scalar_one()
@@ -138,14 +138,14 @@ class Catalog(Service):
                            total=total)
 
     @get("/api/products/{product_id}", tags=("catalog",))
-    async def get_product(self, product_id: int) -> Product:
+    async def get_product(self, product_id: ProductId) -> Product:
         row = await self.db.fetchone(GET, {"pid": product_id})
         if row is None:
             raise ProductNotFound(f"no product {product_id}")
         return _product(row)
 
     @post("/api/products", status=201, tags=("catalog",))
-    async def create_product(self, principal: Principal, name: Name, price: Decimal,
+    async def create_product(self, principal: Principal, name: Name, price: Money,
                              stock: Stock = 0, description: Description = "") -> Product:
         """Add a product (admins only).  ``price`` is a decimal string like "12.50"."""
         _admin(principal)
@@ -160,8 +160,8 @@ class Catalog(Service):
                        stock=stock)
 
     @patch("/api/products/{product_id}", tags=("catalog",))
-    async def update_product(self, principal: Principal, product_id: int, name: Name | None = None,
-                             price: Decimal | None = None, stock: Stock | None = None,
+    async def update_product(self, principal: Principal, product_id: ProductId, name: Name | None = None,
+                             price: Money | None = None, stock: Stock | None = None,
                              description: Description | None = None) -> Product:
         """Change some fields of a product (admins only); absent fields keep their value."""
         _admin(principal)

@@ -9,7 +9,6 @@ makes a redelivered event a no-op, so each event gives exactly one row.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
 
 import msgspec
 import sqlalchemy as sa
@@ -17,6 +16,7 @@ import sqlalchemy as sa
 from amoeba import Database, Principal, Service, get
 from amoeba.events import on_event
 from shop.events import OrderPlaced, UserRegistered
+from shop.fields import Page, PerPage
 from shop.timestamps import Timestamp
 
 metadata = sa.MetaData()
@@ -67,8 +67,7 @@ class Notifications(Service):
 
     @get("/api/notifications", tags=("notifications",))
     async def list_notifications(self, principal: Principal,
-                                 page: Annotated[int, msgspec.Meta(ge=1)] = 1,
-                                 per_page: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20,
+                                 page: Page = 1, per_page: PerPage = 20,
                                  ) -> NotificationPage:
         """The caller's notifications, newest first."""
         mine = notifications.c.user_id == principal.subject

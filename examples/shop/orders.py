@@ -26,6 +26,7 @@ from amoeba import (
     Conflict,
     Counter,
     Database,
+    Forbidden,
     Header,
     Histogram,
     Invalid,
@@ -35,9 +36,10 @@ from amoeba import (
     get,
     post,
 )
-from shop.catalog import Catalog, Line, PricedLine
+from shop.catalog import Catalog, Line, PricedLine, ProductId
 from shop.events import OrderPlaced
-from shop.money import from_cents, to_cents
+from shop.fields import NO_NUL, Page, PerPage, RowId
+from shop.money import Money, from_cents, to_cents
 from shop.timestamps import Timestamp
 
 # The shop's own metrics (on /metrics, in the dashboard, in the generated Grafana board).
@@ -120,6 +122,25 @@ class IdempotencyKeyInUse(Conflict):
     """A request with this Idempotency-Key is still being processed."""
 
 
+class IdempotencyKeyReused(Conflict):
+    """This Idempotency-Key was already used with a different request."""
+
+
+class TotalMismatch(Conflict):
+    """``total_amount`` disagrees with the catalog's current prices."""
+
+
+Lines = Annotated[list[Line], msgspec.Meta(min_length=1, max_length=MAX_LINES)]
+ProductIds = Annotated[list[ProductId], msgspec.Meta(min_length=1, max_length=MAX_LINES)]
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+_ARRAY, _NULL = {"type": "array"}, {"type": "null"}
+# What _lines enforces, for the OpenAPI document: items or product_ids, one of them.
+ITEMS_OR_PRODUCT_IDS = {"anyOf": [
+    {"required": ["items"], "properties": {"items": _ARRAY, "product_ids": _NULL}},
+    {"required": ["product_ids"], "properties": {"product_ids": _ARRAY, "items": _NULL}},
+]}
+
+
 def _lines(items: list[Line] | None, product_ids: list[int] | None) -> list[Line]:
     if items and product_ids:
         raise Invalid("give either items or product_ids, not both",
@@ -155,21 +176,20 @@ class Orders(Service):
     migrations = "migrations/orders"
     publishes = (OrderPlaced,)
 
-    @post("/api/orders", status=201, tags=("orders",))
+    @post("/api/orders", status=201, tags=("orders",), body_schema=ITEMS_OR_PRODUCT_IDS)
     async def place_order(
         self,
         principal: Principal,
-        items: list[Line] | None = None,
-        product_ids: list[int] | None = None,
-        total_amount: Decimal | None = None,
+        items: Lines | None = None,
+        product_ids: ProductIds | None = None,
+        total_amount: Money | None = None,
         user_id: str | int | None = None,
-        idempotency_key: Annotated[str | None, Header("Idempotency-Key")] = None,
+        idempotency_key: Annotated[IdempotencyKey | None, Header("Idempotency-Key")] = None,
     ) -> Order:
         """Place an order for the caller.  ``total_amount``, when sent, must match
         the catalog's prices; ``Idempotency-Key`` makes a retry safe."""
         if user_id is not None and str(user_id) != principal.subject:
-            raise Invalid("user_id must be your own (or left out)",
-                          details=[{"path": "$.user_id", "reason": "not the caller"}])
+            raise Forbidden("user_id must be your own (or left out)")
         lines = _lines(items, product_ids)
         client_total = None if total_amount is None else to_cents(total_amount, "total_amount")
         if idempotency_key is not None:
@@ -204,8 +224,8 @@ class Orders(Service):
         if row is None:  # the first request failed and let go of the key meanwhile
             return await self._claim(user, key, request_hash)
         if row.request_hash != request_hash:
-            raise Invalid("this Idempotency-Key was already used with a different request",
-                          details=[{"path": "header.Idempotency-Key", "reason": "reused"}])
+            raise IdempotencyKeyReused("this Idempotency-Key was already used with a different "
+                                       "request")
         if row.order_id is not None:
             return await self._load(user, row.order_id)
         if now - _utc(row.created_at) < STALE_CLAIM:
@@ -226,9 +246,8 @@ class Orders(Service):
         try:
             total = sum(to_cents(p.unit_price, "unit_price") * p.qty for p in priced)
             if client_total is not None and client_total != total:
-                raise Invalid(f"total_amount {from_cents(client_total)} does not match the catalog's "
-                              f"prices: {from_cents(total)}",
-                              details=[{"path": "$.total_amount", "reason": "does not match prices"}])
+                raise TotalMismatch(f"total_amount {from_cents(client_total)} does not match the "
+                                    f"catalog's prices: {from_cents(total)}")
             now = datetime.now(UTC)
             async with self.db.transaction() as conn:
                 result = await conn.execute(INSERT_ORDER, {
@@ -261,13 +280,13 @@ class Orders(Service):
                        unit_price=from_cents(i.unit_cents)) for i in items])
 
     @get("/api/orders/{order_id}", tags=("orders",))
-    async def get_order(self, principal: Principal, order_id: int) -> Order:
+    async def get_order(self, principal: Principal, order_id: RowId) -> Order:
         """One of the caller's orders (another user's id answers 404)."""
         return await self._load(principal.subject, order_id)
 
     @get("/api/orders", tags=("orders",))
-    async def list_orders(self, principal: Principal, page: Annotated[int, msgspec.Meta(ge=1)] = 1,
-                          per_page: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20) -> OrderPage:
+    async def list_orders(self, principal: Principal, page: Page = 1,
+                          per_page: PerPage = 20) -> OrderPage:
         """The caller's orders, newest first."""
         mine = orders.c.user_id == principal.subject
         async with self.db.transaction() as conn:

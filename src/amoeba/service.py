@@ -36,6 +36,7 @@ class RouteDecl:
     status: int
     summary: str | None
     tags: tuple[str, ...]
+    body_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -169,13 +170,15 @@ class Service:
 
 def _route(method: str) -> Callable[..., Callable[[F], F]]:
     def decorator_factory(
-        path: str, *, status: int = 200, summary: str | None = None, tags: tuple[str, ...] = ()
+        path: str, *, status: int = 200, summary: str | None = None, tags: tuple[str, ...] = (),
+        body_schema: dict[str, Any] | None = None,
     ) -> Callable[[F], F]:
         if not path.startswith("/"):
             raise ValueError(f"@{method.lower()}({path!r}): a route path starts with '/'")
 
         def decorate(func: F) -> F:
-            setattr(func, ROUTE_ATTR, RouteDecl(method, path, status, summary, tuple(tags)))
+            setattr(func, ROUTE_ATTR, RouteDecl(method, path, status, summary, tuple(tags),
+                                                body_schema))
             return func
 
         return decorate
@@ -184,7 +187,9 @@ def _route(method: str) -> Callable[..., Callable[[F], F]]:
     decorator_factory.__doc__ = (
         f"Serve the method at ``{method} path``.  Path parameters (``{{id}}``) and, for "
         f"GET/DELETE, query parameters bind to method parameters by name; otherwise the "
-        f"JSON body's keys do.  ``status`` is the success status code."
+        f"JSON body's keys do.  ``status`` is the success status code.  ``body_schema``: "
+        f"JSON Schema keywords added to the request body's schema in the OpenAPI document, "
+        f"for rules across fields that type hints cannot state (the method enforces them)."
     )
     return decorator_factory
 

@@ -96,6 +96,8 @@ class RouteSpec:
     header_params: tuple[tuple[str, str], ...] = ()
     # The parameter marked Body(): the whole JSON body binds to it.
     whole_body: str | None = None
+    # Extra JSON Schema keywords for the body (OpenAPI only; the method enforces them).
+    body_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -397,6 +399,7 @@ def _route(fail: _Fail, decl: RouteDecl, params: list[Param]) -> RouteSpec:
         path_params=in_path,
         query_params=rest if from_query else (),
         body_params=() if from_query else rest,
+        body_schema=decl.body_schema,
         principal_params=tuple(principals),
         header_params=tuple(headers),
         whole_body=whole[0] if whole else None,

@@ -94,7 +94,8 @@ class AsgiResponse(Response):
     def __repr__(self) -> str:
         return f"<AsgiResponse {self.status}{' streamed' if self.streaming else ''}>"
 
-    def encode(self, request_id: str, keep_alive: bool) -> bytes:
+    def encode(self, request_id: str, keep_alive: bool, head: bool = False) -> bytes:
+        """As :meth:`Response.encode`; ``head``: the headers a GET would have, no body."""
         parts = [b"HTTP/1.1 %d %s\r\n" % (self.status, _REASONS.get(self.status, b"Unknown"))]
         has_length = False
         for k, v in self.raw:
@@ -118,7 +119,7 @@ class AsgiResponse(Response):
         if not keep_alive:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
-        if not self.streaming:
+        if not self.streaming and not head:
             parts.append(self.body)
         return b"".join(parts)
 

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from amoeba.observe.metrics import Hist
     from amoeba.runtime.host import Host
 
-__all__ = ["Edge", "RouteHandler"]
+__all__ = ["Edge", "RouteHandler", "is_json"]
 
 log = logging.getLogger("amoeba.edge")
 _ids = itertools.count(1)
@@ -70,6 +70,25 @@ def _validating(codec: MethodCodec, fn: Callable[..., Awaitable[Any]]) -> Callab
         return await fn(*validate(list(args)))
 
     return call
+
+
+def _ints(value: Any) -> Any:
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    return value
+
+
+def is_json(content_type: str) -> bool:
+    """``application/json`` or a ``+json`` type (RFC 6839), by media type: a
+    parameter such as ``charset=json`` does not make ``text/plain`` JSON."""
+    if content_type == "application/json":
+        return True
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 class RouteHandler:
@@ -113,6 +132,8 @@ class RouteHandler:
                        auth_error: Unauthorized | None = None) -> Any:
         codec = self.codec
         q = b = None
+        if self.principals and (auth_error is not None or req.principal is None):
+            self._check_principal(req, auth_error)  # 401 before any 422 about the input
         if self.wants_query:
             raw: dict[str, Any] = {k: unquote(v) for k, v in path_params.items()}
             if self.query_names and req.query:
@@ -125,7 +146,7 @@ class RouteHandler:
                 raise invalid_from(exc, "parameters") from None
         if codec.body_decoder is not None:
             ctype = req.headers.get("content-type")
-            if ctype is not None and "json" not in ctype:
+            if ctype is not None and not is_json(ctype):
                 raise UnsupportedMediaType(
                     f"expected Content-Type: application/json, got {ctype.split(';')[0]!r}")
             body = req.body
@@ -137,9 +158,11 @@ class RouteHandler:
             try:
                 b = codec.body_decoder.decode(body)
             except msgspec.ValidationError as exc:
-                raise invalid_from(exc) from None
+                b = self._integral_floats(body, exc)
             except msgspec.DecodeError as exc:
                 raise BadRequest(f"malformed JSON body: {exc}") from None
+            except RecursionError:
+                raise BadRequest("malformed JSON body: nested too deeply") from None
             if self.whole_body is not None:  # Body(): the JSON is the parameter's value
                 b = codec.body_type(**{self.whole_body: b})  # type: ignore[misc]
         args = [getattr(b if in_body else q, name) for in_body, name in self.sources]
@@ -147,12 +170,28 @@ class RouteHandler:
             self._bind_edge_params(req, args, auth_error)
         return await self.fn(*args)
 
+    def _integral_floats(self, body: bytes, exc: msgspec.ValidationError) -> Any:
+        """JSON Schema's ``integer`` (what OpenAPI says of an ``int``) includes
+        ``10.0``; msgspec's strict decoding does not.  Only on that failure (off
+        the hot path): decode again with integral floats as ints, strictly else."""
+        if "got `float`" not in str(exc):
+            raise invalid_from(exc) from None
+        try:
+            return msgspec.convert(_ints(msgspec.json.decode(body)), self.codec.body_type,
+                                   strict=True)
+        except msgspec.ValidationError as again:
+            raise invalid_from(again) from None
+        except RecursionError:
+            raise BadRequest("malformed JSON body: nested too deeply") from None
+
+    def _check_principal(self, req: Request, auth_error: Unauthorized | None) -> None:
+        if auth_error is not None:  # a token was presented and is not valid: never anonymous
+            raise auth_error
+        if req.principal is None and any(required for _, required in self.principals):
+            raise Unauthorized("authentication required: send Authorization: Bearer <token>")
+
     def _bind_edge_params(self, req: Request, args: list[Any], auth_error: Unauthorized | None) -> None:
-        for i, required in self.principals:
-            if auth_error is not None:  # a token was presented and is not valid: never anonymous
-                raise auth_error
-            if req.principal is None and required:
-                raise Unauthorized("authentication required: send Authorization: Bearer <token>")
+        for i, _ in self.principals:
             args[i] = req.principal
         for i, header, param in self.headers:
             value = req.headers.get(header)
@@ -324,6 +363,10 @@ class Edge:
             if policy is not None:
                 resp.headers = [("www-authenticate", 'Bearer error="invalid_token"'
                                  if "authorization" in req.headers else "Bearer")]
+            return resp
+        except MethodNotAllowed as exc:
+            resp = error_response(exc, rid)
+            resp.headers = [("allow", ", ".join(self.router.allowed(req.path)))]
             return resp
         except ServiceError as exc:
             return error_response(exc, rid)

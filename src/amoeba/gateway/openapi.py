@@ -120,7 +120,13 @@ def openapi_document(app: App, codecs: list[MethodCodec], *, bearer: bool = True
         if params:
             op["parameters"] = params
         if body_schema is not None:
-            op["requestBody"] = {"required": True, "content": {"application/json": {
+            if route.body_schema:
+                body_schema = {"allOf": [body_schema, route.body_schema]}
+            # Optional when every body parameter has a default (an empty body is {})
+            # and no rule across fields asks for some of them.
+            required = bool(route.body_schema) or any(by_name[n].required
+                                                      for n in route.body_params)
+            op["requestBody"] = {"required": required, "content": {"application/json": {
                 "schema": body_schema}}}
         paths.setdefault(route.path, {})[route.method.lower()] = op
     comp: dict[str, Any] = {"schemas": {_clean(k): v for k, v in components.items()}}

@@ -33,6 +33,15 @@ __all__ = ["EdgePolicy"]
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def _loopback(addr: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
 class EdgePolicy:
     def __init__(self, verifier: TokenVerifier, limiter: RateLimiter | None, cors: Cors | None,
                  access: AccessLog | None, trusted: tuple[_Network, ...] = ()):
@@ -112,6 +121,19 @@ class EdgePolicy:
             if not self._is_trusted(hop):
                 return hop
         return hops[0] if hops else peer
+
+    def is_local(self, req: Request) -> bool:
+        """The request comes from this machine: a loopback peer that forwards no
+        one else's request, or a trusted proxy forwarding a loopback client.  A
+        same-host proxy is a loopback peer for every client it forwards."""
+        if not _loopback(req.client):
+            return False
+        headers = req.headers
+        if "x-forwarded-for" not in headers and "forwarded" not in headers:
+            return True
+        if "forwarded" in headers or not self._is_trusted(req.client):
+            return False  # RFC 7239 Forwarded is not read: not proven local
+        return _loopback(self.client_ip(req))
 
     async def aclose(self) -> None:
         if self.access is not None:

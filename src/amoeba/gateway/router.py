@@ -1,5 +1,6 @@
 """Match a method and path to a route.  Static paths are one dict lookup;
-paths with ``{params}`` are tried in declaration order."""
+paths with ``{params}`` are tried in declaration order.  HEAD is served
+wherever GET is (RFC 9110 9.3.2; the connection leaves the body out)."""
 
 from __future__ import annotations
 
@@ -36,13 +37,25 @@ class Router(Generic[T]):
         hit = self.static.get((method, path))
         if hit is not None:
             return hit, {}
+        if method == "HEAD":
+            hit = self.static.get(("GET", path))
+            if hit is not None:
+                return hit, {}
         allowed = path in self.static_paths
         for m, rx, target in self.dynamic:
             found = rx.match(path)
             if found:
-                if m == method:
+                if m == method or (method == "HEAD" and m == "GET"):
                     return target, found.groupdict()
                 allowed = True
         if allowed:
             raise MethodNotAllowed(f"{method} is not allowed on {path}")
         raise NotFound(f"no route for {method} {path}")
+
+    def allowed(self, path: str) -> list[str]:
+        """The methods ``path`` answers (the ``Allow`` header of a 405)."""
+        methods = {m for m, p in self.static if p == path}
+        methods.update(m for m, rx, _ in self.dynamic if rx.match(path))
+        if "GET" in methods:
+            methods.add("HEAD")
+        return sorted(methods)

@@ -7,8 +7,11 @@
 
 Private listeners answer them to anyone who reaches them (the cluster-internal
 side Prometheus scrapes).  Public listeners follow ``settings.observe.expose``:
-``loopback`` (default) answers peers on 127.0.0.0/8 and ::1 and callers with
-the internal credential, ``never`` answers 404, ``always`` answers everyone.
+``loopback`` (default) answers peers on 127.0.0.0/8 and ::1 (unless the
+request carries ``X-Forwarded-For`` or ``Forwarded``: a same-host proxy is a
+loopback peer for every client; then only when a ``trusted_proxies`` proxy
+forwards a loopback client) and callers with the internal credential;
+``never`` answers 404, ``always`` answers everyone.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ class Observe:
             return True
         if self.expose == "never":
             return False
-        if req.client.startswith("127.") or req.client in ("::1", "::ffff:127.0.0.1"):
+        policy = self.host.policy
+        if policy is not None and policy.is_local(req):
             return True
         token = req.headers.get("x-amoeba-token")
         if token:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from amoeba.app import App
 from amoeba.codec import MethodCodec, codec_for
 from amoeba.gateway.asgi import MountedApp, MountTable
+from amoeba.gateway.connections import ConnectionLimits, ConnectionTable
 from amoeba.gateway.edge import Edge, RouteHandler
 from amoeba.gateway.http import HttpProtocol
 from amoeba.gateway.policy import EdgePolicy
@@ -138,6 +139,7 @@ class Host:
         self.events: Events | None = None  # when a local service publishes or handles events
         self.policy: EdgePolicy | None = None  # built at start when a listener is public
         self.servers: list[asyncio.Server] = []
+        self.tables: list[ConnectionTable] = []  # each listener's open connections
         self.connections: set[_Closable] = set()
         self.inflight = 0
         self.draining = False
@@ -290,8 +292,11 @@ class Host:
             if self.listen:
                 port = lst.port_for(self.replica)
                 try:
+                    table = ConnectionTable(ConnectionLimits.from_settings(
+                        self.topology.settings, len(self.process.listeners)))
+                    self.tables.append(table)
                     server = await self._loop.create_server(
-                        lambda edge=edge: HttpProtocol(edge),  # type: ignore[misc]
+                        lambda edge=edge, table=table: HttpProtocol(edge, table),  # type: ignore[misc]
                         lst.host, port, reuse_address=True, backlog=2048)
                 except OSError as exc:
                     await self.stop()
@@ -440,6 +445,8 @@ class Host:
     async def stop(self) -> None:
         for server in self.servers:
             server.close()
+        for table in self.tables:
+            table.close()
         for conn in list(self.connections):
             conn.abort()
         self.connections.clear()

@@ -9,7 +9,7 @@ Schema (keys not listed are rejected, to catch typos)::
     name: monolith                    # reported as "mode" by GET /
     app: tickets.app:app              # module:attribute of the amoeba.App
     pythonpath: ../..                 # str or list, relative to this file
-    settings: {deadline: 10s, max_body: 1MiB, grace: 10s, connections: 2, ...}
+    settings: {deadline: 10s, max_body: 1MiB, grace: 10s, header_timeout: 10s, ...}
     resources: {database: "sqlite:///..."}       # keys of both: topology/schema.py
     deploy: {image: ..., edge: {port: 80}, ...}   # only amoeba deploy reads it: topology/deploy.py
     processes:
@@ -43,7 +43,9 @@ _TOP_KEYS = {"name", "app", "pythonpath", "settings", "resources", "processes", 
 _PROC_KEYS = {"services", "replicas", "private", "address", "env", "listeners"}
 _LISTENER_KEYS = {"port", "host", "public", "routes"}
 _SETTING_KEYS = {"deadline", "max_body", "grace", "drain_delay", "connections",
-                 "connect_timeout", "eject_for"}
+                 "connect_timeout", "eject_for", "max_header_line", "max_header_size",
+                 "max_headers", "header_timeout", "body_timeout", "keepalive_timeout",
+                 "max_connections"}
 
 
 class _Reader:
@@ -213,6 +215,10 @@ def _settings(r: _Reader, raw: Any) -> Settings:
         "deadline": parse_duration, "grace": parse_duration, "drain_delay": parse_duration,
         "connect_timeout": parse_duration, "eject_for": parse_duration,
         "max_body": parse_size, "connections": int,
+        "header_timeout": parse_duration, "body_timeout": parse_duration,
+        "keepalive_timeout": parse_duration, "max_header_line": parse_size,
+        "max_header_size": parse_size, "max_headers": int,
+        "max_connections": lambda v: 0 if v == "auto" else int(v),
     }
     for k, v in known.items():
         try:
@@ -221,6 +227,16 @@ def _settings(r: _Reader, raw: Any) -> Settings:
             r.problem(f"settings.{k}", str(exc), "see the settings table in README.md")
     if kw.get("connections", 1) < 1:
         r.problem("settings.connections", "must be at least 1", "connections: 2")
+    for k, least, fix in (("max_header_line", 256, "max_header_line: 8KiB"),
+                          ("max_header_size", 1024, "max_header_size: 64KiB"),
+                          ("max_headers", 8, "max_headers: 100"),
+                          ("max_connections", 0, "max_connections: auto"),
+                          ("max_body", 0, "max_body: 1MiB")):
+        if kw.get(k, least) < least:
+            r.problem(f"settings.{k}", f"{kw[k]} is below the least sensible value, {least}", fix)
+    for k in ("header_timeout", "body_timeout", "keepalive_timeout"):
+        if kw.get(k, 1.0) <= 0:
+            r.problem(f"settings.{k}", "must be a duration above zero", f"{k}: 10s")
     return Settings(**kw, extra=extra)
 
 

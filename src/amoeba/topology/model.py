@@ -43,6 +43,14 @@ class Settings:
     connections: int = 2  # pooled RPC connections per callee replica
     connect_timeout: float = 1.0
     eject_for: float = 1.0  # first ejection of a failing replica; doubles up to 30 s
+    # What a listener allows one client (gateway/connections.py says why each default).
+    max_header_line: int = 8 << 10  # bytes of the request line or one header line: else 414/431
+    max_header_size: int = 64 << 10  # bytes of the whole request head: else 431
+    max_headers: int = 100  # header lines in one request: else 431
+    header_timeout: float = 10.0  # a request head (or the RPC hello) must arrive within this: else 408
+    body_timeout: float = 15.0  # longest stall of an upload, or of a client reading answers
+    keepalive_timeout: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 0  # per listener; 0: auto, from the open-files limit
     extra: dict[str, Any] = field(default_factory=dict)  # app-specific settings
 
 

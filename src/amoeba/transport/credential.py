@@ -52,7 +52,8 @@ class TokenSigner:
         self._cache: dict[tuple[str, str], tuple[float, str]] = {}
 
     def _sign(self, body: str) -> str:
-        return hmac.new(self._secret, body.encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self._secret, body.encode("utf-8", "surrogateescape"),
+                        hashlib.sha256).hexdigest()
 
     def issue(self, audience: str, caller: str, ttl: float = TTL) -> str:
         """A token for ``audience``; reused until half its life has passed."""
@@ -70,9 +71,12 @@ class TokenSigner:
         """The caller's name, or ``Unauthorized``."""
         body, _, sig = token.rpartition(".")
         parts = body.split(".")
-        if len(parts) != 4 or parts[0] != "v1":
+        if len(parts) != 4 or parts[0] != "v1" or not (parts[3].isascii() and parts[3].isdigit()):
             raise Unauthorized("internal credential required")
-        if not hmac.compare_digest(sig, self._sign(body)):
+        # On bytes: compare_digest refuses a str with non-ASCII characters (a
+        # forged header is latin-1, anything goes) with a TypeError.
+        if not hmac.compare_digest(sig.encode("utf-8", "surrogateescape"),
+                                   self._sign(body).encode()):
             raise Unauthorized("internal credential is not valid")
         if parts[1] != audience:
             raise Unauthorized("internal credential is for another process")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
@@ -13,7 +14,7 @@ import msgspec
 from amoeba import context
 from amoeba.codec import MethodCodec, msgpack_encoder
 from amoeba.errors import Internal, NotFound, ServiceError, Unauthorized, Unavailable
-from amoeba.transport.wire import MAGIC, call_decoder, frame, frames, hello_decoder
+from amoeba.transport.wire import MAGIC, call_decoder, frame, frames, hello_decoder, hello_frame
 
 if TYPE_CHECKING:
     from amoeba.runtime.host import Host
@@ -31,21 +32,43 @@ class RpcServerProtocol(asyncio.Protocol):
     """One accepted RPC connection.  Calls run concurrently, replies go back
     as they finish."""
 
-    def __init__(self, host: Host):
+    def __init__(self, host: Host, hello_timeout: float = 10.0):
         self.host = host
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.authed = False
         self.peer = "?"
         self.tasks: set[asyncio.Task[None]] = set()
+        self.hello_timeout = hello_timeout
+        self.deadline = math.inf  # the hello is due by then
+
+    def __repr__(self) -> str:
+        return f"<RpcServerProtocol peer={self.peer} {'authenticated' if self.authed else 'hello'}>"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.host.connections.add(self)
+        self.deadline = asyncio.get_running_loop().time() + self.hello_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.host.connections.discard(self)
         self.transport = None
+        self.buf = bytearray()
+
+    def tick(self, now: float) -> None:
+        """The listener's ConnectionTable sweeps: no hello in time, no connection."""
+        if now < self.deadline:
+            return
+        self.deadline = math.inf
+        if not self.authed and self.transport is not None:
+            log.warning("closing RPC connection: no hello within %gs", self.hello_timeout)
+            self.transport.abort()
+
+    def sheddable(self) -> bool:
+        return False  # an authenticated peer's calls are never dropped for a newcomer
+
+    def shed(self) -> None:
+        self.abort()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -65,18 +88,30 @@ class RpcServerProtocol(asyncio.Protocol):
             self.transport.write(GOAWAY)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return
         self.buf += data
+        if not self.authed:
+            # Before the credential is checked the peer may send the hello and
+            # nothing else: a small frame, refused as soon as its length says
+            # more (the client waits for the answer before its first call).
+            try:
+                hello = hello_frame(self.buf)
+            except ValueError as exc:
+                log.warning("closing RPC connection: %s", exc)
+                self.transport.abort()
+                return
+            if hello is None:
+                return
+            if not self._hello(hello):
+                return
         try:
             chunks = frames(self.buf)
         except ValueError as exc:
             log.warning("closing RPC connection: %s", exc)
-            assert self.transport is not None
             self.transport.close()
             return
         for chunk in chunks:
-            if not self.authed:
-                self._hello(chunk)
-                continue
             try:
                 call = call_decoder.decode(chunk)
             except msgspec.DecodeError:
@@ -88,23 +123,32 @@ class RpcServerProtocol(asyncio.Protocol):
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    def _hello(self, chunk: bytes) -> None:
+    def _hello(self, chunk: bytes) -> bool:
+        """Check the hello; True when the peer may call, else the connection closes."""
         assert self.transport is not None
         try:
             hello = hello_decoder.decode(chunk)
             self.peer = self.host.signer.verify(hello.token, self.host.process.name)
         except (msgspec.DecodeError, Unauthorized) as exc:
             err = exc if isinstance(exc, Unauthorized) else Unauthorized("malformed hello")
-            self.transport.write(frame(msgpack_encoder.encode((0, False, err.to_wire()))))
-            self.transport.close()
-            return
+            self._refuse(err)
+            return False
+        if self.buf:  # a call before the answer to the hello: not what the client does
+            self._refuse(Unauthorized("no call may be sent before the hello is answered"))
+            return False
         if self.host.draining:  # refused before any call: the client tries another replica
-            busy = Unavailable(f"{self.host.process.name} is draining")
-            self.transport.write(frame(msgpack_encoder.encode((0, False, busy.to_wire()))))
-            self.transport.close()
-            return
+            self._refuse(Unavailable(f"{self.host.process.name} is draining"))
+            return False
         self.authed = True
+        self.deadline = math.inf
         self.transport.write(frame(msgpack_encoder.encode((0, True, "ok"))))
+        return True
+
+    def _refuse(self, err: ServiceError) -> None:
+        assert self.transport is not None
+        self.transport.write(frame(msgpack_encoder.encode((0, False, err.to_wire()))))
+        self.transport.close()
+        self.buf = bytearray()
 
     async def _run(self, call: Any) -> None:
         host = self.host

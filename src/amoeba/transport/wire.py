@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["MAGIC", "Call", "Hello", "Reply", "frames"]
+__all__ = ["MAGIC", "MAX_HELLO", "Call", "Hello", "Reply", "frames", "hello_frame"]
 
 MAGIC = b"MTS1"
 MAX_FRAME = 64 << 20
+# The hello: a credential (~120 bytes) and a caller's name.  The only frame a
+# peer may send before the credential is checked, so the only memory one
+# unauthenticated connection can take.
+MAX_HELLO = 1024
 
 
 class Hello(msgspec.Struct, array_like=True):
@@ -68,6 +72,21 @@ def frames(buf: bytearray) -> list[bytes]:
     if pos:
         del buf[:pos]
     return out
+
+
+def hello_frame(buf: bytearray) -> bytes | None:
+    """The hello cut off the front of ``buf`` once complete, else None;
+    ``ValueError`` as soon as its length says it is not a hello."""
+    if len(buf) < 4:
+        return None
+    size = int.from_bytes(buf[:4], "big")
+    if size > MAX_HELLO:
+        raise ValueError(f"hello frame of {size} bytes exceeds the {MAX_HELLO} byte limit")
+    if len(buf) < 4 + size:
+        return None
+    body = bytes(buf[4:4 + size])
+    del buf[:4 + size]
+    return body
 
 
 def frame(body: bytes) -> bytes:
