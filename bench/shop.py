@@ -226,7 +226,7 @@ def shop_round(topology: str, args: argparse.Namespace) -> dict[str, LoadResult]
 
 def tickets_round(topology: str, args: argparse.Namespace) -> dict[str, LoadResult]:
     purchase = Request("POST", "/api/v1/purchase", tickets.BODY, dict(tickets.HEADERS))
-    with tickets.amoeba(topology, log_level=LOG_LEVEL) as port:
+    with tickets.amoeba(topology, log_level=LOG_LEVEL) as (port, _pid):
         return {"tickets purchase": measure(port, purchase, args)}
 
 
