@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
@@ -84,7 +85,10 @@ class Response:
 def error_response(exc: ServiceError, request_id: str) -> Response:
     err = exc.to_wire()
     err["request_id"] = request_id
-    return Response(exc.status, json_encoder.encode({"error": err}))
+    resp = Response(exc.status, json_encoder.encode({"error": err}))
+    if exc.retry_after is not None:
+        resp.headers = [("retry-after", str(max(1, math.ceil(exc.retry_after))))]
+    return resp
 
 
 class HttpProtocol(asyncio.Protocol):
