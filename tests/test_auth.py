@@ -280,3 +280,44 @@ async def test_passwords_hash_and_verify_off_the_loop():
 def test_key_file_env_is_not_world_readable_when_generated(tmp_path):
     TokenVerifier(AuthConfig.from_settings({}, "x", tmp_path)).issue_access("a")
     assert oct(os.stat(tmp_path / ".auth-keys.json").st_mode & 0o077) == "0o0"
+
+
+async def test_password_hashes_are_capped_per_process(monkeypatch):
+    """At most AMOEBA_PASSWORD_HASHES run at once; a call that waits longer than
+    AMOEBA_PASSWORD_WAIT gets a 503 HashingBusy with a retry hint."""
+    import asyncio
+    import threading
+
+    from amoeba.auth import passwords
+
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    class SlowHasher:  # stands in for argon2's CPU time: 0.2 s per check, in the worker thread
+        def verify(self, hashed: str, password: str) -> bool:
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            time.sleep(0.2)
+            with lock:
+                running -= 1
+            return password == "right"
+
+    monkeypatch.setattr(passwords, "_hasher", SlowHasher())
+    monkeypatch.setattr(passwords, "_slots", passwords.weakref.WeakKeyDictionary())
+    monkeypatch.setenv("AMOEBA_PASSWORD_HASHES", "1")
+    monkeypatch.setenv("AMOEBA_PASSWORD_WAIT", "0.3")
+    results = await asyncio.gather(*(passwords.verify_password("h", "right") for _ in range(6)),
+                                   return_exceptions=True)
+    ok = [r for r in results if r is True]
+    busy = [r for r in results if isinstance(r, passwords.HashingBusy)]
+    assert most == 1
+    # one at a time: the first, maybe the second (0.2 s < 0.3 s of waiting), no more
+    assert 1 <= len(ok) <= 2 and len(ok) + len(busy) == 6, results
+    assert busy[0].status == 503 and busy[0].retry_after == 1.0
+    assert busy[0].to_wire()["retry_after"] == 1.0
+    monkeypatch.setenv("AMOEBA_PASSWORD_HASHES", "many")
+    monkeypatch.setattr(passwords, "_slots", passwords.weakref.WeakKeyDictionary())
+    with pytest.raises(ValueError, match="AMOEBA_PASSWORD_HASHES"):
+        await passwords.verify_password("h", "right")
