@@ -169,7 +169,7 @@ def prepare(port: int) -> Shop:
                         headers={"Authorization": f"Bearer {admin}"},
                         json={"name": "bench widget", "price": "1.00", "stock": STOCK})
         email, password = f"bench-{uuid.uuid4().hex[:10]}@bench.test", "bench-password"
-        _call(client, "POST", "/api/auth/register", 201, json={"email": email, "password": password})
+        _call(client, "POST", "/api/auth/register", 202, json={"email": email, "password": password})
         user = _call(client, "POST", "/api/auth/login", 200,
                      json={"email": email, "password": password})["access_token"]
     return Shop(port=port, product_id=int(product["id"]), bearer=user)

@@ -50,9 +50,10 @@ async def new_user(h: Harness) -> tuple[str, dict[str, str]]:
     """Register a fresh user; its id and Authorization header."""
     email = f"user-{uuid.uuid4().hex[:10]}@shop.test"
     r = await h.post("/api/auth/register", json={"email": email, "password": "correct horse"})
-    assert r.status == 201, r.json()
-    tokens = await login(h, email, "correct horse")
-    return r.json()["id"], bearer(tokens["access_token"])
+    assert r.status == 202, r.json()
+    auth = bearer((await login(h, email, "correct horse"))["access_token"])
+    me = await h.get("/api/auth/me", headers=auth)
+    return me.json()["id"], auth
 
 
 async def admin(h: Harness) -> dict[str, str]:
@@ -116,10 +117,13 @@ async def test_bad_prices_are_rejected(shop, price):
 async def test_register_login_me(shop):
     email = f"me-{uuid.uuid4().hex[:8]}@shop.test"
     r = await shop.post("/api/auth/register", json={"email": email, "password": "long enough"})
-    assert r.status == 201
-    assert set(r.json()) == {"id", "email", "roles", "created_at"}  # never the hash
-    assert (await shop.post("/api/auth/register",
-                            json={"email": email.upper(), "password": "long enough"})).status == 409
+    assert r.status == 202 and r.json()["accepted"] is True
+    # A taken email gets the very same answer, and keeps its password.
+    again = await shop.post("/api/auth/register",
+                            json={"email": email.upper(), "password": "another password"})
+    assert again.status == 202 and again.json() == r.json()
+    assert (await shop.post("/api/auth/login", json={"email": email, "password": "another password"})
+            ).status == 401
     assert (await shop.post("/api/auth/register",
                             json={"email": "not-an-email", "password": "long enough"})).status == 422
     assert (await shop.post("/api/auth/register",
@@ -132,6 +136,7 @@ async def test_register_login_me(shop):
     assert tokens["token_type"] == "bearer" and tokens["expires_in"] > 0
     me = await shop.get("/api/auth/me", headers=bearer(tokens["access_token"]))
     assert me.status == 200 and me.json()["email"] == email
+    assert set(me.json()) == {"id", "email", "roles", "created_at"}  # never the hash
     assert (await shop.get("/api/auth/me")).status == 401
 
 
@@ -166,6 +171,126 @@ async def test_logout_revokes(shop):
     assert (await shop.post("/api/auth/refresh", json={"refresh_token": t["refresh_token"]})).status == 401
     assert (await shop.get("/api/auth/me", headers=bearer(t["access_token"]))).status == 401
     assert (await shop.post("/api/auth/logout")).status == 401
+
+
+RECHECK = 2.0  # settings.auth.session_recheck's default: the bound on a revocation's reach
+
+
+async def refused_everywhere(h: Harness, auth: dict[str, str], order_id: int) -> float:
+    """Seconds until every authenticated route (orders, notifications, accounts)
+    answers 401 to ``auth`` on every gateway replica, and stays so; fails
+    after the stated bound."""
+    start = loop_time()
+    routes = [("GET", "/api/orders", None), ("GET", f"/api/orders/{order_id}", None),
+              ("POST", "/api/orders", {"items": [{"product_id": 999999, "qty": 1}]}),  # 404 if let in
+              ("GET", "/api/notifications", None), ("GET", "/api/auth/me", None),
+              ("POST", "/api/auth/logout", None)]
+    while True:
+        # twice each: the harness alternates between gateway replicas
+        rs = [await h.request(m, p, headers=auth, json=b) for m, p, b in routes * 2]
+        took = loop_time() - start
+        if all(r.status == 401 for r in rs):
+            return took
+        assert took < RECHECK + 1.5, [(m, p, r.status) for (m, p, _), r in zip(routes * 2, rs, strict=True)]
+        assert all(r.status in (200, 404, 401) for r in rs), [r.status for r in rs]
+        await asyncio.sleep(0.1)
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def test_logout_ends_the_access_token_on_every_route(shop):
+    _, auth = await new_user(shop)
+    r = await shop.post("/api/orders", headers=auth, json={"items": [{"product_id": 1, "qty": 1}]})
+    assert r.status == 201, r.json()
+    oid = r.json()["id"]
+    assert (await shop.post("/api/auth/logout", headers=auth)).status == 200
+    took = await refused_everywhere(shop, auth, oid)
+    print(f"{shop.mode}: logout refused everywhere after {took:.2f}s")
+    # Another session of the same user is untouched.
+    _, other = await new_user(shop)
+    assert (await shop.get("/api/orders", headers=other)).status == 200
+
+
+async def test_refresh_reuse_ends_the_access_tokens(shop):
+    email = f"reuse-{uuid.uuid4().hex[:8]}@shop.test"
+    await shop.post("/api/auth/register", json={"email": email, "password": "long enough"})
+    first = await login(shop, email, "long enough")
+    second = (await shop.post("/api/auth/refresh", json={"refresh_token": first["refresh_token"]})).json()
+    auth = bearer(second["access_token"])
+    r = await shop.post("/api/orders", headers=auth, json={"items": [{"product_id": 1, "qty": 1}]})
+    assert r.status == 201, r.json()
+    # The stolen first refresh token comes back: the whole session ends, access tokens too.
+    assert (await shop.post("/api/auth/refresh", json={"refresh_token": first["refresh_token"]})
+            ).status == 401
+    await refused_everywhere(shop, auth, r.json()["id"])
+    await refused_everywhere(shop, bearer(first["access_token"]), r.json()["id"])
+
+
+async def test_password_change_ends_every_session(shop):
+    email = f"pw-{uuid.uuid4().hex[:8]}@shop.test"
+    await shop.post("/api/auth/register", json={"email": email, "password": "old password"})
+    phone = bearer((await login(shop, email, "old password"))["access_token"])
+    laptop = bearer((await login(shop, email, "old password"))["access_token"])
+    r = await shop.post("/api/orders", headers=phone, json={"items": [{"product_id": 1, "qty": 1}]})
+    oid = r.json()["id"]
+    wrong = await shop.post("/api/auth/password", headers=laptop,
+                            json={"current_password": "not it", "new_password": "new password"})
+    assert wrong.status == 401
+    r = await shop.post("/api/auth/password", headers=laptop,
+                        json={"current_password": "old password", "new_password": "new password"})
+    assert r.status == 200, r.json()
+    fresh = bearer(r.json()["access_token"])
+    await refused_everywhere(shop, phone, oid)
+    await refused_everywhere(shop, laptop, oid)
+    assert (await shop.get(f"/api/orders/{oid}", headers=fresh)).status == 200
+    assert (await shop.post("/api/auth/login", json={"email": email, "password": "old password"})
+            ).status == 401
+    await login(shop, email, "new password")
+
+
+async def test_failed_logins_lock_the_account_alike_for_unknown_emails(shop):
+    email = f"guess-{uuid.uuid4().hex[:8]}@shop.test"
+    await shop.post("/api/auth/register", json={"email": email, "password": "right password"})
+    nobody = f"nobody-{uuid.uuid4().hex[:8]}@shop.test"
+    locked = {}
+    for target in (email, nobody):
+        statuses = [(await shop.post("/api/auth/login", json={"email": target, "password": "wrong one"})
+                     ).status for _ in range(6)]
+        assert statuses == [401] * 6, statuses  # five free failures, the sixth locks
+        r = await shop.post("/api/auth/login", json={"email": target, "password": "right password"})
+        assert r.status == 429, r.json()  # locked: not even the right password gets in
+        assert r.json()["error"]["type"] == "LoginLocked"
+        assert 1 <= int(r.headers["retry-after"]) <= 2
+        locked[target] = {k: v for k, v in r.json()["error"].items() if k not in ("request_id",
+                                                                                  "retry_after")}
+    assert locked[email] == locked[nobody]  # nothing tells a known account from an unknown one
+    # Another account is not affected.
+    _, other = await new_user(shop)
+    assert (await shop.get("/api/auth/me", headers=other)).status == 200
+    await asyncio.sleep(2.1)
+    await login(shop, email, "right password")  # the lock ended; success forgets the failures
+    statuses = [(await shop.post("/api/auth/login", json={"email": email, "password": "wrong one"})
+                 ).status for _ in range(5)]
+    assert statuses == [401] * 5, statuses
+
+
+async def test_register_takes_as_long_for_a_taken_email(shop):
+    if shop.mode not in ("inprocess", "microservices"):
+        pytest.skip("timed once in-process and once over RPC")
+    taken = f"taken-{uuid.uuid4().hex[:8]}@shop.test"
+    await shop.post("/api/auth/register", json={"email": taken, "password": "long enough"})
+    new, old = [], []
+    for i in range(6):
+        for email, times in ((f"fresh-{i}-{uuid.uuid4().hex[:8]}@shop.test", new), (taken, old)):
+            t = loop_time()
+            r = await shop.post("/api/auth/register", json={"email": email, "password": "long enough"})
+            times.append(loop_time() - t)
+            assert r.status == 202
+    m_new, m_old = sorted(new)[3], sorted(old)[3]
+    print(f"{shop.mode}: register median {m_new * 1e3:.0f} ms new email, {m_old * 1e3:.0f} ms taken")
+    assert 0.5 < m_old / m_new < 2.0  # both are one argon2 hash plus a database write
 
 
 # -- orders --------------------------------------------------------------------
