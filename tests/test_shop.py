@@ -9,15 +9,22 @@ import asyncio
 import contextlib
 import sqlite3
 import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import servers
+import sqlalchemy as sa
 from e2e import ROOT
 from shop.app import app
+from shop.catalog import HoldClosed, Line
+from shop.orders import Orders, _request_hash, idempotency, order_holds
+from shop.owners import owners
 
+from amoeba import Database, ResourceContext, Service
 from amoeba.testing import Harness, InProcessHarness, TopologyHarness, app_fixture
 
 TOPOS = ROOT / "examples" / "shop" / "topologies"
@@ -377,6 +384,73 @@ async def test_idempotent_repeat_while_running_is_409(shop):
     assert done.status == 201
     again = await shop.post("/api/orders", headers=key, json=body)
     assert again.status == 201 and again.json()["id"] == done.json()["id"]
+    assert await stock_of(shop, p["id"]) == 9
+
+
+@contextlib.asynccontextmanager
+async def service_db(shop: Harness, service: type[Service]) -> AsyncIterator[Database]:
+    """The service's own database, opened from outside the app (as an operator would)."""
+    if isinstance(shop, InProcessHarness):
+        url, data = None, shop.host.data_dir
+    else:
+        assert isinstance(shop, TopologyHarness)
+        url, data = shop.group.env["DATABASE_URL"], shop.group.dir / "data"
+    db = await Database.open(ResourceContext(service.name, url, data, {}, owner=service))
+    try:
+        yield db
+    finally:
+        await db.aclose()
+
+
+async def test_a_dead_processes_hold_goes_back_to_stock(shop):
+    """orders recorded a hold and catalog took its stock, then the process died
+    before the order was stored: the sweeper gives the stock back, once."""
+    p = await new_product(shop, 10)
+    hold = uuid.uuid4().hex
+    async with service_db(shop, Orders) as db:
+        await db.execute(order_holds.insert().values(
+            hold_id=hold, owner="a-process-that-died", state="pending",
+            created_at=datetime.now(UTC) - timedelta(seconds=2)))
+    catalog = shop.service("catalog")
+    await catalog.reserve([Line(product_id=p["id"], qty=4)], hold)
+    again = await catalog.reserve([Line(product_id=p["id"], qty=4)], hold)  # a retried call
+    assert [(x.product_id, x.qty) for x in again] == [(p["id"], 4)]
+    assert await stock_of(shop, p["id"]) == 6
+    start = loop_time()
+    while await stock_of(shop, p["id"]) != 10:
+        assert loop_time() - start < 10, "the dead process's hold was not released"
+        await asyncio.sleep(0.1)
+    print(f"{shop.mode}: hold of a dead process released after {loop_time() - start:.1f}s")
+    with pytest.raises(HoldClosed):  # a late reservation of it cannot take stock again
+        await catalog.reserve([Line(product_id=p["id"], qty=4)], hold)
+    assert not await catalog.release(hold)  # and releasing again gives nothing more
+    # A release that comes before its reservation closes the hold for good.
+    early = uuid.uuid4().hex
+    assert not await catalog.release(early)
+    with pytest.raises(HoldClosed):
+        await catalog.reserve([Line(product_id=p["id"], qty=1)], early)
+    assert await stock_of(shop, p["id"]) == 10
+
+
+async def test_a_dead_processes_idempotency_claim_is_taken_over_at_once(shop):
+    uid, user = await new_user(shop)
+    p = await new_product(shop, 10)
+    lines = [Line(product_id=p["id"], qty=1)]
+    dead, live = uuid.uuid4().hex, uuid.uuid4().hex
+    async with service_db(shop, Orders) as db:
+        me = (await db.fetchall(sa.select(owners.c.owner_id)))[0].owner_id  # a live replica
+        for key, owner in ((dead, "a-process-that-died"), (live, me)):
+            await db.execute(idempotency.insert().values(
+                user_id=uid, idem_key=key, request_hash=_request_hash(lines, None), order_id=None,
+                created_at=datetime.now(UTC), owner=owner))
+    body = {"items": [{"product_id": p["id"], "qty": 1}]}
+    r = await shop.post("/api/orders", headers={**user, "idempotency-key": dead}, json=body)
+    assert r.status == 201, r.json()  # at once, not after 60 s
+    again = await shop.post("/api/orders", headers={**user, "idempotency-key": dead}, json=body)
+    assert again.status == 201 and again.json()["id"] == r.json()["id"]
+    r = await shop.post("/api/orders", headers={**user, "idempotency-key": live}, json=body)
+    assert r.status == 409 and r.json()["error"]["type"] == "IdempotencyKeyInUse"
+    assert r.headers["retry-after"] == "1"
     assert await stock_of(shop, p["id"]) == 9
 
 

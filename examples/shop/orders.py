@@ -6,15 +6,42 @@ qty}]``.  The server owns the price: a client total that disagrees is
 rejected, and ``user_id``, when given, must be the caller's own.
 
 ``Idempotency-Key``: the first request with a key claims it (a row in the
-orders database); a repeat with the same body gets the first order back, a
-repeat with another body gets 422, and a repeat while the first is still
-running gets 409.  A request that fails releases its key, so it can be
-retried.
+orders database, naming this process as owner); a repeat with the same body
+gets the first order back, a repeat with another body gets 422, and a repeat
+while the first is still running gets 409.  A request that fails releases
+its key, so it can be retried.  When the owner died (its heartbeat in
+``owners.py`` is older than 4 s) a repeat takes the claim over at once; a
+claim of a live owner is taken over after 60 s.
+
+Stock that cannot leak: an order's stock is a catalog **hold**, recorded
+here first, as ``order_holds`` (``pending``, with its owner), before the
+catalog is asked.  Then exactly one of these ends it:
+
+* the order's transaction deletes the ``pending`` row (or fails, when it is
+  gone) together with writing the order and its ``OrderPlaced`` event (the
+  outbox), whose delivery confirms the hold in the catalog;
+* a request that fails marks it ``void`` and releases it in the catalog;
+* the sweeper of any orders replica (every second) voids and releases a
+  ``pending`` hold whose owner is dead, or that is older than ``HOLD_TTL``
+  (30 s, three times the call deadline), and finishes the release of a
+  ``void`` one whose releaser died.
+
+A ``pending`` row is deleted or voided by one conditional statement, so an
+order and a release can never both happen; a catalog release that arrives
+before its reservation leaves a tombstone there, so the late reservation
+fails.  Whatever process dies at whatever point, stock comes back within
+``DEAD_AFTER`` + 1 s of its death (``HOLD_TTL`` for a live owner stuck in
+a call), or belongs to an order.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
+import random
+import secrets
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
@@ -22,11 +49,25 @@ from typing import Annotated
 import msgspec
 import sqlalchemy as sa
 
-from amoeba import Conflict, Database, Header, Invalid, NotFound, Principal, Service, get, post
+from amoeba import (
+    Conflict,
+    Database,
+    Header,
+    Invalid,
+    NotFound,
+    Principal,
+    Service,
+    Unavailable,
+    get,
+    post,
+)
 from shop.catalog import Catalog, Line, PricedLine
 from shop.events import OrderPlaced
 from shop.money import from_cents, to_cents
+from shop.owners import Owners
 from shop.timestamps import Timestamp
+
+log = logging.getLogger("shop.orders")
 
 metadata = sa.MetaData()
 orders = sa.Table(
@@ -52,22 +93,41 @@ idempotency = sa.Table(
     sa.Column("request_hash", sa.String(64), nullable=False),
     sa.Column("order_id", sa.Integer, nullable=True),
     sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("owner", sa.String(64), nullable=True),
+)
+order_holds = sa.Table(
+    "order_holds", metadata,
+    sa.Column("hold_id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(10), nullable=False),  # pending | void
+    sa.Column("created_at", Timestamp, nullable=False),
 )
 
 # The hot statements are built once (building one costs more than running it).
 _user, _key, _oid = sa.bindparam("u"), sa.bindparam("k"), sa.bindparam("oid")
 INSERT_ORDER = orders.insert()
 INSERT_ITEMS = order_items.insert()
-MARK_KEY = (idempotency.update().where(idempotency.c.user_id == _user, idempotency.c.idem_key == _key)
+_me, _hold = sa.bindparam("me"), sa.bindparam("hold")
+MARK_KEY = (idempotency.update().where(idempotency.c.user_id == _user, idempotency.c.idem_key == _key,
+                                       idempotency.c.owner == _me)
             .values(order_id=_oid))
+OPEN_HOLD = order_holds.insert()
+CLOSE_HOLD = order_holds.delete().where(order_holds.c.hold_id == _hold,
+                                        order_holds.c.state == "pending")
+VOID_HOLD = (order_holds.update().where(order_holds.c.hold_id == _hold,
+                                        order_holds.c.state == "pending").values(state="void"))
+DROP_VOID = order_holds.delete().where(order_holds.c.hold_id == _hold, order_holds.c.state == "void")
 GET_ORDER = sa.select(orders).where(orders.c.id == _oid, orders.c.user_id == _user)
 GET_ITEMS = sa.select(order_items).where(order_items.c.order_id == _oid).order_by(
     order_items.c.product_id)
 
 MAX_LINES = 100
-# A claim older than this whose request never finished (its process died)
-# may be taken over by a retry.
+# A claim older than this whose request never finished may be taken over by
+# a retry even when its owner still beats (a request stuck that long is lost).
 STALE_CLAIM = timedelta(seconds=60)
+# A pending hold of a live owner older than this is released (3x the deadline).
+HOLD_TTL = timedelta(seconds=30)
+SWEEP = 1.0  # seconds between sweeps, per replica
 
 
 class OrderItem(msgspec.Struct):
@@ -101,6 +161,10 @@ class OrderNotFound(NotFound):
 
 class IdempotencyKeyInUse(Conflict):
     """A request with this Idempotency-Key is still being processed."""
+
+
+class HoldLapsed(Unavailable):
+    """The stock hold of this order was released before the order was stored; retry."""
 
 
 def _lines(items: list[Line] | None, product_ids: list[int] | None) -> list[Line]:
@@ -138,6 +202,17 @@ class Orders(Service):
     migrations = "migrations/orders"
     publishes = (OrderPlaced,)
 
+    async def start(self) -> None:
+        self.owners = Owners(self.db)
+        await self.owners.start()
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="orders hold sweeper")
+
+    async def stop(self) -> None:
+        self._sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sweeper
+        await self.owners.stop()
+
     @post("/api/orders", status=201, tags=("orders",))
     async def place_order(
         self,
@@ -170,7 +245,7 @@ class Orders(Service):
                 await self.db.execute(idempotency.delete().where(
                     idempotency.c.user_id == principal.subject,
                     idempotency.c.idem_key == idempotency_key,
-                    idempotency.c.order_id.is_(None)))
+                    idempotency.c.order_id.is_(None), idempotency.c.owner == self.owners.id))
             raise
 
     async def _claim(self, user: str, key: str, request_hash: str) -> Order | None:
@@ -178,7 +253,8 @@ class Orders(Service):
         now = datetime.now(UTC)
         try:
             await self.db.execute(idempotency.insert().values(
-                user_id=user, idem_key=key, request_hash=request_hash, order_id=None, created_at=now))
+                user_id=user, idem_key=key, request_hash=request_hash, order_id=None, created_at=now,
+                owner=self.owners.id))
             return None
         except sa.exc.IntegrityError:
             pass
@@ -191,22 +267,28 @@ class Orders(Service):
                           details=[{"path": "header.Idempotency-Key", "reason": "reused"}])
         if row.order_id is not None:
             return await self._load(user, row.order_id)
-        if now - _utc(row.created_at) < STALE_CLAIM:
+        if now - _utc(row.created_at) < STALE_CLAIM and await self.owners.alive(row.owner):
             raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress; "
-                                      "retry later")
+                                      "retry later", retry_after=1)
+        # Its owner died (or is stuck): take the claim over.  The owner's commit,
+        # should it still come, is conditional on owning the claim and fails.
+        owned = (idempotency.c.owner.is_(None) if row.owner is None
+                 else idempotency.c.owner == row.owner)
         taken = await self.db.execute(idempotency.update().where(
             idempotency.c.user_id == user, idempotency.c.idem_key == key,
-            idempotency.c.order_id.is_(None), idempotency.c.created_at == row.created_at,
-        ).values(created_at=now))
+            idempotency.c.order_id.is_(None), idempotency.c.created_at == row.created_at, owned,
+        ).values(created_at=now, owner=self.owners.id))
         if taken.rowcount != 1:
             raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress")
         return None
 
     async def _place(self, user: str, lines: list[Line], client_total: int | None,
                      key: str | None) -> Order:
-        priced: list[PricedLine] = await self.catalog.reserve(lines)
-        stored = False
+        hold = secrets.token_hex(16)
+        await self.db.execute(OPEN_HOLD, {"hold_id": hold, "owner": self.owners.id,
+                                          "state": "pending", "created_at": datetime.now(UTC)})
         try:
+            priced: list[PricedLine] = await self.catalog.reserve(lines, hold)
             total = sum(to_cents(p.unit_price, "unit_price") * p.qty for p in priced)
             if client_total is not None and client_total != total:
                 raise Invalid(f"total_amount {from_cents(client_total)} does not match the catalog's "
@@ -214,22 +296,75 @@ class Orders(Service):
                               details=[{"path": "$.total_amount", "reason": "does not match prices"}])
             now = datetime.now(UTC)
             async with self.db.transaction() as conn:
+                if (await conn.execute(CLOSE_HOLD, {"hold": hold})).rowcount != 1:
+                    raise HoldLapsed("the stock held for this order was released meanwhile; retry",
+                                     retry_after=1)
                 result = await conn.execute(INSERT_ORDER, {
                     "user_id": user, "total_cents": total, "status": "placed", "created_at": now})
                 order_id = int(result.inserted_primary_key[0])
                 await conn.execute(INSERT_ITEMS, [
                     {"order_id": order_id, "product_id": p.product_id, "name": p.name, "qty": p.qty,
                      "unit_cents": to_cents(p.unit_price, "unit_price")} for p in priced])
-                if key is not None:
-                    await conn.execute(MARK_KEY, {"u": user, "k": key, "oid": order_id})
+                if key is not None and (await conn.execute(MARK_KEY, {
+                        "u": user, "k": key, "oid": order_id, "me": self.owners.id})).rowcount != 1:
+                    raise IdempotencyKeyInUse("this Idempotency-Key was taken over by a retry",
+                                              retry_after=1)
                 await self.publish(OrderPlaced(order_id=order_id, user_id=user,
                                                total_amount=str(from_cents(total)),
-                                               items=sum(p.qty for p in priced)))
-            stored = True
-        finally:
-            if not stored:
-                await self.catalog.release([Line(product_id=p.product_id, qty=p.qty) for p in priced])
+                                               items=sum(p.qty for p in priced), hold=hold))
+        except BaseException:
+            await self._abandon(hold)
+            raise
         return _order(order_id, user, total, "placed", now, priced)
+
+    async def _abandon(self, hold: str) -> None:
+        """Give back the stock of a hold whose order was not stored.  Shielded from
+        cancellation; whatever does not finish here, the sweeper finishes."""
+        async def run() -> None:
+            if (await self.db.execute(VOID_HOLD, {"hold": hold})).rowcount != 1:
+                return  # the order was stored after all, or the sweeper has it
+            await self._release(hold)
+
+        try:
+            await asyncio.shield(run())
+        except Exception as exc:
+            log.warning("hold %s not released yet (%s); the sweeper will", hold, exc)
+
+    async def _release(self, hold: str) -> None:
+        """Release a ``void`` hold in the catalog, then forget it (both repeatable)."""
+        await self.catalog.release(hold)
+        await self.db.execute(DROP_VOID, {"hold": hold})
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP * random.uniform(0.5, 1.5))  # replicas drift apart
+            try:
+                await self.sweep()
+            except Exception as exc:  # the database or catalog is down: next time
+                log.warning("hold sweep failed: %s", exc)
+
+    async def sweep(self) -> int:
+        """Release every hold that can no longer become an order.  How many."""
+        now = datetime.now(UTC)
+        rows = await self.db.fetchall(sa.select(order_holds).where(sa.or_(
+            order_holds.c.state == "void",
+            order_holds.c.created_at < now - timedelta(seconds=1),
+        )).order_by(order_holds.c.created_at).limit(200))
+        alive: dict[str, bool] = {}
+        released = 0
+        for row in rows:
+            if row.state == "pending":
+                if row.owner not in alive:
+                    alive[row.owner] = await self.owners.alive(row.owner)
+                if alive[row.owner] and now - _utc(row.created_at) < HOLD_TTL:
+                    continue
+                if (await self.db.execute(VOID_HOLD, {"hold": row.hold_id})).rowcount != 1:
+                    continue  # became an order, or another replica has it
+                log.info("releasing hold %s of %s owner %s", row.hold_id,
+                         "live" if alive[row.owner] else "dead", row.owner)
+            await self._release(row.hold_id)
+            released += 1
+        return released
 
     async def _load(self, user: str, order_id: int) -> Order:
         async with self.db.transaction() as conn:
