@@ -12,6 +12,8 @@ Configured by the topology's ``settings.auth`` (every key optional)::
         keys: /etc/shop/keys.json # default: <data dir>/.auth-keys.json, generated on first use
         session_recheck: 2        # seconds a process trusts its answer to "is this session
                                   # revoked?" (see amoeba.auth.revocation)
+        revocation: true          # false: the edge does not check sessions (logout then ends
+                                  # only the refresh token; access tokens live to their exp)
 
 :class:`TokenVerifier` is what the edge uses; :class:`Tokens` is the
 resource a service declares (``tokens: Tokens``) to issue tokens too.  Every
@@ -37,7 +39,8 @@ from amoeba.resource import Resource, ResourceContext
 __all__ = ["AuthConfig", "AuthConfigError", "TokenVerifier", "Tokens"]
 
 INVALID = "invalid or expired token"
-_KNOWN = {"issuer", "audience", "algorithms", "access_ttl", "leeway", "keys", "session_recheck"}
+_KNOWN = {"issuer", "audience", "algorithms", "access_ttl", "leeway", "keys", "session_recheck",
+          "revocation"}
 _SUPPORTED = ("EdDSA", "ES256", "ES384", "RS256", "PS256", "HS256", "HS384", "HS512")
 _REQUIRED = ["exp", "iat", "nbf", "sub", "jti"]
 
@@ -58,6 +61,7 @@ class AuthConfig:
     leeway: float
     keys: Path
     session_recheck: float = 2.0
+    revocation: bool = True
 
     @classmethod
     def from_settings(cls, extra: dict[str, Any], app: str, data_dir: Path) -> AuthConfig:
@@ -91,6 +95,15 @@ class AuthConfig:
                                       f"fix: {key}: {default:g} (seconds) or like 15m")
             return seconds
 
+        def flag(key: str, default: bool) -> bool:
+            v = raw.get(key, default)
+            if isinstance(v, str) and v.lower() in ("true", "false"):
+                v = v.lower() == "true"  # from ${VAR:-true}
+            if not isinstance(v, bool):
+                raise AuthConfigError(f"settings.auth.{key}: {v!r} is not true/false; fix: "
+                                      f"{key}: {str(default).lower()}")
+            return v
+
         algs = raw.get("algorithms", ["EdDSA"])
         if isinstance(algs, str):
             algs = [algs]
@@ -108,6 +121,7 @@ class AuthConfig:
             leeway=number("leeway", 0, 0),
             keys=Path(keys) if keys else data_dir / ".auth-keys.json",
             session_recheck=number("session_recheck", 2, 0),
+            revocation=flag("revocation", True),
         )
 
     def revocations(self, cache_url: str | None) -> SessionRevocations:

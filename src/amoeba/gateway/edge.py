@@ -262,7 +262,8 @@ class Edge:
                 if "authorization" in req.headers:
                     auth_error = self._authenticate(req)
                     sid = req.principal.session if req.principal is not None else None
-                    if sid is not None and await policy.revocations.is_revoked(sid):
+                    if (sid is not None and policy.revocations is not None
+                            and await policy.revocations.is_revoked(sid)):
                         req.principal = None  # a logged-out session: its tokens are dead everywhere
                         auth_error = Unauthorized(INVALID)
                 if self.limiter is not None and req.path not in self.open_paths:

@@ -39,7 +39,8 @@ class EdgePolicy:
                  access: AccessLog | None, trusted: tuple[_Network, ...] = (),
                  revocations: SessionRevocations | None = None):
         self.verifier = verifier
-        self.revocations = revocations or verifier.config.revocations(None)
+        # None: settings.auth.revocation is false, sessions are not checked
+        self.revocations = revocations
         self.limiter = limiter
         self.cors = cors
         self.access = access
@@ -89,7 +90,8 @@ class EdgePolicy:
         except ValueError as exc:
             raise fail("settings.trusted_proxies",
                        f"settings.trusted_proxies: {exc}; fix: trusted_proxies: [10.0.0.0/8]") from None
-        revocations = verifier.config.revocations(topology.resources.get("cache"))
+        revocations = (verifier.config.revocations(topology.resources.get("cache"))
+                       if verifier.config.revocation else None)
         return cls(verifier, limiter, cors, AccessLog() if enabled else None, trusted, revocations)
 
     def _is_trusted(self, addr: str) -> bool:
@@ -119,4 +121,5 @@ class EdgePolicy:
             self.access.flush()  # the last lines before the process says it stopped
         if self.limiter is not None:
             await self.limiter.aclose()
-        await self.revocations.aclose()
+        if self.revocations is not None:
+            await self.revocations.aclose()
