@@ -176,8 +176,11 @@ def prepare(port: int) -> Shop:
 
 
 @contextmanager
-def shop(topology: str) -> Iterator[Shop]:
-    """Start ``amoeba run`` on a shop topology; yield it prepared for load."""
+def shop(topology: str, extra_env: dict[str, str] | None = None,
+         auth: dict[str, Any] | None = None) -> Iterator[Shop]:
+    """Start ``amoeba run`` on a shop topology; yield it prepared for load.
+    ``extra_env``: more environment for the servers; ``auth``: keys merged into
+    the topology's ``settings.auth`` (on a copy of the file)."""
     ports = {name: free_port() for name in ("PORT", "ACCOUNTS_PORT", "CATALOG_PORT", "ORDERS_PORT")}
     with ExitStack() as stack:
         data_dir = tempfile.mkdtemp(prefix="bench-shop-")
@@ -186,10 +189,18 @@ def shop(topology: str) -> Iterator[Shop]:
         env.update(AMOEBA_DATA_DIR=data_dir, AMOEBA_LOG_LEVEL=LOG_LEVEL,
                    SHOP_ADMIN_EMAIL=ADMIN[0], SHOP_ADMIN_PASSWORD=ADMIN[1],
                    SHOP_RATE_USER_BURST=UNLIMITED, SHOP_RATE_USER_RATE=UNLIMITED,
-                   SHOP_RATE_IP_BURST=UNLIMITED, SHOP_RATE_IP_RATE=UNLIMITED)
+                   SHOP_RATE_IP_BURST=UNLIMITED, SHOP_RATE_IP_RATE=UNLIMITED, **(extra_env or {}))
         if topology != "monolith":
             env.update(stack.enter_context(backing()))
         topo = ROOT / "examples" / "shop" / "topologies" / f"{topology}.yaml"
+        if auth:
+            import yaml
+
+            raw = yaml.safe_load(topo.read_text())
+            raw["pythonpath"] = str(topo.parent / raw.get("pythonpath", "."))
+            raw["settings"]["auth"] = {**raw["settings"].get("auth", {}), **auth}
+            topo = Path(data_dir) / f"{topology}.yaml"
+            topo.write_text(yaml.safe_dump(raw, sort_keys=False))
         proc = start_server([sys.executable, "-m", "amoeba", "run", str(topo)],
                             cpu=SERVER_CPU, env=env)
         stack.callback(stop_server, proc)  # runs before the database is dropped

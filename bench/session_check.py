@@ -1,0 +1,88 @@
+"""What the edge's session-revocation check costs per authenticated request.
+
+    flock /tmp/amoeba-bench.lock python bench/session_check.py [--duration 10] [--rounds 2]
+
+The shop's microservices topology (PostgreSQL database and Redis prefix of
+its own, removed after) is started once per configuration, the servers on
+core 0 and wrk on core 1, and wrk sends an authenticated ``GET /api`` (the
+gateway's own index: token verified at the edge, no database) and
+``GET /api/orders/{id}`` (through orders and its database) with a logged-in
+user's access token, in three configurations, interleaved ABCCBA... over
+the rounds:
+
+* ``off``:      ``settings.auth.revocation: false`` (no check: the before);
+* ``on``:       the default, answers remembered ``session_recheck: 2`` s;
+* ``every``:    ``session_recheck: 0``, one Redis ``EXISTS`` per request (worst case).
+
+The table shows each figure's median over rounds and its ratio to ``off``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import shop  # noqa: E402
+from load import LoadResult  # noqa: E402
+
+CONFIGS = {"off": {"revocation": False}, "on": {}, "every": {"session_recheck": 0}}
+
+
+def one(name: str, args: argparse.Namespace) -> dict[str, LoadResult]:
+    import httpx
+
+    with shop.shop("microservices", auth=CONFIGS[name]) as s:
+        auth = {"Authorization": f"Bearer {s.bearer}"}
+        r = httpx.post(f"http://127.0.0.1:{s.port}/api/orders", headers=auth, timeout=30,
+                       json={"items": [{"product_id": s.product_id, "qty": 1}]})
+        assert r.status_code == 201, r.text
+        oid = r.json()["id"]
+        return {path: shop.measure(s.port, shop.Request("GET", path, None, auth), args)
+                for path in ("/api", f"/api/orders/{oid}")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, shop._terminated)
+    if why := shop.unreachable_backing():
+        sys.exit(f"bench/session_check.py needs PostgreSQL and Redis: {why}")
+    print(f"bench/session_check.py: microservices shop, {args.connections} connections, "
+          f"{args.duration}s per figure after {shop.WARMUP_S}s warm-up, servers on cpu "
+          f"{shop.SERVER_CPU}, wrk on cpu {shop.LOAD_CPU}, {args.rounds} round(s) ABC CBA", flush=True)
+    runs: dict[tuple[str, str], list[LoadResult]] = {}
+    names = list(CONFIGS)
+    for r in range(args.rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            for path, result in one(name, args).items():
+                key = ("/api/orders/{id}" if path.startswith("/api/orders/") else path, name)
+                runs.setdefault(key, []).append(result)
+                print(f"  round {r + 1} {name:<6} {key[0]:<18} {result.rps:8.0f} req/s "
+                      f"p50 {result.p50_ms:.2f} ms  errors {result.errors + result.non2xx}", flush=True)
+    print(f"{'route':<18} {'check':<6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+          f"{'req/s vs off':>13} {'p50 vs off':>11}")
+    invalid = False
+    for route in ("/api", "/api/orders/{id}"):
+        base = shop.median(runs[(route, "off")])
+        for name in names:
+            results = runs[(route, name)]
+            m = shop.median(results)
+            errors = sum(x.errors + x.non2xx for x in results)
+            invalid |= errors > 0
+            print(f"{route:<18} {name:<6} {m.rps:9.0f} {m.p50_ms:8.2f} {m.p99_ms:8.2f} {errors:7d} "
+                  f"{m.rps / base.rps:12.3f}x {m.p50_ms / base.p50_ms:10.3f}x")
+    if invalid:
+        print("errors above: those figures are not valid measurements")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
