@@ -14,21 +14,27 @@ the rounds:
 * ``on``:       the default, answers remembered ``session_recheck: 2`` s;
 * ``every``:    ``session_recheck: 0``, one Redis ``EXISTS`` per request (worst case).
 
-The table shows each figure's median over rounds and its ratio to ``off``.
+The table shows each figure's median over rounds and its ratio to ``off``,
+and the median CPU the shop's processes spent per request (from ``/proc``:
+time a neighbour steals is not charged to them, so it is the steadier figure
+on a shared machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
+import statistics
 import sys
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import shop  # noqa: E402
-from load import LoadResult  # noqa: E402
+from load import LoadResult, run_wrk, tree_cpu_seconds  # noqa: E402
 
 CONFIGS = {"off": {"revocation": False}, "on": {}, "every": {"session_recheck": 0}}
 
@@ -42,8 +48,20 @@ def one(name: str, args: argparse.Namespace) -> dict[str, LoadResult]:
                        json={"items": [{"product_id": s.product_id, "qty": 1}]})
         assert r.status_code == 201, r.text
         oid = r.json()["id"]
-        return {path: shop.measure(s.port, shop.Request("GET", path, None, auth), args)
+        return {path: measure(s, shop.Request("GET", path, None, auth), args)
                 for path in ("/api", f"/api/orders/{oid}")}
+
+
+def measure(s: shop.Shop, request: shop.Request, args: argparse.Namespace) -> LoadResult:
+    """wrk after a warm-up, with the CPU the shop's processes spent per request
+    (less disturbed by neighbours on a shared machine than req/s)."""
+    url = f"http://127.0.0.1:{s.port}{request.path}"
+    wrk = partial(run_wrk, url, method=request.method, body=request.body, headers=request.headers,
+                  connections=args.connections, cpu=shop.LOAD_CPU)
+    wrk(duration=shop.WARMUP_S)
+    cpu = tree_cpu_seconds(s.pid)
+    r = wrk(duration=args.duration)
+    return replace(r, cpu_us=(tree_cpu_seconds(s.pid) - cpu) / max(r.requests, 1) * 1e6)
 
 
 def main() -> None:
@@ -66,19 +84,23 @@ def main() -> None:
                 key = ("/api/orders/{id}" if path.startswith("/api/orders/") else path, name)
                 runs.setdefault(key, []).append(result)
                 print(f"  round {r + 1} {name:<6} {key[0]:<18} {result.rps:8.0f} req/s "
-                      f"p50 {result.p50_ms:.2f} ms  errors {result.errors + result.non2xx}", flush=True)
+                      f"p50 {result.p50_ms:.2f} ms  cpu {result.cpu_us:7.1f} us/req  "
+                      f"errors {result.errors + result.non2xx}", flush=True)
     print(f"{'route':<18} {'check':<6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-          f"{'req/s vs off':>13} {'p50 vs off':>11}")
+          f"{'req/s vs off':>13} {'p50 vs off':>11} {'cpu us/req':>11} {'cpu vs off':>11}")
     invalid = False
     for route in ("/api", "/api/orders/{id}"):
         base = shop.median(runs[(route, "off")])
+        base_cpu = statistics.median(x.cpu_us for x in runs[(route, "off")])
         for name in names:
             results = runs[(route, name)]
             m = shop.median(results)
+            cpu = statistics.median(x.cpu_us for x in results)
             errors = sum(x.errors + x.non2xx for x in results)
             invalid |= errors > 0
             print(f"{route:<18} {name:<6} {m.rps:9.0f} {m.p50_ms:8.2f} {m.p99_ms:8.2f} {errors:7d} "
-                  f"{m.rps / base.rps:12.3f}x {m.p50_ms / base.p50_ms:10.3f}x")
+                  f"{m.rps / base.rps:12.3f}x {m.p50_ms / base.p50_ms:10.3f}x {cpu:11.1f} "
+                  f"{cpu / base_cpu:10.3f}x")
     if invalid:
         print("errors above: those figures are not valid measurements")
         sys.exit(1)

@@ -41,7 +41,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
@@ -73,6 +73,7 @@ class Shop:
     port: int
     product_id: int
     bearer: str
+    pid: int = 0  # of `amoeba run` (its children are the shop's processes)
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ def shop(topology: str, extra_env: dict[str, str] | None = None,
         stack.callback(stop_server, proc)  # runs before the database is dropped
         for port in [ports["PORT"]] if topology == "monolith" else ports.values():
             wait_http(f"http://127.0.0.1:{port}/readyz", timeout=90.0, proc=proc)
-        yield prepare(ports["PORT"])
+        yield replace(prepare(ports["PORT"]), pid=proc.pid)
 
 
 def browse(s: Shop) -> Request:
