@@ -22,7 +22,11 @@ record (see ``orders.py``).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+import contextlib
+import logging
+import random
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -59,6 +63,9 @@ hold_lines = sa.Table(
     sa.Column("qty", sa.Integer, nullable=False),
 )
 HoldId = Annotated[str, msgspec.Meta(min_length=8, max_length=64)]
+KEEP_ENDED = timedelta(hours=1)
+PRUNE_EVERY = 60.0
+log = logging.getLogger("shop.catalog")
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Description = Annotated[str, msgspec.Meta(max_length=2000)]
@@ -163,6 +170,23 @@ class Catalog(Service):
                 {"name": n, "description": d, "price_cents": to_cents(Decimal(p), "price"),
                  "stock": s, "created_at": now, "updated_at": now}
                 for n, d, p, s in DEMO_PRODUCTS])
+        self._pruner = asyncio.create_task(self._prune_forever(), name="catalog hold pruner")
+
+    async def stop(self) -> None:
+        self._pruner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._pruner
+
+    async def _prune_forever(self) -> None:
+        """Forget ended holds after ``KEEP_ENDED``: a tombstone only has to outlive
+        a reservation still on its way, which the call deadline bounds."""
+        while True:
+            await asyncio.sleep(PRUNE_EVERY * random.uniform(0.5, 1.5))
+            try:
+                await self.db.execute(holds.delete().where(
+                    holds.c.state != "held", holds.c.created_at < datetime.now(UTC) - KEEP_ENDED))
+            except Exception as exc:  # the database is down: next time
+                log.warning("pruning ended holds failed: %s", exc)
 
     @get("/api/products", tags=("catalog",))
     async def list_products(self, page: Annotated[int, msgspec.Meta(ge=1)] = 1,

@@ -336,10 +336,14 @@ class Orders(Service):
         await self.db.execute(DROP_VOID, {"hold": hold})
 
     async def _sweep_forever(self) -> None:
+        n = 0
         while True:
             await asyncio.sleep(SWEEP * random.uniform(0.5, 1.5))  # replicas drift apart
+            n += 1
             try:
                 await self.sweep()
+                if n % 60 == 0:
+                    await self.owners.prune()
             except Exception as exc:  # the database or catalog is down: next time
                 log.warning("hold sweep failed: %s", exc)
 

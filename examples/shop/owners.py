@@ -76,6 +76,11 @@ class Owners:
         row = await self.db.fetchone(SEEN, {"owner": owner})
         return row is not None and datetime.now(UTC) - _utc(row.seen_at) < DEAD_AFTER
 
+    async def prune(self) -> None:
+        """Forget processes dead for an hour (their claims were taken over long ago)."""
+        await self.db.execute(owners.delete().where(
+            owners.c.seen_at < datetime.now(UTC) - timedelta(hours=1)))
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
