@@ -10,8 +10,9 @@ internal credential in the ``x-amoeba-token`` header.
 
 A public listener applies the process's :class:`~.policy.EdgePolicy`: it
 verifies ``Authorization: Bearer`` access tokens once and refuses those of
-a revoked session (the result fills ``Principal`` parameters), applies rate limits (health endpoints exempt),
-answers CORS preflights, and writes the access log.
+a revoked session (the result fills ``Principal`` parameters), applies rate
+limits (health endpoints exempt), answers CORS preflights, and writes the
+access log.
 """
 
 from __future__ import annotations
