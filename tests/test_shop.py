@@ -408,14 +408,18 @@ async def test_a_dead_processes_hold_goes_back_to_stock(shop):
     p = await new_product(shop, 10)
     hold = uuid.uuid4().hex
     async with service_db(shop, Orders) as db:
+        live = (await db.fetchall(sa.select(owners.c.owner_id)))[0].owner_id  # a running replica
         await db.execute(order_holds.insert().values(
-            hold_id=hold, owner="a-process-that-died", state="pending",
+            hold_id=hold, owner=live, state="pending",
             created_at=datetime.now(UTC) - timedelta(seconds=2)))
-    catalog = shop.service("catalog")
-    await catalog.reserve([Line(product_id=p["id"], qty=4)], hold)
-    again = await catalog.reserve([Line(product_id=p["id"], qty=4)], hold)  # a retried call
-    assert [(x.product_id, x.qty) for x in again] == [(p["id"], 4)]
-    assert await stock_of(shop, p["id"]) == 6
+        catalog = shop.service("catalog")
+        await catalog.reserve([Line(product_id=p["id"], qty=4)], hold)
+        again = await catalog.reserve([Line(product_id=p["id"], qty=4)], hold)  # a retried call
+        assert [(x.product_id, x.qty) for x in again] == [(p["id"], 4)]
+        assert await stock_of(shop, p["id"]) == 6  # a live owner's hold younger than 30 s stays
+        # Now its owner is a process that died (no heartbeat), as after a SIGKILL:
+        await db.execute(order_holds.update().where(order_holds.c.hold_id == hold).values(
+            owner="a-process-that-died"))
     start = loop_time()
     while await stock_of(shop, p["id"]) != 10:
         assert loop_time() - start < 10, "the dead process's hold was not released"

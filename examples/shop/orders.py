@@ -108,8 +108,11 @@ _user, _key, _oid = sa.bindparam("u"), sa.bindparam("k"), sa.bindparam("oid")
 INSERT_ORDER = orders.insert()
 INSERT_ITEMS = order_items.insert()
 _me, _hold = sa.bindparam("me"), sa.bindparam("hold")
+# The claim is still this request's: same owner and the claim time it wrote
+# (a takeover, even by a request of the same process, changes it).
 MARK_KEY = (idempotency.update().where(idempotency.c.user_id == _user, idempotency.c.idem_key == _key,
-                                       idempotency.c.owner == _me)
+                                       idempotency.c.owner == _me,
+                                       idempotency.c.created_at == sa.bindparam("claimed"))
             .values(order_id=_oid))
 OPEN_HOLD = order_holds.insert()
 CLOSE_HOLD = order_holds.delete().where(order_holds.c.hold_id == _hold,
@@ -236,26 +239,30 @@ class Orders(Service):
                               details=[{"path": "header.Idempotency-Key", "reason": "length"}])
             earlier = await self._claim(principal.subject, idempotency_key,
                                         _request_hash(lines, client_total))
-            if earlier is not None:
+            if isinstance(earlier, Order):
                 return earlier
+            claim = (idempotency_key, earlier)
+        else:
+            claim = None
         try:
-            return await self._place(principal.subject, lines, client_total, idempotency_key)
+            return await self._place(principal.subject, lines, client_total, claim)
         except BaseException:
-            if idempotency_key is not None:
+            if claim is not None:
                 await self.db.execute(idempotency.delete().where(
-                    idempotency.c.user_id == principal.subject,
-                    idempotency.c.idem_key == idempotency_key,
-                    idempotency.c.order_id.is_(None), idempotency.c.owner == self.owners.id))
+                    idempotency.c.user_id == principal.subject, idempotency.c.idem_key == claim[0],
+                    idempotency.c.order_id.is_(None), idempotency.c.owner == self.owners.id,
+                    idempotency.c.created_at == claim[1]))
             raise
 
-    async def _claim(self, user: str, key: str, request_hash: str) -> Order | None:
-        """Claim ``key`` for this request, or return the order it already made."""
+    async def _claim(self, user: str, key: str, request_hash: str) -> Order | datetime:
+        """Claim ``key`` for this request (the claim's time), or return the order
+        it already made."""
         now = datetime.now(UTC)
         try:
             await self.db.execute(idempotency.insert().values(
                 user_id=user, idem_key=key, request_hash=request_hash, order_id=None, created_at=now,
                 owner=self.owners.id))
-            return None
+            return now
         except sa.exc.IntegrityError:
             pass
         row = await self.db.fetchone(sa.select(idempotency).where(
@@ -280,10 +287,10 @@ class Orders(Service):
         ).values(created_at=now, owner=self.owners.id))
         if taken.rowcount != 1:
             raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress")
-        return None
+        return now
 
     async def _place(self, user: str, lines: list[Line], client_total: int | None,
-                     key: str | None) -> Order:
+                     claim: tuple[str, datetime] | None) -> Order:
         hold = secrets.token_hex(16)
         await self.db.execute(OPEN_HOLD, {"hold_id": hold, "owner": self.owners.id,
                                           "state": "pending", "created_at": datetime.now(UTC)})
@@ -305,8 +312,9 @@ class Orders(Service):
                 await conn.execute(INSERT_ITEMS, [
                     {"order_id": order_id, "product_id": p.product_id, "name": p.name, "qty": p.qty,
                      "unit_cents": to_cents(p.unit_price, "unit_price")} for p in priced])
-                if key is not None and (await conn.execute(MARK_KEY, {
-                        "u": user, "k": key, "oid": order_id, "me": self.owners.id})).rowcount != 1:
+                if claim is not None and (await conn.execute(MARK_KEY, {
+                        "u": user, "k": claim[0], "oid": order_id, "me": self.owners.id,
+                        "claimed": claim[1]})).rowcount != 1:
                     raise IdempotencyKeyInUse("this Idempotency-Key was taken over by a retry",
                                               retry_after=1)
                 await self.publish(OrderPlaced(order_id=order_id, user_id=user,
