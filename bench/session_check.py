@@ -14,7 +14,9 @@ the rounds:
 * ``on``:       the default, answers remembered ``session_recheck: 2`` s;
 * ``every``:    ``session_recheck: 0``, one Redis ``EXISTS`` per request (worst case).
 
-The table shows each figure's median over rounds and its ratio to ``off``,
+First, the check alone: ``is_revoked`` of a session whose answer is
+remembered (the steady state of ``on``) against an await of a no-op, on core
+1.  The table then shows each figure's median over rounds and its ratio to ``off``,
 and the median CPU the shop's processes spent per request (from ``/proc``:
 time a neighbour steals is not charged to them, so it is the steadier figure
 on a shared machine).
@@ -23,6 +25,7 @@ on a shared machine).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import statistics
 import sys
@@ -64,6 +67,37 @@ def measure(s: shop.Shop, request: shop.Request, args: argparse.Namespace) -> Lo
     return replace(r, cpu_us=(tree_cpu_seconds(s.pid) - cpu) / max(r.requests, 1) * 1e6)
 
 
+def micro() -> None:
+    """ns per call of a remembered ``is_revoked`` and of a no-op await."""
+    import asyncio
+    import time
+
+    from amoeba.auth.revocation import SessionRevocations
+
+    async def run() -> None:
+        r = SessionRevocations.for_cache(f"{shop.REDIS}/0?prefix=bench-i16:", "bench", 900, 2.0)
+        await r.is_revoked("sid")  # asks Redis once; remembered for 2 s after
+
+        async def noop(sid: str) -> bool:
+            return False
+
+        for name, fn in (("no check (a no-op await)", noop), ("is_revoked, remembered", r.is_revoked)):
+            per = []
+            for _ in range(5):
+                t = time.perf_counter()
+                for _ in range(100_000):
+                    await fn("sid")
+                per.append((time.perf_counter() - t) / 100_000 * 1e9)
+            print(f"  {name:<26} {sorted(per)[2]:6.0f} ns per call (median of 5 x 100k)", flush=True)
+        await r.aclose()
+
+    os.sched_setaffinity(0, {shop.LOAD_CPU})
+    try:
+        asyncio.run(run())
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
@@ -76,6 +110,7 @@ def main() -> None:
     print(f"bench/session_check.py: microservices shop, {args.connections} connections, "
           f"{args.duration}s per figure after {shop.WARMUP_S}s warm-up, servers on cpu "
           f"{shop.SERVER_CPU}, wrk on cpu {shop.LOAD_CPU}, {args.rounds} round(s) ABC CBA", flush=True)
+    micro()
     runs: dict[tuple[str, str], list[LoadResult]] = {}
     names = list(CONFIGS)
     for r in range(args.rounds):
