@@ -9,8 +9,8 @@ What ``reserve`` takes is a **hold**, named by the caller: a ``holds`` row
 (``held``) and its lines, written in the same transaction as the stock
 change.  A hold ends one way only, exactly once:
 
-* ``confirm``, when the ``OrderPlaced`` event naming it arrives (it became
-  an order: the stock stays taken);
+* ``confirm``: it became an order, the stock stays taken (orders confirms
+  its placed holds in batches);
 * ``release``: the stock goes back.  Releasing a hold that does not exist
   (yet) leaves a ``released`` tombstone, so a reservation still on its way
   for it fails instead of taking stock nobody will give back.
@@ -34,8 +34,6 @@ import msgspec
 import sqlalchemy as sa
 
 from amoeba import Conflict, Database, Forbidden, NotFound, Principal, Service, get, patch, post
-from amoeba.events import on_event
-from shop.events import OrderPlaced
 from shop.money import from_cents, to_cents
 from shop.timestamps import Timestamp
 
@@ -326,19 +324,17 @@ class Catalog(Service):
                 return False  # released or confirmed before: nothing to give back
         raise HoldClosed(f"hold {hold}: could not be released; retry")
 
-    async def confirm(self, hold: HoldId) -> bool:
-        """Hold ``hold`` became an order: its stock stays taken.  True when it
-        was held until now."""
+    async def confirm(self, hold_ids: list[HoldId]) -> int:
+        """These holds became orders: their stock stays taken (safe to repeat).
+        How many were held until now."""
+        if not hold_ids:
+            return 0
         async with self.db.transaction() as conn:
-            done = (await conn.execute(END_HOLD, {"hold": hold, "state": "confirmed"})).rowcount == 1
-            if done:
-                await conn.execute(DROP_LINES, {"hold": hold})
-        return done
-
-    @on_event(OrderPlaced)
-    async def order_placed(self, event: OrderPlaced) -> None:
-        if event.hold:
-            await self.confirm(event.hold)
+            done = (await conn.execute(holds.update().where(
+                holds.c.hold_id.in_(hold_ids), holds.c.state == "held",
+            ).values(state="confirmed"))).rowcount
+            await conn.execute(hold_lines.delete().where(hold_lines.c.hold_id.in_(hold_ids)))
+        return int(done)
 
 
 def _admin(principal: Principal) -> None:

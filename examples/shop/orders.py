@@ -17,9 +17,10 @@ Stock that cannot leak: an order's stock is a catalog **hold**, recorded
 here first, as ``order_holds`` (``pending``, with its owner), before the
 catalog is asked.  Then exactly one of these ends it:
 
-* the order's transaction deletes the ``pending`` row (or fails, when it is
-  gone) together with writing the order and its ``OrderPlaced`` event (the
-  outbox), whose delivery confirms the hold in the catalog;
+* the order's transaction turns the ``pending`` row ``placed`` (or fails,
+  when it is no longer pending) together with writing the order and its
+  ``OrderPlaced`` event (the outbox); the sweeper confirms ``placed`` holds
+  in the catalog in batches, one call a second, and forgets them;
 * a request that fails marks it ``void`` and releases it in the catalog;
 * the sweeper of any orders replica (every second) voids and releases a
   ``pending`` hold whose owner is dead, or that is older than ``HOLD_TTL``
@@ -99,7 +100,7 @@ order_holds = sa.Table(
     "order_holds", metadata,
     sa.Column("hold_id", sa.String(64), primary_key=True),
     sa.Column("owner", sa.String(64), nullable=False),
-    sa.Column("state", sa.String(10), nullable=False),  # pending | void
+    sa.Column("state", sa.String(10), nullable=False),  # pending | placed | void
     sa.Column("created_at", Timestamp, nullable=False),
 )
 
@@ -115,8 +116,8 @@ MARK_KEY = (idempotency.update().where(idempotency.c.user_id == _user, idempoten
                                        idempotency.c.created_at == sa.bindparam("claimed"))
             .values(order_id=_oid))
 OPEN_HOLD = order_holds.insert()
-CLOSE_HOLD = order_holds.delete().where(order_holds.c.hold_id == _hold,
-                                        order_holds.c.state == "pending")
+CLOSE_HOLD = (order_holds.update().where(order_holds.c.hold_id == _hold,
+                                         order_holds.c.state == "pending").values(state="placed"))
 VOID_HOLD = (order_holds.update().where(order_holds.c.hold_id == _hold,
                                         order_holds.c.state == "pending").values(state="void"))
 DROP_VOID = order_holds.delete().where(order_holds.c.hold_id == _hold, order_holds.c.state == "void")
@@ -358,9 +359,18 @@ class Orders(Service):
     async def sweep(self) -> int:
         """Release every hold that can no longer become an order.  How many."""
         now = datetime.now(UTC)
+        placed = [r.hold_id for r in await self.db.fetchall(
+            sa.select(order_holds.c.hold_id).where(order_holds.c.state == "placed").limit(500))]
+        if placed:
+            # Stock of placed orders stays taken: one catalog call and one delete
+            # for all of them (per order, it would double a checkout's writes).
+            await self.catalog.confirm(placed)
+            await self.db.execute(order_holds.delete().where(
+                order_holds.c.hold_id.in_(placed), order_holds.c.state == "placed"))
         rows = await self.db.fetchall(sa.select(order_holds).where(sa.or_(
             order_holds.c.state == "void",
-            order_holds.c.created_at < now - timedelta(seconds=1),
+            sa.and_(order_holds.c.state == "pending",
+                    order_holds.c.created_at < now - timedelta(seconds=1)),
         )).order_by(order_holds.c.created_at).limit(200))
         alive: dict[str, bool] = {}
         released = 0
