@@ -41,7 +41,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
@@ -73,6 +73,7 @@ class Shop:
     port: int
     product_id: int
     bearer: str
+    pid: int = 0  # of `amoeba run` (its children are the shop's processes)
 
 
 @dataclass(frozen=True)
@@ -169,15 +170,18 @@ def prepare(port: int) -> Shop:
                         headers={"Authorization": f"Bearer {admin}"},
                         json={"name": "bench widget", "price": "1.00", "stock": STOCK})
         email, password = f"bench-{uuid.uuid4().hex[:10]}@bench.test", "bench-password"
-        _call(client, "POST", "/api/auth/register", 201, json={"email": email, "password": password})
+        _call(client, "POST", "/api/auth/register", 202, json={"email": email, "password": password})
         user = _call(client, "POST", "/api/auth/login", 200,
                      json={"email": email, "password": password})["access_token"]
     return Shop(port=port, product_id=int(product["id"]), bearer=user)
 
 
 @contextmanager
-def shop(topology: str) -> Iterator[Shop]:
-    """Start ``amoeba run`` on a shop topology; yield it prepared for load."""
+def shop(topology: str, extra_env: dict[str, str] | None = None,
+         auth: dict[str, Any] | None = None) -> Iterator[Shop]:
+    """Start ``amoeba run`` on a shop topology; yield it prepared for load.
+    ``extra_env``: more environment for the servers; ``auth``: keys merged into
+    the topology's ``settings.auth`` (on a copy of the file)."""
     ports = {name: free_port() for name in ("PORT", "ACCOUNTS_PORT", "CATALOG_PORT", "ORDERS_PORT")}
     with ExitStack() as stack:
         data_dir = tempfile.mkdtemp(prefix="bench-shop-")
@@ -186,16 +190,24 @@ def shop(topology: str) -> Iterator[Shop]:
         env.update(AMOEBA_DATA_DIR=data_dir, AMOEBA_LOG_LEVEL=LOG_LEVEL,
                    SHOP_ADMIN_EMAIL=ADMIN[0], SHOP_ADMIN_PASSWORD=ADMIN[1],
                    SHOP_RATE_USER_BURST=UNLIMITED, SHOP_RATE_USER_RATE=UNLIMITED,
-                   SHOP_RATE_IP_BURST=UNLIMITED, SHOP_RATE_IP_RATE=UNLIMITED)
+                   SHOP_RATE_IP_BURST=UNLIMITED, SHOP_RATE_IP_RATE=UNLIMITED, **(extra_env or {}))
         if topology != "monolith":
             env.update(stack.enter_context(backing()))
         topo = ROOT / "examples" / "shop" / "topologies" / f"{topology}.yaml"
+        if auth:
+            import yaml
+
+            raw = yaml.safe_load(topo.read_text())
+            raw["pythonpath"] = str(topo.parent / raw.get("pythonpath", "."))
+            raw["settings"]["auth"] = {**raw["settings"].get("auth", {}), **auth}
+            topo = Path(data_dir) / f"{topology}.yaml"
+            topo.write_text(yaml.safe_dump(raw, sort_keys=False))
         proc = start_server([sys.executable, "-m", "amoeba", "run", str(topo)],
                             cpu=SERVER_CPU, env=env)
         stack.callback(stop_server, proc)  # runs before the database is dropped
         for port in [ports["PORT"]] if topology == "monolith" else ports.values():
             wait_http(f"http://127.0.0.1:{port}/readyz", timeout=90.0, proc=proc)
-        yield prepare(ports["PORT"])
+        yield replace(prepare(ports["PORT"]), pid=proc.pid)
 
 
 def browse(s: Shop) -> Request:
@@ -226,7 +238,7 @@ def shop_round(topology: str, args: argparse.Namespace) -> dict[str, LoadResult]
 
 def tickets_round(topology: str, args: argparse.Namespace) -> dict[str, LoadResult]:
     purchase = Request("POST", "/api/v1/purchase", tickets.BODY, dict(tickets.HEADERS))
-    with tickets.amoeba(topology, log_level=LOG_LEVEL) as port:
+    with tickets.amoeba(topology, log_level=LOG_LEVEL) as (port, _pid):
         return {"tickets purchase": measure(port, purchase, args)}
 
 

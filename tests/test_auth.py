@@ -261,11 +261,30 @@ def test_concurrent_generation_agrees(tmp_path):
     ({"issuer": ""}, "settings.auth.issuer"),
     ({"keys": 3}, "settings.auth.keys"),
     ({"tll": 3}, "settings.auth"),
+    ({"revocation": "maybe"}, "settings.auth.revocation"),
+    ({"session_recheck": -1}, "settings.auth.session_recheck"),
 ])
 def test_bad_auth_settings_name_the_key(tmp_path, auth, key):
     with pytest.raises(AuthConfigError, match=key.replace(".", r"\.")) as exc:
         AuthConfig.from_settings({"auth": auth}, "app", tmp_path)
     assert "fix:" in str(exc.value)
+
+
+def test_revocation_settings(tmp_path):
+    default = AuthConfig.from_settings({}, "app", tmp_path)
+    assert default.revocation and default.session_recheck == 2.0
+    off = AuthConfig.from_settings({"auth": {"revocation": "false", "session_recheck": "500ms"}},
+                                   "app", tmp_path)
+    assert not off.revocation and off.session_recheck == 0.5
+
+
+async def test_revoked_sessions_in_one_process_are_seen_at_once(tmp_path):
+    config = AuthConfig.from_settings({"auth": {"issuer": f"iss-{os.getpid()}-{time.time()}"}},
+                                      "app", tmp_path)
+    edge, tokens = config.revocations(None), config.revocations(None)  # no Redis: one table
+    assert not await edge.is_revoked("s1")
+    await tokens.revoke("s1")
+    assert await edge.is_revoked("s1") and not await edge.is_revoked("s2")
 
 
 async def test_passwords_hash_and_verify_off_the_loop():
@@ -280,3 +299,72 @@ async def test_passwords_hash_and_verify_off_the_loop():
 def test_key_file_env_is_not_world_readable_when_generated(tmp_path):
     TokenVerifier(AuthConfig.from_settings({}, "x", tmp_path)).issue_access("a")
     assert oct(os.stat(tmp_path / ".auth-keys.json").st_mode & 0o077) == "0o0"
+
+
+async def test_password_hashes_are_capped_per_process(monkeypatch):
+    """At most AMOEBA_PASSWORD_HASHES run at once; a call that waits longer than
+    AMOEBA_PASSWORD_WAIT gets a 503 HashingBusy with a retry hint."""
+    import asyncio
+    import threading
+
+    from amoeba.auth import passwords
+
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    class SlowHasher:  # stands in for argon2's CPU time: 0.2 s per check, in the worker thread
+        def verify(self, hashed: str, password: str) -> bool:
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            time.sleep(0.2)
+            with lock:
+                running -= 1
+            return password == "right"
+
+    monkeypatch.setattr(passwords, "_hasher", SlowHasher())
+    monkeypatch.setattr(passwords, "_slots", passwords.weakref.WeakKeyDictionary())
+    monkeypatch.setenv("AMOEBA_PASSWORD_HASHES", "1")
+    monkeypatch.setenv("AMOEBA_PASSWORD_WAIT", "0.3")
+    results = await asyncio.gather(*(passwords.verify_password("h", "right") for _ in range(6)),
+                                   return_exceptions=True)
+    ok = [r for r in results if r is True]
+    busy = [r for r in results if isinstance(r, passwords.HashingBusy)]
+    assert most == 1
+    # one at a time: the first, maybe the second (0.2 s < 0.3 s of waiting), no more
+    assert 1 <= len(ok) <= 2 and len(ok) + len(busy) == 6, results
+    assert busy[0].status == 503 and busy[0].retry_after == 1.0
+    assert busy[0].to_wire()["retry_after"] == 1.0
+    monkeypatch.setenv("AMOEBA_PASSWORD_HASHES", "many")
+    monkeypatch.setattr(passwords, "_slots", passwords.weakref.WeakKeyDictionary())
+    with pytest.raises(ValueError, match="AMOEBA_PASSWORD_HASHES"):
+        await passwords.verify_password("h", "right")
+
+
+async def test_revoked_sessions_through_redis_reach_other_processes_within_the_recheck(tmp_path):
+    import asyncio
+    import secrets
+
+    import servers
+
+    from amoeba.auth.revocation import SessionRevocations
+
+    prefix = f"i16-test-{secrets.token_hex(4)}:"
+    url = f"{servers.redis_url()}/0?prefix={prefix}"
+    edge = SessionRevocations.for_cache(url, "shop", lifetime=5, recheck=0.3)
+    accounts = SessionRevocations.for_cache(url, "shop", lifetime=5, recheck=0.3)
+    try:
+        assert edge.client is not None and edge.key.startswith(prefix)
+        assert not await edge.is_revoked("s1")  # remembered for 0.3 s
+        await accounts.revoke("s1")
+        assert await accounts.is_revoked("s1")  # at once where it was revoked
+        assert not await edge.is_revoked("s1")  # the other process still trusts its answer...
+        await asyncio.sleep(0.35)
+        assert await edge.is_revoked("s1")  # ...for at most session_recheck
+        ttl = await edge.client.pttl(edge.key + "s1")
+        assert 0 < ttl <= 5000  # the mark outlives the session's last token, no longer
+    finally:
+        await edge.client.delete(edge.key + "s1")
+        await edge.aclose()
+        await accounts.aclose()

@@ -70,7 +70,7 @@ async def prepare(url: str) -> tuple[dict[str, str], int]:
         assert product.status_code == 201, product.text
         email = f"lb-{uuid.uuid4().hex[:8]}@shop.test"
         assert (await c.post("/api/auth/register", json={"email": email, "password": "correct horse"})
-                ).status_code == 201
+                ).status_code == 202
         tokens = (await c.post("/api/auth/login", json={"email": email, "password": "correct horse"})).json()
     return {"authorization": f"Bearer {tokens['access_token']}"}, int(product.json()["id"])
 

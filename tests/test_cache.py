@@ -69,6 +69,19 @@ async def test_ttl_expiry_and_incr(caches):
         await c.set("k", "v", ttl=0)
 
 
+async def test_sliding_incr_lives_past_its_last_increment(caches):
+    c, _ = caches
+    assert await c.incr("fixed", ttl=0.4) == 1
+    assert await c.incr("slide", ttl=0.4, sliding=True) == 1
+    for n in (2, 3):
+        await asyncio.sleep(0.25)
+        await c.incr("slide", ttl=0.4, sliding=True)
+        assert await c.get("slide") == str(n).encode()
+    # 0.5 s after its creation the fixed window is gone; the sliding one is 0.25 s old.
+    assert await c.get("fixed") is None
+    assert await c.get("slide") == b"3"
+
+
 async def test_prefixes_isolate_services(caches):
     a, b = caches
     assert a.prefix.startswith("amoeba:test-a-") and a.prefix.endswith(":")

@@ -63,11 +63,11 @@ def test_shop_calls_and_events_in_a_monolith():
     app, topo = load_bound(SHOP / "monolith.yaml")
     mermaid = to_mermaid(static_graph(app, topo)).splitlines()
     assert mermaid[1] == '  subgraph process_shop["shop"]'
-    assert '  orders -->|"release, reserve"| catalog' in mermaid
+    assert '  orders -->|"confirm, release, reserve"| catalog' in mermaid
     assert '  orders -.->|"shop.order_placed"| notifications' in mermaid
     assert '  accounts -.->|"shop.user_registered"| notifications' in mermaid
     dot = to_dot(static_graph(app, topo)).splitlines()
-    assert '  "orders" -> "catalog" [label="release, reserve"];' in dot
+    assert '  "orders" -> "catalog" [label="confirm, release, reserve"];' in dot
     assert '  "orders" -> "notifications" [style=dashed, label="shop.order_placed"];' in dot
     # Without a topology: the services alone, sorted.
     bare = to_mermaid(static_graph(app))

@@ -9,15 +9,22 @@ import asyncio
 import contextlib
 import sqlite3
 import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import servers
+import sqlalchemy as sa
 from e2e import ROOT
 from shop.app import app
+from shop.catalog import HoldClosed, Line
+from shop.orders import Orders, _request_hash, idempotency, order_holds
+from shop.owners import owners
 
+from amoeba import Database, ResourceContext, Service
 from amoeba.testing import Harness, InProcessHarness, TopologyHarness, app_fixture
 
 TOPOS = ROOT / "examples" / "shop" / "topologies"
@@ -51,9 +58,10 @@ async def new_user(h: Harness) -> tuple[str, dict[str, str]]:
     """Register a fresh user; its id and Authorization header."""
     email = f"user-{uuid.uuid4().hex[:10]}@shop.test"
     r = await h.post("/api/auth/register", json={"email": email, "password": "correct horse"})
-    assert r.status == 201, r.json()
-    tokens = await login(h, email, "correct horse")
-    return r.json()["id"], bearer(tokens["access_token"])
+    assert r.status == 202, r.json()
+    auth = bearer((await login(h, email, "correct horse"))["access_token"])
+    me = await h.get("/api/auth/me", headers=auth)
+    return me.json()["id"], auth
 
 
 async def admin(h: Harness) -> dict[str, str]:
@@ -117,10 +125,13 @@ async def test_bad_prices_are_rejected(shop, price):
 async def test_register_login_me(shop):
     email = f"me-{uuid.uuid4().hex[:8]}@shop.test"
     r = await shop.post("/api/auth/register", json={"email": email, "password": "long enough"})
-    assert r.status == 201
-    assert set(r.json()) == {"id", "email", "roles", "created_at"}  # never the hash
-    assert (await shop.post("/api/auth/register",
-                            json={"email": email.upper(), "password": "long enough"})).status == 409
+    assert r.status == 202 and r.json()["accepted"] is True
+    # A taken email gets the very same answer, and keeps its password.
+    again = await shop.post("/api/auth/register",
+                            json={"email": email.upper(), "password": "another password"})
+    assert again.status == 202 and again.json() == r.json()
+    assert (await shop.post("/api/auth/login", json={"email": email, "password": "another password"})
+            ).status == 401
     assert (await shop.post("/api/auth/register",
                             json={"email": "not-an-email", "password": "long enough"})).status == 422
     assert (await shop.post("/api/auth/register",
@@ -133,6 +144,7 @@ async def test_register_login_me(shop):
     assert tokens["token_type"] == "bearer" and tokens["expires_in"] > 0
     me = await shop.get("/api/auth/me", headers=bearer(tokens["access_token"]))
     assert me.status == 200 and me.json()["email"] == email
+    assert set(me.json()) == {"id", "email", "roles", "created_at"}  # never the hash
     assert (await shop.get("/api/auth/me")).status == 401
 
 
@@ -167,6 +179,126 @@ async def test_logout_revokes(shop):
     assert (await shop.post("/api/auth/refresh", json={"refresh_token": t["refresh_token"]})).status == 401
     assert (await shop.get("/api/auth/me", headers=bearer(t["access_token"]))).status == 401
     assert (await shop.post("/api/auth/logout")).status == 401
+
+
+RECHECK = 2.0  # settings.auth.session_recheck's default: the bound on a revocation's reach
+
+
+async def refused_everywhere(h: Harness, auth: dict[str, str], order_id: int) -> float:
+    """Seconds until every authenticated route (orders, notifications, accounts)
+    answers 401 to ``auth`` on every gateway replica, and stays so; fails
+    after the stated bound."""
+    start = loop_time()
+    routes = [("GET", "/api/orders", None), ("GET", f"/api/orders/{order_id}", None),
+              ("POST", "/api/orders", {"items": [{"product_id": 999999, "qty": 1}]}),  # 404 if let in
+              ("GET", "/api/notifications", None), ("GET", "/api/auth/me", None),
+              ("POST", "/api/auth/logout", None)]
+    while True:
+        # twice each: the harness alternates between gateway replicas
+        rs = [await h.request(m, p, headers=auth, json=b) for m, p, b in routes * 2]
+        took = loop_time() - start
+        if all(r.status == 401 for r in rs):
+            return took
+        assert took < RECHECK + 1.5, [(m, p, r.status) for (m, p, _), r in zip(routes * 2, rs, strict=True)]
+        assert all(r.status in (200, 404, 401) for r in rs), [r.status for r in rs]
+        await asyncio.sleep(0.1)
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def test_logout_ends_the_access_token_on_every_route(shop):
+    _, auth = await new_user(shop)
+    r = await shop.post("/api/orders", headers=auth, json={"items": [{"product_id": 1, "qty": 1}]})
+    assert r.status == 201, r.json()
+    oid = r.json()["id"]
+    assert (await shop.post("/api/auth/logout", headers=auth)).status == 200
+    took = await refused_everywhere(shop, auth, oid)
+    print(f"{shop.mode}: logout refused everywhere after {took:.2f}s")
+    # Another session of the same user is untouched.
+    _, other = await new_user(shop)
+    assert (await shop.get("/api/orders", headers=other)).status == 200
+
+
+async def test_refresh_reuse_ends_the_access_tokens(shop):
+    email = f"reuse-{uuid.uuid4().hex[:8]}@shop.test"
+    await shop.post("/api/auth/register", json={"email": email, "password": "long enough"})
+    first = await login(shop, email, "long enough")
+    second = (await shop.post("/api/auth/refresh", json={"refresh_token": first["refresh_token"]})).json()
+    auth = bearer(second["access_token"])
+    r = await shop.post("/api/orders", headers=auth, json={"items": [{"product_id": 1, "qty": 1}]})
+    assert r.status == 201, r.json()
+    # The stolen first refresh token comes back: the whole session ends, access tokens too.
+    assert (await shop.post("/api/auth/refresh", json={"refresh_token": first["refresh_token"]})
+            ).status == 401
+    await refused_everywhere(shop, auth, r.json()["id"])
+    await refused_everywhere(shop, bearer(first["access_token"]), r.json()["id"])
+
+
+async def test_password_change_ends_every_session(shop):
+    email = f"pw-{uuid.uuid4().hex[:8]}@shop.test"
+    await shop.post("/api/auth/register", json={"email": email, "password": "old password"})
+    phone = bearer((await login(shop, email, "old password"))["access_token"])
+    laptop = bearer((await login(shop, email, "old password"))["access_token"])
+    r = await shop.post("/api/orders", headers=phone, json={"items": [{"product_id": 1, "qty": 1}]})
+    oid = r.json()["id"]
+    wrong = await shop.post("/api/auth/password", headers=laptop,
+                            json={"current_password": "not it", "new_password": "new password"})
+    assert wrong.status == 401
+    r = await shop.post("/api/auth/password", headers=laptop,
+                        json={"current_password": "old password", "new_password": "new password"})
+    assert r.status == 200, r.json()
+    fresh = bearer(r.json()["access_token"])
+    await refused_everywhere(shop, phone, oid)
+    await refused_everywhere(shop, laptop, oid)
+    assert (await shop.get(f"/api/orders/{oid}", headers=fresh)).status == 200
+    assert (await shop.post("/api/auth/login", json={"email": email, "password": "old password"})
+            ).status == 401
+    await login(shop, email, "new password")
+
+
+async def test_failed_logins_lock_the_account_alike_for_unknown_emails(shop):
+    email = f"guess-{uuid.uuid4().hex[:8]}@shop.test"
+    await shop.post("/api/auth/register", json={"email": email, "password": "right password"})
+    nobody = f"nobody-{uuid.uuid4().hex[:8]}@shop.test"
+    locked = {}
+    for target in (email, nobody):
+        statuses = [(await shop.post("/api/auth/login", json={"email": target, "password": "wrong one"})
+                     ).status for _ in range(6)]
+        assert statuses == [401] * 6, statuses  # five free failures, the sixth locks
+        r = await shop.post("/api/auth/login", json={"email": target, "password": "right password"})
+        assert r.status == 429, r.json()  # locked: not even the right password gets in
+        assert r.json()["error"]["type"] == "LoginLocked"
+        assert 1 <= int(r.headers["retry-after"]) <= 2
+        locked[target] = {k: v for k, v in r.json()["error"].items() if k not in ("request_id",
+                                                                                  "retry_after")}
+    assert locked[email] == locked[nobody]  # nothing tells a known account from an unknown one
+    # Another account is not affected.
+    _, other = await new_user(shop)
+    assert (await shop.get("/api/auth/me", headers=other)).status == 200
+    await asyncio.sleep(2.1)
+    await login(shop, email, "right password")  # the lock ended; success forgets the failures
+    statuses = [(await shop.post("/api/auth/login", json={"email": email, "password": "wrong one"})
+                 ).status for _ in range(5)]
+    assert statuses == [401] * 5, statuses
+
+
+async def test_register_takes_as_long_for_a_taken_email(shop):
+    if shop.mode not in ("inprocess", "microservices"):
+        pytest.skip("timed once in-process and once over RPC")
+    taken = f"taken-{uuid.uuid4().hex[:8]}@shop.test"
+    await shop.post("/api/auth/register", json={"email": taken, "password": "long enough"})
+    new, old = [], []
+    for i in range(6):
+        for email, times in ((f"fresh-{i}-{uuid.uuid4().hex[:8]}@shop.test", new), (taken, old)):
+            t = loop_time()
+            r = await shop.post("/api/auth/register", json={"email": email, "password": "long enough"})
+            times.append(loop_time() - t)
+            assert r.status == 202
+    m_new, m_old = sorted(new)[3], sorted(old)[3]
+    print(f"{shop.mode}: register median {m_new * 1e3:.0f} ms new email, {m_old * 1e3:.0f} ms taken")
+    assert 0.5 < m_old / m_new < 2.0  # both are one argon2 hash plus a database write
 
 
 # -- orders --------------------------------------------------------------------
@@ -255,6 +387,77 @@ async def test_idempotent_repeat_while_running_is_409(shop):
     assert done.status == 201
     again = await shop.post("/api/orders", headers=key, json=body)
     assert again.status == 201 and again.json()["id"] == done.json()["id"]
+    assert await stock_of(shop, p["id"]) == 9
+
+
+@contextlib.asynccontextmanager
+async def service_db(shop: Harness, service: type[Service]) -> AsyncIterator[Database]:
+    """The service's own database, opened from outside the app (as an operator would)."""
+    if isinstance(shop, InProcessHarness):
+        url, data = None, shop.host.data_dir
+    else:
+        assert isinstance(shop, TopologyHarness)
+        url, data = shop.group.env["DATABASE_URL"], shop.group.dir / "data"
+    db = await Database.open(ResourceContext(service.name, url, data, {}, owner=service))
+    try:
+        yield db
+    finally:
+        await db.aclose()
+
+
+async def test_a_dead_processes_hold_goes_back_to_stock(shop):
+    """orders recorded a hold and catalog took its stock, then the process died
+    before the order was stored: the sweeper gives the stock back, once."""
+    p = await new_product(shop, 10)
+    hold = uuid.uuid4().hex
+    async with service_db(shop, Orders) as db:
+        live = (await db.fetchall(sa.select(owners.c.owner_id)))[0].owner_id  # a running replica
+        await db.execute(order_holds.insert().values(
+            hold_id=hold, owner=live, state="pending",
+            created_at=datetime.now(UTC) - timedelta(seconds=2)))
+        catalog = shop.service("catalog")
+        await catalog.reserve([Line(product_id=p["id"], qty=4)], hold)
+        again = await catalog.reserve([Line(product_id=p["id"], qty=4)], hold)  # a retried call
+        assert [(x.product_id, x.qty) for x in again] == [(p["id"], 4)]
+        assert await stock_of(shop, p["id"]) == 6  # a live owner's hold younger than 30 s stays
+        # Now its owner is a process that died (no heartbeat), as after a SIGKILL:
+        await db.execute(order_holds.update().where(order_holds.c.hold_id == hold).values(
+            owner="a-process-that-died"))
+    start = loop_time()
+    while await stock_of(shop, p["id"]) != 10:
+        assert loop_time() - start < 10, "the dead process's hold was not released"
+        await asyncio.sleep(0.1)
+    print(f"{shop.mode}: hold of a dead process released after {loop_time() - start:.1f}s")
+    with pytest.raises(HoldClosed):  # a late reservation of it cannot take stock again
+        await catalog.reserve([Line(product_id=p["id"], qty=4)], hold)
+    assert not await catalog.release(hold)  # and releasing again gives nothing more
+    # A release that comes before its reservation closes the hold for good.
+    early = uuid.uuid4().hex
+    assert not await catalog.release(early)
+    with pytest.raises(HoldClosed):
+        await catalog.reserve([Line(product_id=p["id"], qty=1)], early)
+    assert await stock_of(shop, p["id"]) == 10
+
+
+async def test_a_dead_processes_idempotency_claim_is_taken_over_at_once(shop):
+    uid, user = await new_user(shop)
+    p = await new_product(shop, 10)
+    lines = [Line(product_id=p["id"], qty=1)]
+    dead, live = uuid.uuid4().hex, uuid.uuid4().hex
+    async with service_db(shop, Orders) as db:
+        me = (await db.fetchall(sa.select(owners.c.owner_id)))[0].owner_id  # a live replica
+        for key, owner in ((dead, "a-process-that-died"), (live, me)):
+            await db.execute(idempotency.insert().values(
+                user_id=uid, idem_key=key, request_hash=_request_hash(lines, None), order_id=None,
+                created_at=datetime.now(UTC), owner=owner))
+    body = {"items": [{"product_id": p["id"], "qty": 1}]}
+    r = await shop.post("/api/orders", headers={**user, "idempotency-key": dead}, json=body)
+    assert r.status == 201, r.json()  # at once, not after 60 s
+    again = await shop.post("/api/orders", headers={**user, "idempotency-key": dead}, json=body)
+    assert again.status == 201 and again.json()["id"] == r.json()["id"]
+    r = await shop.post("/api/orders", headers={**user, "idempotency-key": live}, json=body)
+    assert r.status == 409 and r.json()["error"]["type"] == "IdempotencyKeyInUse"
+    assert r.headers["retry-after"] == "1"
     assert await stock_of(shop, p["id"]) == 9
 
 

@@ -1,4 +1,4 @@
-"""Accounts: register, log in, refresh, log out.
+"""Accounts: register, log in, refresh, log out, change the password.
 
 Passwords are hashed with argon2id.  Login hands out a short-lived access
 JWT (verified by the gateway at the edge) and an opaque refresh token
@@ -6,10 +6,18 @@ JWT (verified by the gateway at the edge) and an opaque refresh token
 older generation again means it was stolen or replayed, so the whole session
 is revoked.  Sessions live in Redis or the accounts database (see
 ``sessions.py``), shared by every replica.
+
+Ending a session (logout, refresh-token reuse, a password change, which ends
+all of the user's sessions) also ends its access tokens: ``Tokens.
+revoke_session`` marks it where the edge of every gateway replica checks it
+(``amoeba.auth.revocation``).  Failed logins are throttled per account
+(``throttle.py``).  Register answers the same 202 whether the email is new
+or taken, so it tells nobody which emails have accounts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -17,7 +25,7 @@ import os
 import re
 import secrets
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import sqlalchemy as sa
@@ -27,6 +35,7 @@ from amoeba.auth.passwords import hash_password, verify_password
 from shop.events import UserRegistered
 from shop.fields import END, NO_NUL
 from shop.sessions import Session, SessionStore, expiry, session_store
+from shop.throttle import LoginThrottle
 from shop.timestamps import Timestamp
 
 log = logging.getLogger("shop.accounts")
@@ -73,6 +82,19 @@ class LoggedOut(msgspec.Struct):
     logged_out: bool
 
 
+class Registration(msgspec.Struct):
+    """What register answers, the same for a new and a taken email."""
+
+    accepted: bool
+    message: str
+
+
+REGISTERED = Registration(
+    accepted=True,
+    message="If this email can be used, its account is ready: log in with it and the password "
+            "you chose.  An email that already has an account keeps its old password.")
+
+
 class EmailTaken(Conflict):
     """An account with this email exists."""
 
@@ -108,6 +130,7 @@ class Accounts(Service):
 
     async def start(self) -> None:
         self.sessions: SessionStore = session_store(self.db, self.cache)
+        self.throttle = LoginThrottle(self.cache)
         # Unknown emails still pay for one hash check: login time does not
         # tell an attacker which emails have accounts.
         self._dummy_hash = await hash_password(secrets.token_urlsafe(16))
@@ -138,24 +161,50 @@ class Accounts(Service):
             raise EmailTaken(f"an account with email {email} exists") from None
         return User(id=uid, email=email, roles=[r for r in roles.split(",") if r], created_at=now)
 
-    @post("/api/auth/register", status=201, tags=("accounts",))
-    async def register(self, email: Email, password: Password) -> User:
-        """Create an account.  Passwords need at least 8 characters."""
-        return await self._create(_normal_email(email), password)
+    @post("/api/auth/register", status=202, tags=("accounts",))
+    async def register(self, email: Email, password: Password) -> Registration:
+        """Create an account.  Passwords need at least 8 characters.  The answer is
+        the same 202 whether the email is new or already has an account (whose
+        password does not change), and takes as long: one password hash each."""
+        with contextlib.suppress(EmailTaken):
+            await self._create(_normal_email(email), password)
+        return REGISTERED
 
     @post("/api/auth/login", tags=("accounts",))
     async def login(self, email: Email, password: LoginPassword) -> TokenPair:
-        """Exchange email and password for an access token and a refresh token."""
-        row = await self.db.fetchone(sa.select(users).where(users.c.email == email.strip().lower()))
+        """Exchange email and password for an access token and a refresh token.
+        After 5 failures in a row an account answers 429 with ``Retry-After``
+        for 2, 4, 8, ... seconds, up to 15 minutes."""
+        email = email.strip().lower()
+        row = await self._check_password(email, password)
+        return await self._new_session(row.id, row.roles)
+
+    async def _check_password(self, email: str, password: str) -> sa.Row[Any]:
+        """The user's row when ``password`` is theirs; throttled per email, known
+        or not, and an unknown email pays for one hash too (no enumeration by
+        answer or by time)."""
+        await self.throttle.check(email)
+        row = await self.db.fetchone(sa.select(users).where(users.c.email == email))
         ok = await verify_password(row.password_hash if row else self._dummy_hash, password)
         if row is None or not ok:
+            await self.throttle.failed(email)
             raise InvalidCredentials("invalid email or password")
+        await self.throttle.succeeded(email)
+        return row
+
+    async def _new_session(self, uid: str, roles: str) -> TokenPair:
         sid = secrets.token_hex(16)
         secret = secrets.token_urlsafe(32)
-        await self.sessions.create(Session(sid=sid, user_id=row.id, generation=1,
+        await self.sessions.create(Session(sid=sid, user_id=uid, generation=1,
                                            refresh_hash=_hash(secret), revoked=False,
                                            expires_at=expiry(REFRESH_DAYS)))
-        return self._pair(row.id, row.roles, sid, 1, secret)
+        return self._pair(uid, roles, sid, 1, secret)
+
+    async def _end_session(self, sid: str) -> None:
+        """The refresh token first (so no new access token can be minted), then
+        every access token of the session, at every gateway."""
+        await self.sessions.revoke(sid)
+        await self.tokens.revoke_session(sid)
 
     def _pair(self, uid: str, roles: str, sid: str, generation: int, secret: str) -> TokenPair:
         access, expires_in = self.tokens.issue_access(
@@ -178,7 +227,7 @@ class Accounts(Service):
         if generation < s.generation:
             # An old token again: whoever holds the family now is not to be
             # trusted, so nobody keeps it.
-            await self.sessions.revoke(sid)
+            await self._end_session(sid)
             log.warning("refresh token reuse for session %s of user %s: session revoked",
                         sid, s.user_id)
             raise InvalidCredentials("invalid refresh token")
@@ -186,7 +235,7 @@ class Accounts(Service):
             raise InvalidCredentials("invalid refresh token")
         new_secret = secrets.token_urlsafe(32)
         if not await self.sessions.rotate(sid, generation, _hash(new_secret)):
-            await self.sessions.revoke(sid)  # the same token raced itself: a replay
+            await self._end_session(sid)  # the same token raced itself: a replay
             raise InvalidCredentials("invalid refresh token")
         row = await self.db.fetchone(sa.select(users.c.roles).where(users.c.id == s.user_id))
         if row is None:
@@ -195,10 +244,30 @@ class Accounts(Service):
 
     @post("/api/auth/logout", tags=("accounts",))
     async def logout(self, principal: Principal) -> LoggedOut:
-        """End the session: its refresh token stops working at once."""
+        """End the session: its refresh token stops working at once, and its access
+        tokens on every route of every gateway within ``session_recheck`` (2 s)."""
         if principal.session:
-            await self.sessions.revoke(principal.session)
+            await self._end_session(principal.session)
         return LoggedOut(logged_out=True)
+
+    @post("/api/auth/password", tags=("accounts",))
+    async def change_password(self, principal: Principal, current_password: LoginPassword,
+                              new_password: Password) -> TokenPair:
+        """Change your password: every session of the account ends (this one too),
+        and the answer is a fresh pair for a new session."""
+        row = await self.db.fetchone(sa.select(users).where(users.c.id == principal.subject))
+        if row is None:
+            raise Unauthorized("invalid or expired token")
+        await self._check_password(row.email, current_password)
+        new_hash = await hash_password(new_password)
+        await self.db.execute(users.update().where(users.c.id == row.id).values(
+            password_hash=new_hash))
+        for sid in await self.sessions.sessions_of(row.id):
+            await self._end_session(sid)
+        if principal.session:
+            await self._end_session(principal.session)
+        log.info("password changed for user %s: its sessions ended", row.id)
+        return await self._new_session(row.id, row.roles)
 
     @get("/api/auth/me", tags=("accounts",))
     async def me(self, principal: Principal) -> User:

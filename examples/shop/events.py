@@ -15,3 +15,4 @@ class OrderPlaced(Event):
     user_id: str
     total_amount: str  # decimal text, as the API shows it
     items: int
+    hold: str | None = None  # the catalog hold the order's stock came from: confirms it

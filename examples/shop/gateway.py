@@ -28,10 +28,12 @@ class Index(msgspec.Struct):
 
 
 LINKS = [
-    Link("POST", "/api/auth/register", "create an account: {email, password}"),
+    Link("POST", "/api/auth/register", "create an account: {email, password} (202 either way)"),
     Link("POST", "/api/auth/login", "log in: {email, password} -> access and refresh tokens"),
     Link("POST", "/api/auth/refresh", "new tokens: {refresh_token}"),
     Link("POST", "/api/auth/logout", "end the session (Authorization: Bearer)"),
+    Link("POST", "/api/auth/password", "change password: {current_password, new_password}; "
+                                       "ends every session"),
     Link("GET", "/api/auth/me", "your account"),
     Link("GET", "/api/products", "products, ?page=&per_page="),
     Link("GET", "/api/products/{id}", "one product"),

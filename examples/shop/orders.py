@@ -6,15 +6,43 @@ qty}]``.  The server owns the price: a client total that disagrees is
 rejected, and ``user_id``, when given, must be the caller's own.
 
 ``Idempotency-Key``: the first request with a key claims it (a row in the
-orders database); a repeat with the same body gets the first order back, a
-repeat with another body gets 422, and a repeat while the first is still
-running gets 409.  A request that fails releases its key, so it can be
-retried.
+orders database, naming this process as owner); a repeat with the same body
+gets the first order back, a repeat with another body gets 422, and a repeat
+while the first is still running gets 409.  A request that fails releases
+its key, so it can be retried.  When the owner died (its heartbeat in
+``owners.py`` is older than 4 s) a repeat takes the claim over at once; a
+claim of a live owner is taken over after 60 s.
+
+Stock that cannot leak: an order's stock is a catalog **hold**, recorded
+here first, as ``order_holds`` (``pending``, with its owner), before the
+catalog is asked.  Then exactly one of these ends it:
+
+* the order's transaction turns the ``pending`` row ``placed`` (or fails,
+  when it is no longer pending) together with writing the order and its
+  ``OrderPlaced`` event (the outbox); the sweeper confirms ``placed`` holds
+  in the catalog in batches, one call a second, and forgets them;
+* a request that fails marks it ``void`` and releases it in the catalog;
+* the sweeper of any orders replica (every second) voids and releases a
+  ``pending`` hold whose owner is dead, or that is older than ``HOLD_TTL``
+  (30 s, three times the call deadline), and finishes the release of a
+  ``void`` one whose releaser died.
+
+A ``pending`` row is deleted or voided by one conditional statement, so an
+order and a release can never both happen; a catalog release that arrives
+before its reservation leaves a tombstone there, so the late reservation
+fails.  Whatever process dies at whatever point, stock comes back within
+``DEAD_AFTER`` + 1 s of its death (``HOLD_TTL`` for a live owner stuck in
+a call), or belongs to an order.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
+import random
+import secrets
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
@@ -33,6 +61,7 @@ from amoeba import (
     NotFound,
     Principal,
     Service,
+    Unavailable,
     get,
     post,
 )
@@ -40,8 +69,10 @@ from shop.catalog import Catalog, Line, PricedLine, ProductId
 from shop.events import OrderPlaced
 from shop.fields import NO_NUL, Page, PerPage, RowId
 from shop.money import Money, from_cents, to_cents
+from shop.owners import Owners
 from shop.timestamps import Timestamp
 
+log = logging.getLogger("shop.orders")
 # The shop's own metrics (on /metrics, in the dashboard, in the generated Grafana board).
 ORDERS_PLACED = Counter("shop_orders_placed", "Orders placed (a replayed Idempotency-Key counts once)")
 CHECKOUT_VALUE = Histogram("shop_checkout_value", "Order totals, in the shop's currency",
@@ -71,22 +102,44 @@ idempotency = sa.Table(
     sa.Column("request_hash", sa.String(64), nullable=False),
     sa.Column("order_id", sa.Integer, nullable=True),
     sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("owner", sa.String(64), nullable=True),
+)
+order_holds = sa.Table(
+    "order_holds", metadata,
+    sa.Column("hold_id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(10), nullable=False),  # pending | placed | void
+    sa.Column("created_at", Timestamp, nullable=False),
 )
 
 # The hot statements are built once (building one costs more than running it).
 _user, _key, _oid = sa.bindparam("u"), sa.bindparam("k"), sa.bindparam("oid")
 INSERT_ORDER = orders.insert()
 INSERT_ITEMS = order_items.insert()
-MARK_KEY = (idempotency.update().where(idempotency.c.user_id == _user, idempotency.c.idem_key == _key)
+_me, _hold = sa.bindparam("me"), sa.bindparam("hold")
+# The claim is still this request's: same owner and the claim time it wrote
+# (a takeover, even by a request of the same process, changes it).
+MARK_KEY = (idempotency.update().where(idempotency.c.user_id == _user, idempotency.c.idem_key == _key,
+                                       idempotency.c.owner == _me,
+                                       idempotency.c.created_at == sa.bindparam("claimed"))
             .values(order_id=_oid))
+OPEN_HOLD = order_holds.insert()
+CLOSE_HOLD = (order_holds.update().where(order_holds.c.hold_id == _hold,
+                                         order_holds.c.state == "pending").values(state="placed"))
+VOID_HOLD = (order_holds.update().where(order_holds.c.hold_id == _hold,
+                                        order_holds.c.state == "pending").values(state="void"))
+DROP_VOID = order_holds.delete().where(order_holds.c.hold_id == _hold, order_holds.c.state == "void")
 GET_ORDER = sa.select(orders).where(orders.c.id == _oid, orders.c.user_id == _user)
 GET_ITEMS = sa.select(order_items).where(order_items.c.order_id == _oid).order_by(
     order_items.c.product_id)
 
 MAX_LINES = 100
-# A claim older than this whose request never finished (its process died)
-# may be taken over by a retry.
+# A claim older than this whose request never finished may be taken over by
+# a retry even when its owner still beats (a request stuck that long is lost).
 STALE_CLAIM = timedelta(seconds=60)
+# A pending hold of a live owner older than this is released (3x the deadline).
+HOLD_TTL = timedelta(seconds=30)
+SWEEP = 1.0  # seconds between sweeps, per replica
 
 
 class OrderItem(msgspec.Struct):
@@ -141,6 +194,10 @@ ITEMS_OR_PRODUCT_IDS = {"anyOf": [
 ]}
 
 
+class HoldLapsed(Unavailable):
+    """The stock hold of this order was released before the order was stored; retry."""
+
+
 def _lines(items: list[Line] | None, product_ids: list[int] | None) -> list[Line]:
     if items and product_ids:
         raise Invalid("give either items or product_ids, not both",
@@ -176,6 +233,17 @@ class Orders(Service):
     migrations = "migrations/orders"
     publishes = (OrderPlaced,)
 
+    async def start(self) -> None:
+        self.owners = Owners(self.db)
+        await self.owners.start()
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="orders hold sweeper")
+
+    async def stop(self) -> None:
+        self._sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sweeper
+        await self.owners.stop()
+
     @post("/api/orders", status=201, tags=("orders",), body_schema=ITEMS_OR_PRODUCT_IDS)
     async def place_order(
         self,
@@ -198,25 +266,30 @@ class Orders(Service):
                               details=[{"path": "header.Idempotency-Key", "reason": "length"}])
             earlier = await self._claim(principal.subject, idempotency_key,
                                         _request_hash(lines, client_total))
-            if earlier is not None:
+            if isinstance(earlier, Order):
                 return earlier
+            claim = (idempotency_key, earlier)
+        else:
+            claim = None
         try:
-            return await self._place(principal.subject, lines, client_total, idempotency_key)
+            return await self._place(principal.subject, lines, client_total, claim)
         except BaseException:
-            if idempotency_key is not None:
+            if claim is not None:
                 await self.db.execute(idempotency.delete().where(
-                    idempotency.c.user_id == principal.subject,
-                    idempotency.c.idem_key == idempotency_key,
-                    idempotency.c.order_id.is_(None)))
+                    idempotency.c.user_id == principal.subject, idempotency.c.idem_key == claim[0],
+                    idempotency.c.order_id.is_(None), idempotency.c.owner == self.owners.id,
+                    idempotency.c.created_at == claim[1]))
             raise
 
-    async def _claim(self, user: str, key: str, request_hash: str) -> Order | None:
-        """Claim ``key`` for this request, or return the order it already made."""
+    async def _claim(self, user: str, key: str, request_hash: str) -> Order | datetime:
+        """Claim ``key`` for this request (the claim's time), or return the order
+        it already made."""
         now = datetime.now(UTC)
         try:
             await self.db.execute(idempotency.insert().values(
-                user_id=user, idem_key=key, request_hash=request_hash, order_id=None, created_at=now))
-            return None
+                user_id=user, idem_key=key, request_hash=request_hash, order_id=None, created_at=now,
+                owner=self.owners.id))
+            return now
         except sa.exc.IntegrityError:
             pass
         row = await self.db.fetchone(sa.select(idempotency).where(
@@ -228,46 +301,119 @@ class Orders(Service):
                                        "request")
         if row.order_id is not None:
             return await self._load(user, row.order_id)
-        if now - _utc(row.created_at) < STALE_CLAIM:
+        if now - _utc(row.created_at) < STALE_CLAIM and await self.owners.alive(row.owner):
             raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress; "
-                                      "retry later")
+                                      "retry later", retry_after=1)
+        # Its owner died (or is stuck): take the claim over.  The owner's commit,
+        # should it still come, is conditional on owning the claim and fails.
+        owned = (idempotency.c.owner.is_(None) if row.owner is None
+                 else idempotency.c.owner == row.owner)
         taken = await self.db.execute(idempotency.update().where(
             idempotency.c.user_id == user, idempotency.c.idem_key == key,
-            idempotency.c.order_id.is_(None), idempotency.c.created_at == row.created_at,
-        ).values(created_at=now))
+            idempotency.c.order_id.is_(None), idempotency.c.created_at == row.created_at, owned,
+        ).values(created_at=now, owner=self.owners.id))
         if taken.rowcount != 1:
             raise IdempotencyKeyInUse("a request with this Idempotency-Key is still in progress")
-        return None
+        return now
 
     async def _place(self, user: str, lines: list[Line], client_total: int | None,
-                     key: str | None) -> Order:
-        priced: list[PricedLine] = await self.catalog.reserve(lines)
-        stored = False
+                     claim: tuple[str, datetime] | None) -> Order:
+        hold = secrets.token_hex(16)
+        await self.db.execute(OPEN_HOLD, {"hold_id": hold, "owner": self.owners.id,
+                                          "state": "pending", "created_at": datetime.now(UTC)})
         try:
+            priced: list[PricedLine] = await self.catalog.reserve(lines, hold)
             total = sum(to_cents(p.unit_price, "unit_price") * p.qty for p in priced)
             if client_total is not None and client_total != total:
                 raise TotalMismatch(f"total_amount {from_cents(client_total)} does not match the "
                                     f"catalog's prices: {from_cents(total)}")
             now = datetime.now(UTC)
             async with self.db.transaction() as conn:
+                if (await conn.execute(CLOSE_HOLD, {"hold": hold})).rowcount != 1:
+                    raise HoldLapsed("the stock held for this order was released meanwhile; retry",
+                                     retry_after=1)
                 result = await conn.execute(INSERT_ORDER, {
                     "user_id": user, "total_cents": total, "status": "placed", "created_at": now})
                 order_id = int(result.inserted_primary_key[0])
                 await conn.execute(INSERT_ITEMS, [
                     {"order_id": order_id, "product_id": p.product_id, "name": p.name, "qty": p.qty,
                      "unit_cents": to_cents(p.unit_price, "unit_price")} for p in priced])
-                if key is not None:
-                    await conn.execute(MARK_KEY, {"u": user, "k": key, "oid": order_id})
+                if claim is not None and (await conn.execute(MARK_KEY, {
+                        "u": user, "k": claim[0], "oid": order_id, "me": self.owners.id,
+                        "claimed": claim[1]})).rowcount != 1:
+                    raise IdempotencyKeyInUse("this Idempotency-Key was taken over by a retry",
+                                              retry_after=1)
                 await self.publish(OrderPlaced(order_id=order_id, user_id=user,
                                                total_amount=str(from_cents(total)),
-                                               items=sum(p.qty for p in priced)))
-            stored = True
-        finally:
-            if not stored:
-                await self.catalog.release([Line(product_id=p.product_id, qty=p.qty) for p in priced])
+                                               items=sum(p.qty for p in priced), hold=hold))
+        except BaseException:
+            await self._abandon(hold)
+            raise
         ORDERS_PLACED.inc()
         CHECKOUT_VALUE.observe(total / 100)
         return _order(order_id, user, total, "placed", now, priced)
+
+    async def _abandon(self, hold: str) -> None:
+        """Give back the stock of a hold whose order was not stored.  Shielded from
+        cancellation; whatever does not finish here, the sweeper finishes."""
+        async def run() -> None:
+            if (await self.db.execute(VOID_HOLD, {"hold": hold})).rowcount != 1:
+                return  # the order was stored after all, or the sweeper has it
+            await self._release(hold)
+
+        try:
+            await asyncio.shield(run())
+        except Exception as exc:
+            log.warning("hold %s not released yet (%s); the sweeper will", hold, exc)
+
+    async def _release(self, hold: str) -> None:
+        """Release a ``void`` hold in the catalog, then forget it (both repeatable)."""
+        await self.catalog.release(hold)
+        await self.db.execute(DROP_VOID, {"hold": hold})
+
+    async def _sweep_forever(self) -> None:
+        n = 0
+        while True:
+            await asyncio.sleep(SWEEP * random.uniform(0.5, 1.5))  # replicas drift apart
+            n += 1
+            try:
+                await self.sweep()
+                if n % 60 == 0:
+                    await self.owners.prune()
+            except Exception as exc:  # the database or catalog is down: next time
+                log.warning("hold sweep failed: %s", exc)
+
+    async def sweep(self) -> int:
+        """Release every hold that can no longer become an order.  How many."""
+        now = datetime.now(UTC)
+        placed = [r.hold_id for r in await self.db.fetchall(
+            sa.select(order_holds.c.hold_id).where(order_holds.c.state == "placed").limit(500))]
+        if placed:
+            # Stock of placed orders stays taken: one catalog call and one delete
+            # for all of them (per order, it would double a checkout's writes).
+            await self.catalog.confirm(placed)
+            await self.db.execute(order_holds.delete().where(
+                order_holds.c.hold_id.in_(placed), order_holds.c.state == "placed"))
+        rows = await self.db.fetchall(sa.select(order_holds).where(sa.or_(
+            order_holds.c.state == "void",
+            sa.and_(order_holds.c.state == "pending",
+                    order_holds.c.created_at < now - timedelta(seconds=1)),
+        )).order_by(order_holds.c.created_at).limit(200))
+        alive: dict[str, bool] = {}
+        released = 0
+        for row in rows:
+            if row.state == "pending":
+                if row.owner not in alive:
+                    alive[row.owner] = await self.owners.alive(row.owner)
+                if alive[row.owner] and now - _utc(row.created_at) < HOLD_TTL:
+                    continue
+                if (await self.db.execute(VOID_HOLD, {"hold": row.hold_id})).rowcount != 1:
+                    continue  # became an order, or another replica has it
+                log.info("releasing hold %s of %s owner %s", row.hold_id,
+                         "live" if alive[row.owner] else "dead", row.owner)
+            await self._release(row.hold_id)
+            released += 1
+        return released
 
     async def _load(self, user: str, order_id: int) -> Order:
         async with self.db.transaction() as conn:

@@ -52,6 +52,10 @@ class SessionStore(ABC):
     @abstractmethod
     async def revoke(self, sid: str) -> None: ...
 
+    @abstractmethod
+    async def sessions_of(self, user_id: str) -> list[str]:
+        """The ids of the user's sessions not revoked yet (a password change ends them)."""
+
 
 def _utc(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
@@ -88,6 +92,11 @@ class DatabaseSessions(SessionStore):
     async def revoke(self, sid: str) -> None:
         await self.db.execute(sessions.update().where(sessions.c.sid == sid).values(revoked=True))
 
+    async def sessions_of(self, user_id: str) -> list[str]:
+        rows = await self.db.fetchall(sa.select(sessions.c.sid).where(
+            sessions.c.user_id == user_id, sessions.c.revoked == sa.false()))
+        return [r.sid for r in rows]
+
 
 # Compare-and-set in one round trip: Redis runs a script atomically.
 _ROTATE = """
@@ -103,6 +112,7 @@ class RedisSessions(SessionStore):
         assert cache.redis is not None
         self.redis = cache.redis
         self.prefix = cache.prefix + "session:"
+        self.users = cache.prefix + "user-sessions:"
 
     def __repr__(self) -> str:
         return f"<RedisSessions {self.prefix}*>"
@@ -110,11 +120,14 @@ class RedisSessions(SessionStore):
     async def create(self, s: Session) -> None:
         key = self.prefix + s.sid
         ttl = max(1, int(s.expires_at - datetime.now(UTC).timestamp()))
+        mine = self.users + s.user_id  # the user's session ids, for a password change
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping={"user_id": s.user_id, "generation": s.generation,
                                     "refresh_hash": s.refresh_hash, "revoked": int(s.revoked),
                                     "expires_at": s.expires_at})
             pipe.expire(key, ttl)
+            pipe.sadd(mine, s.sid)
+            pipe.expire(mine, ttl)  # every session in it has a TTL of at most this
             await pipe.execute()
 
     async def get(self, sid: str) -> Session | None:
@@ -133,6 +146,12 @@ class RedisSessions(SessionStore):
 
     async def revoke(self, sid: str) -> None:
         await self.redis.hset(self.prefix + sid, "revoked", 1)
+
+    async def sessions_of(self, user_id: str) -> list[str]:
+        sids = [m.decode() if isinstance(m, bytes) else m
+                for m in await self.redis.smembers(self.users + user_id)]
+        live = [s for s in sids if (g := await self.get(s)) is not None and not g.revoked]
+        return sorted(live)
 
 
 def session_store(db: Database, cache: Cache) -> SessionStore:

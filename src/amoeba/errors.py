@@ -27,7 +27,9 @@ The documented error body (HTTP and RPC alike)::
     {"error": {"type": "SoldOut", "status": 409, "message": "...",
                "request_id": "...", "details": [{"path": "$.qty", "reason": "..."}]}}
 
-``details`` appears only when there are some.  Any exception that is not a
+``details`` appears only when there are some; ``retry_after`` (seconds) only
+when the error was raised with one, and the edge then also answers a
+``Retry-After`` header.  Any exception that is not a
 ``ServiceError`` becomes ``Internal`` with the message ``"internal error"``:
 the traceback is logged in the process where it happened and never sent.
 """
@@ -65,12 +67,16 @@ class ServiceError(Exception):
 
     status: ClassVar[int] = 500
 
-    def __init__(self, message: str | None = None, *, details: list[dict[str, str]] | None = None):
+    def __init__(self, message: str | None = None, *, details: list[dict[str, str]] | None = None,
+                 retry_after: float | None = None):
         if message is None:
             message = (type(self).__doc__ or type(self).__name__).strip().splitlines()[0]
         super().__init__(message)
         self.message = message
         self.details = details or []
+        # Seconds the client should wait before trying again: the edge answers
+        # it as a ``Retry-After`` header (whole seconds, at least 1).
+        self.retry_after = retry_after
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -84,6 +90,8 @@ class ServiceError(Exception):
         }
         if self.details:
             body["details"] = self.details
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
         return body
 
     def __repr__(self) -> str:
@@ -181,6 +189,8 @@ def error_from_wire(body: dict[str, Any]) -> ServiceError:
     if cls is None:
         status = int(body.get("status", 500))
         cls = next((c for c in _REGISTRY.values() if c.status == status), Internal)
+    retry_after = body.get("retry_after")
     err = cls.__new__(cls)
-    ServiceError.__init__(err, message, details=details)
+    ServiceError.__init__(err, message, details=details,
+                          retry_after=float(retry_after) if isinstance(retry_after, int | float) else None)
     return err

@@ -8,7 +8,7 @@ A resource class is a tiny ABC: ``open`` builds one from its context,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,10 @@ class ResourceContext:
     # The service class the resource is opened for (a resource may read
     # class attributes, e.g. ``Database`` reads ``migrations``).
     owner: type | None = None
+    # Every resource URL of the topology by kind (``${VAR}`` expanded), for a
+    # resource that works with another kind's server (``Tokens`` keeps revoked
+    # sessions where the edge reads them: in the cache).
+    resources: dict[str, str] = field(default_factory=dict)
 
 
 class Resource(ABC):

@@ -3,7 +3,8 @@
     principal.py  Principal: the verified identity a method parameter receives
     keys.py       the signing/verifying key set (file format, generation, rotation)
     tokens.py     access tokens (JWT): TokenVerifier for the edge, the Tokens resource
-    passwords.py  argon2id password hashing off the event loop
+    passwords.py  argon2id password hashing off the event loop, a few at a time
+    revocation.py ended sessions, whose access tokens the edge refuses
 """
 
 from amoeba.auth.principal import Principal

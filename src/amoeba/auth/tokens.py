@@ -10,6 +10,10 @@ Configured by the topology's ``settings.auth`` (every key optional)::
         access_ttl: 900           # seconds
         leeway: 0                 # seconds of clock skew tolerated on exp/nbf
         keys: /etc/shop/keys.json # default: <data dir>/.auth-keys.json, generated on first use
+        session_recheck: 2        # seconds a process trusts its answer to "is this session
+                                  # revoked?" (see amoeba.auth.revocation)
+        revocation: true          # false: the edge does not check sessions (logout then ends
+                                  # only the refresh token; access tokens live to their exp)
 
 :class:`TokenVerifier` is what the edge uses; :class:`Tokens` is the
 resource a service declares (``tokens: Tokens``) to issue tokens too.  Every
@@ -28,13 +32,15 @@ from typing import Any
 
 from amoeba.auth.keys import KeyFileError, KeySet, load_keys
 from amoeba.auth.principal import Principal
+from amoeba.auth.revocation import SessionRevocations
 from amoeba.errors import Unauthorized
 from amoeba.resource import Resource, ResourceContext
 
 __all__ = ["AuthConfig", "AuthConfigError", "TokenVerifier", "Tokens"]
 
 INVALID = "invalid or expired token"
-_KNOWN = {"issuer", "audience", "algorithms", "access_ttl", "leeway", "keys"}
+_KNOWN = {"issuer", "audience", "algorithms", "access_ttl", "leeway", "keys", "session_recheck",
+          "revocation"}
 _SUPPORTED = ("EdDSA", "ES256", "ES384", "RS256", "PS256", "HS256", "HS384", "HS512")
 _REQUIRED = ["exp", "iat", "nbf", "sub", "jti"]
 
@@ -54,6 +60,8 @@ class AuthConfig:
     access_ttl: int
     leeway: float
     keys: Path
+    session_recheck: float = 2.0
+    revocation: bool = True
 
     @classmethod
     def from_settings(cls, extra: dict[str, Any], app: str, data_dir: Path) -> AuthConfig:
@@ -87,6 +95,15 @@ class AuthConfig:
                                       f"fix: {key}: {default:g} (seconds) or like 15m")
             return seconds
 
+        def flag(key: str, default: bool) -> bool:
+            v = raw.get(key, default)
+            if isinstance(v, str) and v.lower() in ("true", "false"):
+                v = v.lower() == "true"  # from ${VAR:-true}
+            if not isinstance(v, bool):
+                raise AuthConfigError(f"settings.auth.{key}: {v!r} is not true/false; fix: "
+                                      f"{key}: {str(default).lower()}")
+            return v
+
         algs = raw.get("algorithms", ["EdDSA"])
         if isinstance(algs, str):
             algs = [algs]
@@ -103,7 +120,14 @@ class AuthConfig:
             algorithms=tuple(algs), access_ttl=int(number("access_ttl", 900, 1)),
             leeway=number("leeway", 0, 0),
             keys=Path(keys) if keys else data_dir / ".auth-keys.json",
+            session_recheck=number("session_recheck", 2, 0),
+            revocation=flag("revocation", True),
         )
+
+    def revocations(self, cache_url: str | None) -> SessionRevocations:
+        """Where this issuer's revoked sessions are kept (see :mod:`.revocation`)."""
+        return SessionRevocations.for_cache(cache_url, self.issuer, self.access_ttl + self.leeway,
+                                            self.session_recheck)
 
 
 class TokenVerifier:
@@ -194,21 +218,29 @@ class Tokens(Resource):
 
     kind = "auth"
 
-    def __init__(self, verifier: TokenVerifier):
+    def __init__(self, verifier: TokenVerifier, revocations: SessionRevocations | None = None):
         self.verifier = verifier
+        self.revocations = revocations or verifier.config.revocations(None)
 
     def __repr__(self) -> str:
-        return f"<Tokens {self.verifier!r}>"
+        return f"<Tokens {self.verifier!r} {self.revocations!r}>"
 
     @classmethod
     async def open(cls, ctx: ResourceContext) -> Tokens:
         # The host fills settings.auth's issuer/audience defaults with the app's name.
-        verifier = TokenVerifier(AuthConfig.from_settings(ctx.settings, ctx.service, ctx.data_dir))
+        config = AuthConfig.from_settings(ctx.settings, ctx.service, ctx.data_dir)
+        verifier = TokenVerifier(config)
         _ = verifier.keys  # fail at startup, not at the first login, on a bad key file
-        return cls(verifier)
+        # Revocations go where the edge looks for them: the topology's cache.
+        return cls(verifier, config.revocations(ctx.resources.get("cache")))
 
     async def aclose(self) -> None:
-        pass
+        await self.revocations.aclose()
+
+    async def revoke_session(self, sid: str) -> None:
+        """End every access token of session ``sid`` at the edge of every process
+        (within ``settings.auth.session_recheck`` seconds)."""
+        await self.revocations.revoke(sid)
 
     def issue_access(self, subject: str, *, roles: Iterable[str] = (), session: str | None = None,
                      ttl: int | None = None) -> tuple[str, int]:

@@ -49,10 +49,11 @@ def redis_client(url: str, *, timeout: float | None = None, kind: str = "cache")
     return aioredis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout or 2.0)
 
 
-# INCR, and set the expiry only when this call created the key (atomic).
+# INCR, and set the expiry when this call created the key, or always when
+# ARGV[2] is "1" (a sliding window); atomic.
 _INCR = """
 local v = redis.call('INCR', KEYS[1])
-if v == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+if v == 1 or ARGV[2] == '1' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return v
 """
 
@@ -156,18 +157,21 @@ class Cache(Resource):
                 n += 1
         return n
 
-    async def incr(self, key: str, ttl: float | None = None) -> int:
-        """Add one and return the new value; ``ttl`` is set when the key is created."""
+    async def incr(self, key: str, ttl: float | None = None, *, sliding: bool = False) -> int:
+        """Add one and return the new value; ``ttl`` is set when the key is
+        created, or on every call with ``sliding`` (the key then lives ``ttl``
+        seconds past its last increment)."""
         k = self.prefix + key
         if self.redis is not None:
             if ttl is None:
                 return int(await self._timed("incr", self.redis.incr(k)))
-            return int(await self._timed("incr", self.redis.eval(_INCR, 1, k,
-                                                                 max(1, int(ttl * 1000)))))
+            return int(await self._timed("incr", self.redis.eval(
+                _INCR, 1, k, max(1, int(ttl * 1000)), int(sliding))))
         hit = self._live(k)
+        expires = None if ttl is None else time.monotonic() + ttl
         if hit is None:
-            self._mem[k] = (b"1", None if ttl is None else time.monotonic() + ttl)
+            self._mem[k] = (b"1", expires)
             return 1
         value = int(hit[0]) + 1
-        self._mem[k] = (str(value).encode(), hit[1])
+        self._mem[k] = (str(value).encode(), expires if sliding else hit[1])
         return value

@@ -9,9 +9,10 @@ On a private listener everything except the health endpoints requires the
 internal credential in the ``x-amoeba-token`` header.
 
 A public listener applies the process's :class:`~.policy.EdgePolicy`: it
-verifies ``Authorization: Bearer`` access tokens once (the result fills
-``Principal`` parameters), applies rate limits (health endpoints exempt),
-answers CORS preflights, and writes the access log.
+verifies ``Authorization: Bearer`` access tokens once and refuses those of
+a revoked session (the result fills ``Principal`` parameters), applies rate
+limits (health endpoints exempt), answers CORS preflights, and writes the
+access log.
 """
 
 from __future__ import annotations
@@ -325,6 +326,11 @@ class Edge:
                         return pre
                 if "authorization" in req.headers:
                     auth_error = self._authenticate(req)
+                    sid = req.principal.session if req.principal is not None else None
+                    if (sid is not None and policy.revocations is not None
+                            and await policy.revocations.is_revoked(sid)):
+                        req.principal = None  # a logged-out session: its tokens are dead everywhere
+                        auth_error = Unauthorized(INVALID)
                 if self.limiter is not None and req.path not in self.open_paths:
                     wait = await self.limiter.check(
                         req.principal.subject if req.principal else None, policy.client_ip(req))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections import deque
 from http import HTTPStatus
@@ -103,7 +104,10 @@ class Response:
 def error_response(exc: ServiceError, request_id: str) -> Response:
     err = exc.to_wire()
     err["request_id"] = request_id
-    return Response(exc.status, json_encoder.encode({"error": err}))
+    resp = Response(exc.status, json_encoder.encode({"error": err}))
+    if exc.retry_after is not None:
+        resp.headers = [("retry-after", str(max(1, math.ceil(exc.retry_after))))]
+    return resp
 
 
 def refusal(status: int, message: str, request_id: str, headers: list[tuple[str, str]] | None = None

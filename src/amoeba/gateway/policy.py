@@ -1,5 +1,6 @@
 """What a public listener enforces, built once per process from the topology's
-settings: access-token verification, rate limits, CORS, the access log, and
+settings: access-token verification (and revoked sessions,
+:mod:`amoeba.auth.revocation`), rate limits, CORS, the access log, and
 which peers may state the client address in ``X-Forwarded-For``.
 
 Settings (all optional, under ``settings:``): ``auth`` (see
@@ -14,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+from amoeba.auth.revocation import SessionRevocations
 from amoeba.auth.tokens import AuthConfig, AuthConfigError, TokenVerifier
 from amoeba.data.cache import split_prefix
 from amoeba.gateway.access import AccessLog
@@ -44,16 +46,19 @@ def _loopback(addr: str) -> bool:
 
 class EdgePolicy:
     def __init__(self, verifier: TokenVerifier, limiter: RateLimiter | None, cors: Cors | None,
-                 access: AccessLog | None, trusted: tuple[_Network, ...] = ()):
+                 access: AccessLog | None, trusted: tuple[_Network, ...] = (),
+                 revocations: SessionRevocations | None = None):
         self.verifier = verifier
+        # None: settings.auth.revocation is false, sessions are not checked
+        self.revocations = revocations
         self.limiter = limiter
         self.cors = cors
         self.access = access
         self.trusted = trusted
 
     def __repr__(self) -> str:
-        return (f"<EdgePolicy {self.verifier!r} limiter={self.limiter!r} cors={self.cors!r} "
-                f"access={self.access!r} trusted_proxies={len(self.trusted)}>")
+        return (f"<EdgePolicy {self.verifier!r} {self.revocations!r} limiter={self.limiter!r} "
+                f"cors={self.cors!r} access={self.access!r} trusted_proxies={len(self.trusted)}>")
 
     @classmethod
     def from_topology(cls, topology: Topology, app: str, data_dir: Path) -> EdgePolicy:
@@ -97,8 +102,10 @@ class EdgePolicy:
         except ValueError as exc:
             raise fail("settings.trusted_proxies",
                        f"settings.trusted_proxies: {exc}; fix: trusted_proxies: [10.0.0.0/8]") from None
+        revocations = (verifier.config.revocations(topology.resources.get("cache"))
+                       if verifier.config.revocation else None)
         access = AccessLog(everything=enabled == "all") if enabled else None
-        return cls(verifier, limiter, cors, access, trusted)
+        return cls(verifier, limiter, cors, access, trusted, revocations)
 
     def _is_trusted(self, addr: str) -> bool:
         try:
@@ -140,3 +147,5 @@ class EdgePolicy:
             self.access.flush()  # the last lines before the process says it stopped
         if self.limiter is not None:
             await self.limiter.aclose()
+        if self.revocations is not None:
+            await self.revocations.aclose()

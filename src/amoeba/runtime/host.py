@@ -343,7 +343,7 @@ class Host:
                 url = self.topology.resources.get(rcls.kind)
                 ctx = ResourceContext(name, url.replace("{service}", name) if url else None,
                                       self.data_dir, dict(self.topology.settings.extra),
-                                      owner=spec.cls)
+                                      owner=spec.cls, resources=dict(self.topology.resources))
                 res = await rcls.open(ctx)
                 self.resources.append((f"{name}.{attr}", res))
                 setattr(inst, attr, res)

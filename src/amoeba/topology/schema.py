@@ -34,7 +34,8 @@ SETTINGS: dict[str, Schema] = {
     "access_log": None, "trusted_proxies": None,
     "rate_limit": {"user": _BUCKET, "ip": _BUCKET},  # gateway/limits.py
     "cors": dict.fromkeys(("origins", "methods", "headers", "max_age", "credentials")),
-    "auth": dict.fromkeys(("issuer", "audience", "algorithms", "access_ttl", "leeway", "keys")),
+    "auth": dict.fromkeys(("issuer", "audience", "algorithms", "access_ttl", "leeway", "keys",
+                           "revocation", "session_recheck")),
     "database": dict.fromkeys(("pool_size", "max_overflow", "pool_timeout", "migrate", "echo")),
     "events": dict.fromkeys(("max_attempts", "backoff", "max_backoff", "relay_poll", "batch")),
     "observe": dict.fromkeys(("metrics", "tracing", "otlp_endpoint", "expose")),
