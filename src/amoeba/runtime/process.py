@@ -146,7 +146,7 @@ def load_app(topo: Topology) -> App:
     app = getattr(module, attr or "app", None)
     if not isinstance(app, App):
         raise TopologyError([Problem(where.file, where.line, "app",
-                                     f"{topo.app!r} is not a amoeba.App ({type(app).__name__})",
+                                     f"{topo.app!r} is not an amoeba.App ({type(app).__name__})",
                                      "point app: at the module-level App(...) object")])
     return app
 
