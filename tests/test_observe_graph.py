@@ -91,4 +91,4 @@ def test_cli_graph_from_a_topology_or_an_app(tmp_path, capsys):
     assert main(["graph", "tickets.app:app", "--format", "dot", "-o", str(out)]) == 0
     assert '  "ticket" -> "vacancy" [label="reserve"];' in out.read_text()
     assert main(["graph", "tickets.app:nothing"]) == 2
-    assert "not a amoeba.App" in capsys.readouterr().err
+    assert "not an amoeba.App" in capsys.readouterr().err
