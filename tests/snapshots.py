@@ -3,7 +3,12 @@ readers' tests (advice, status, the dashboard's fake server)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from typing import Any
 
 from amoeba.observe.snapshot import BUCKETS
@@ -76,3 +81,38 @@ def tickets_pair(t: float, n: int, *, pid: int = 100) -> dict[str, Any]:
     vacancy = snapshot("vacancy", ["vacancy"], now=t, port=8001, pid=pid + 1, requests=n,
                        served_=[served("vacancy", "reserve", n, 0.00008)])
     return cluster(t, services, [("ticket", False, [ticket]), ("vacancy", False, [vacancy])])
+
+
+@contextlib.contextmanager
+def dashboard_server(cluster: Callable[[], dict[str, Any]]) -> Iterator[str]:
+    """The dashboard page and a ``/_amoeba/api/cluster`` answering ``cluster()``,
+    served on a free loopback port; the page's URL."""
+    page = resources.files("amoeba.observe").joinpath("dashboard.html").read_bytes()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/_amoeba/api/cluster":
+                body, kind = json.dumps(cluster()).encode(), "application/json"
+            elif self.path == "/_amoeba/":
+                body, kind = page, "text/html; charset=utf-8"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("content-type", kind)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/_amoeba/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -5,21 +5,18 @@ the advice and events panels.  Each saves a screenshot under ``tmp_path``."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from require import missing
-from snapshots import call, cluster, node, served, snapshot
+from snapshots import call, cluster, dashboard_server, node, served, snapshot
 
 from amoeba.observe.advise import Advisor
 from amoeba.testing import TopologyGroup
@@ -178,36 +175,8 @@ class _Synthetic:
 
 @pytest.fixture
 def synthetic_server() -> Iterator[str]:
-    page = resources.files("amoeba.observe").joinpath("dashboard.html").read_bytes()
-    source = _Synthetic()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/_amoeba/api/cluster":
-                body, kind = json.dumps(source.cluster()).encode(), "application/json"
-            elif self.path == "/_amoeba/":
-                body, kind = page, "text/html; charset=utf-8"
-            else:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("content-type", kind)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/_amoeba/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with dashboard_server(_Synthetic().cluster) as url:
+        yield url
 
 
 def test_dashboard_shows_advice_events_and_idle_edges(browser: Any, synthetic_server: str,

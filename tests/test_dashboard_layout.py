@@ -5,17 +5,13 @@ that is not its caller's or its callee's.  Measured on the drawn elements."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
-from snapshots import call, snapshot
+from snapshots import call, dashboard_server, snapshot
 from test_dashboard import browser, wait_for  # noqa: F401  (the module's Chromium fixture)
 
 from amoeba.observe.cluster import service_graph
@@ -63,33 +59,8 @@ def synthetic(path: Path, t0: float) -> Any:
 @pytest.fixture
 def page(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, str]]]:
     at, owner = synthetic(request.param, time.time() - 5)
-    html = resources.files("amoeba.observe").joinpath("dashboard.html").read_bytes()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/_amoeba/api/cluster":
-                body, kind = json.dumps(at(time.time())).encode(), "application/json"
-            elif self.path == "/_amoeba/":
-                body, kind = html, "text/html; charset=utf-8"
-            else:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("content-type", kind)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/_amoeba/", owner
-    finally:
-        server.shutdown()
-        server.server_close()
+    with dashboard_server(lambda: at(time.time())) as url:
+        yield url, owner
 
 
 MEASURE = """
