@@ -30,8 +30,11 @@ Two shapes, like the shop's topologies:
   ``POST /release`` if that fails).  Catalog and orders each own a PostgreSQL
   schema (``catalog``, ``orders``) reached through asyncpg.
 
-Every process is uvicorn with uvloop and httptools (what ``uvicorn[standard]``
-installs), one worker, no access log.  Tables are created at start-up;
+Database connections come from SQLAlchemy's default pool (5 plus 10 overflow;
+``--db-pool N`` for a fixed N, say 1 to serialize SQLite's writers in the
+process rather than in SQLite's busy handler).  Every process is uvicorn
+with uvloop and httptools (what ``uvicorn[standard]`` installs), one worker,
+no access log.  Tables are created at start-up;
 ``SHOP_PRODUCTS`` products (ids 1..N) with ``SHOP_STOCK`` units each are
 seeded into an empty catalog.  Tokens are checked against ``SHOP_JWT_SECRET``,
 issuer and audience ``fastapi-shop``; ``sub`` is the user id.
@@ -161,11 +164,13 @@ class OrderOut(BaseModel):
 # --- database ----------------------------------------------------------------
 
 
-def make_engine(url: str, schema: str | None) -> AsyncEngine:
+def make_engine(url: str, schema: str | None, pool: int = 0) -> AsyncEngine:
     """An async engine: aiosqlite in WAL mode for sqlite://, asyncpg with the
-    service's schema first on the search_path for postgresql://."""
+    service's schema first on the search_path for postgresql://.  ``pool``:
+    the pool's size (0: SQLAlchemy's default, 5 plus 10 overflow)."""
+    sizing = {"pool_size": pool, "max_overflow": 0} if pool else {}
     if url.startswith("sqlite://"):
-        engine = create_async_engine(url.replace("sqlite://", "sqlite+aiosqlite://", 1))
+        engine = create_async_engine(url.replace("sqlite://", "sqlite+aiosqlite://", 1), **sizing)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
@@ -178,7 +183,7 @@ def make_engine(url: str, schema: str | None) -> AsyncEngine:
     if url.startswith(("postgresql://", "postgres://")):
         url = "postgresql+asyncpg://" + url.split("://", 1)[1]
         args = {"server_settings": {"search_path": schema}} if schema else {}
-        return create_async_engine(url, connect_args=args)
+        return create_async_engine(url, connect_args=args, **sizing)
     raise SystemExit(f"--database {url!r}: use a sqlite:/// or postgresql:// URL")
 
 
@@ -357,7 +362,7 @@ def _client(base_url: str, pool: int) -> httpx.AsyncClient:
 
 
 def create_app(mode: Mode, *, database: str = "", catalog_url: str = "", orders_url: str = "",
-               pool: int = 10) -> FastAPI:
+               pool: int = 10, db_pool: int = 0) -> FastAPI:
     schema = None if mode in ("monolith", "gateway") else mode
     tables = {"monolith": CATALOG_TABLES + ORDERS_TABLES, "catalog": CATALOG_TABLES,
               "orders": ORDERS_TABLES, "gateway": []}[mode]
@@ -366,7 +371,7 @@ def create_app(mode: Mode, *, database: str = "", catalog_url: str = "", orders_
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = None
         if tables:
-            engine = make_engine(database, schema)
+            engine = make_engine(database, schema, db_pool)
             await create_tables(engine, schema, tables, seed=mode in ("monolith", "catalog"))
             app.state.sessions = async_sessionmaker(engine, expire_on_commit=False)
         clients = []
@@ -404,13 +409,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--catalog-url", default="http://127.0.0.1:8002")
     parser.add_argument("--orders-url", default="http://127.0.0.1:8003")
     parser.add_argument("--pool-size", type=int, default=10, help="httpx connections per upstream")
+    parser.add_argument("--db-pool", type=int, default=0,
+                        help="database connections (0: SQLAlchemy's default pool, 5 + 10 overflow)")
     args = parser.parse_args(argv)
     if args.mode in ("monolith", "catalog", "orders") and not args.database:
         parser.error(f"{args.mode} needs --database")
     if "SHOP_JWT_SECRET" not in os.environ and args.mode in ("monolith", "gateway"):
         parser.error("set SHOP_JWT_SECRET (the HS256 key tokens are signed with)")
     app = create_app(args.mode, database=args.database, catalog_url=args.catalog_url,
-                     orders_url=args.orders_url, pool=args.pool_size)
+                     orders_url=args.orders_url, pool=args.pool_size, db_pool=args.db_pool)
     uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools",
                 access_log=False, log_level="warning", workers=1)
 

@@ -39,7 +39,9 @@ of the **server CPU per request**: user + system time of the implementation's
 process trees over the measured window divided by the requests wrk completed
 (PostgreSQL and Redis are not counted, for either side).  Errors are socket
 errors plus answers other than 200 (browse) or 201 (checkout), over all rounds;
-a figure with any is not a valid measurement.
+a figure with any is not a valid measurement.  wrk runs with ``--timeout 10s``:
+an answer slower than 2 s (wrk's default) is latency, counted in p99, not an
+error; one slower than 10 s is a timeout error.
 
 The check, after each start's last path, once its processes are idle:
 the orders in its database against the 201s wrk saw (counted by the wrk
@@ -49,6 +51,9 @@ but whose answer it never read (in flight when wrk stopped, at most one per
 connection) may or may not have become an order, so the orders must lie
 between the 201s seen and that plus the requests in flight; stock must match
 exactly.  A failed check is printed at once and makes the run exit 1.
+
+``--fastapi-db-pool N`` gives each FastAPI process with a database a pool of N
+connections instead of SQLAlchemy's default (5 plus 10 overflow).
 
 ``--tickets`` also starts bench/tickets.py's amoeba server of the same
 topology once a round and prints its purchase for scale (off by default: it
@@ -108,6 +113,7 @@ from load import (  # noqa: E402
 
 SERVER_CPU, LOAD_CPU = 0, 1
 WARMUP_S = 1
+WRK_TIMEOUT_S = 10  # slower is an error; wrk's default (2 s) would leave slow answers out of p99
 LOG_LEVEL = "WARNING"
 STOCK = 100_000_000
 ADMIN = ("admin@bench.test", "bench-admin-password")
@@ -307,7 +313,7 @@ def _token(secret: str) -> str:
 
 
 @contextmanager
-def fastapi_shop(topology: str, products: int) -> Iterator[Shop]:
+def fastapi_shop(topology: str, products: int, db_pool: int = 0) -> Iterator[Shop]:
     """Start bench/fastapi_shop.py in the topology's shape; yield it ready for load."""
     script = [sys.executable, str(HERE / "fastapi_shop.py")]
     secret = secrets.token_hex(32)
@@ -315,7 +321,9 @@ def fastapi_shop(topology: str, products: int) -> Iterator[Shop]:
     with ExitStack() as stack:
         def serve(mode: str, *options: str) -> tuple[int, int]:
             port = free_port()
-            proc = start_server([*script, mode, "--port", str(port), *options], cpu=SERVER_CPU, env=env)
+            pool = ["--db-pool", str(db_pool)] if db_pool and mode != "gateway" else []
+            proc = start_server([*script, mode, "--port", str(port), *pool, *options], cpu=SERVER_CPU,
+                                env=env)
             stack.callback(stop_server, proc)
             wait_http(f"http://127.0.0.1:{port}/health", timeout=60.0, proc=proc)
             return port, proc.pid
@@ -423,6 +431,7 @@ class Figure:
     load: LoadResult  # cpu_us filled in
     errors: int  # socket errors + answers other than the expected status
     counts: Counts
+    wrong: dict[int, int]  # answers other than the expected status, by status
 
 
 def counted_wrk(port: int, request: Request, variants: list[tuple[str, bytes | None]],
@@ -432,7 +441,7 @@ def counted_wrk(port: int, request: Request, variants: list[tuple[str, bytes | N
                     for path, body in variants)
     script = wrk_script(request.method, None, request.headers) + COUNTING_LUA.replace("VARIANTS", lua)
     out = run_wrk_script(f"http://127.0.0.1:{port}{request.path}", script, connections=connections,
-                         duration=duration, cpu=LOAD_CPU)
+                         duration=duration, cpu=LOAD_CPU, timeout=WRK_TIMEOUT_S)
     sent_got = re.search(r"^shop-counts sent (\d+) got (\d+)$", out, re.MULTILINE)
     if sent_got is None:
         raise RuntimeError(f"the wrk script printed no counts:\n{out}")
@@ -456,7 +465,8 @@ def drive(s: Shop, path: str, args: argparse.Namespace) -> tuple[Figure, Counts]
     cpu = s.cpu_seconds()
     load, counts = wrk(args.duration)
     load = replace(load, cpu_us=(s.cpu_seconds() - cpu) / max(load.requests, 1) * 1e6)
-    figure = Figure(load, load.errors + counts.got - counts.statuses.get(expect, 0), counts)
+    wrong = {status: n for status, n in counts.statuses.items() if status != expect}
+    figure = Figure(load, load.errors + sum(wrong.values()), counts, wrong)
     return figure, _add(warm, counts)
 
 
@@ -512,7 +522,7 @@ def check(s: Shop, counts: Counts) -> tuple[bool, str]:
 def one_start(impl: str, topology: str, args: argparse.Namespace,
               problems: list[str]) -> dict[str, Figure]:
     start = (partial(shop, topology, products=args.products) if impl == "ours"
-             else partial(fastapi_shop, topology, args.products))
+             else partial(fastapi_shop, topology, args.products, args.fastapi_db_pool))
     figures: dict[str, Figure] = {}
     total = Counts(0, 0, {})
     with start() as s:
@@ -550,7 +560,13 @@ def report(topology: str, runs: dict[tuple[str, str], list[Figure]], args: argpa
             cpu = statistics.median(f.load.cpu_us for f in figures)
             shown[impl] = (m, cpu)
             errors = sum(f.errors for f in figures)
-            flag = "" if errors == 0 else "  INVALID"
+            wrong: dict[int, int] = {}
+            for f in figures:
+                for status, n in f.wrong.items():
+                    wrong[status] = wrong.get(status, 0) + n
+            flag = "" if errors == 0 else (
+                f"  INVALID: {sum(f.load.errors for f in figures)} socket errors "
+                f"(timeout {WRK_TIMEOUT_S} s), wrong statuses {wrong or 'none'}")
             spread = f"  rounds {[round(f.load.rps) for f in figures]}" if args.rounds > 1 else ""
             ratio = ""
             if impl == "ours" and "fastapi" in args.impls:
@@ -592,6 +608,9 @@ def main() -> None:
     ap.add_argument("--impls", default=",".join(IMPLS), help="comma-separated, from: " + ", ".join(IMPLS))
     ap.add_argument("--products", type=int, default=100, help="products checkout-spread picks from")
     ap.add_argument("--tickets", action="store_true", help="also the tickets purchase, for scale")
+    ap.add_argument("--fastapi-db-pool", type=int, default=0, metavar="N",
+                    help="SQLAlchemy pool_size of each FastAPI process with a database "
+                         "(default: fastapi_shop.py's own)")
     args = ap.parse_args()
     topologies = _choices(ap, "--topologies", args.topologies, TOPOLOGIES)
     args.paths = _choices(ap, "--paths", args.paths, PATHS)
