@@ -40,6 +40,7 @@ from eventapp.app import app as eventapp
 from shop.app import app as shop_app
 from test_shop import ENV as SHOP_ENV
 from test_shop import new_product, new_user
+from waiting import checked, eventually
 
 from amoeba.app import App
 from amoeba.testing import TopologyGroup, TopologyHarness
@@ -71,33 +72,9 @@ def running(app: App, name: str, topology: Path, env: dict[str, str]) -> Iterato
         shutil.rmtree(group.dir, ignore_errors=True)
 
 
-async def eventually(probe: Callable[[], Awaitable[T | None]], within: float, what: str) -> T:
-    """The first truthy result of ``probe``, polled; a probe that cannot reach
-    its process (restarting) counts as not yet."""
-    end = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < end:
-        try:
-            last = await probe()
-        except (httpx.TransportError, OSError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: not within {within:.0f}s (last: {last!r})")
-
-
 async def _at_least(probe: Callable[[], Awaitable[int]], n: int) -> int | None:
     got = await probe()
     return got if got >= n else None
-
-
-def _async(fn: Callable[[], T]) -> Callable[[], Awaitable[T]]:
-    async def call() -> T:
-        return fn()
-
-    return call
 
 
 async def sql(database: str, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -331,7 +308,7 @@ async def test_consumer_killed_after_commit_before_ack(broker, database, tmp_pat
             assert r.status_code == 200, r.text
             [event_id] = r.json()
             start = time.monotonic()
-            await eventually(_async(marker.exists), 15, "the consumer killing itself before the ack")
+            await eventually(checked(marker.exists), 15, "the consumer killing itself before the ack")
 
             async def absorbed() -> dict[str, int] | None:
                 c = await counts(http, group, "consumer")
