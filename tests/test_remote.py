@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from demo.app import app
+from waiting import checked, eventually
 
 from amoeba import DeadlineExceeded, Unauthorized, Unavailable, context
 from amoeba.runtime.host import Host
@@ -131,7 +132,8 @@ async def test_lost_connection_retries_only_idempotent_methods(secret):
         await stub.echo_int(1)
         # The callee dies mid-call: a non-idempotent call is not retried.
         task = asyncio.ensure_future(stub.slow(5.0))
-        await asyncio.sleep(0.1)
+        await eventually(checked(lambda: store.inflight >= 1), 30, "the call running in the callee",
+                         every=0.01)
         for conn in list(store.connections):
             if conn.transport is not None:
                 conn.transport.abort()
@@ -139,7 +141,9 @@ async def test_lost_connection_retries_only_idempotent_methods(secret):
             await task
         # The same loss during an idempotent call: sent again, and it succeeds.
         task = asyncio.ensure_future(stub.slow_lookup(0.3))
-        await asyncio.sleep(0.1)
+        callee = store.instances["store"]
+        await eventually(checked(lambda: callee.calls >= 1), 30, "the lookup running in the callee",
+                         every=0.01)
         for conn in list(store.connections):
             if conn.transport is not None:
                 conn.transport.abort()
@@ -192,12 +196,13 @@ async def test_draining_answers_readyz_503_while_still_serving(secret):
     import httpx
 
     port = free_port()
-    topo = split([port], private=False, drain_delay=0.5)
+    # drain_delay: long enough for the two requests below on a loaded machine.
+    topo = split([port], private=False, drain_delay=3.0)
     store = await start(topo, "store", secret)
     async with httpx.AsyncClient() as http:
         assert (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
         drain = asyncio.ensure_future(store.drain())
-        await asyncio.sleep(0.1)
+        await eventually(checked(lambda: store.draining), 30, "the host draining", every=0.01)
         r = await http.get(f"http://127.0.0.1:{port}/readyz")
         assert r.status_code == 503 and r.json()["status"] == "draining"
         assert (await http.get(f"http://127.0.0.1:{port}/store/items/0")).status_code == 200
