@@ -122,9 +122,9 @@ def test_a_header_that_never_ends_is_not_accumulated(server):
 
 async def test_unfinished_head_gets_408_then_close(tmp_path):
     async with serving(tickets, tmp_path, header_timeout="0.5s") as (_, port):
+        started = time.monotonic()  # before the connection: the timeout counts from it
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /api/v1/available HTTP/1.1\r\nhost: t\r\nx-slow: ")
-        started = time.monotonic()
         got = await closed_by_server(reader, within=30)
         assert parse_answers(got)[0].status == 408
         # At the timeout (checked by a sweep a fraction of it late), not at some later
@@ -135,9 +135,9 @@ async def test_unfinished_head_gets_408_then_close(tmp_path):
 
 async def test_slow_loris_trickling_bytes_is_cut_at_the_header_timeout(tmp_path):
     async with serving(tickets, tmp_path, header_timeout="1s") as (_, port):
+        started = time.monotonic()  # before the connection: the timeout counts from it
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.1\r\nhost: t\r\n")
-        started = time.monotonic()
 
         async def trickle() -> None:
             for i in range(100):
