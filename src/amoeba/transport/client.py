@@ -27,7 +27,7 @@ from amoeba.codec import MethodCodec, decode_error, msgpack_encoder
 from amoeba.errors import DeadlineExceeded, ServiceError, Unavailable
 from amoeba.topology.model import Settings
 from amoeba.transport.credential import TokenSigner
-from amoeba.transport.wire import MAGIC, frame, frames, reply_decoder
+from amoeba.transport.wire import MAGIC, Outbox, frame, frames, reply_decoder
 
 if TYPE_CHECKING:
     from amoeba.observe.metrics import CallStat
@@ -51,6 +51,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, replica: _Replica):
         self.replica = replica
         self.transport: asyncio.Transport | None = None
+        self.outbox: Outbox | None = None
         self.buf = bytearray()
         self.pending: dict[int, asyncio.Future[tuple[bool, Any]]] = {}
         self.ids = itertools.count(1)
@@ -59,6 +60,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.outbox = Outbox(self.transport)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -74,11 +76,19 @@ class _Connection(asyncio.Protocol):
             fut = self.pending.pop(reply.id, None)
             if fut is not None and not fut.done():
                 fut.set_result((reply.ok, reply.body))
-        if self.leaving and not self.pending and self.transport is not None:
-            self.transport.close()
+        if self.leaving and not self.pending:
+            self.close()
+
+    def close(self) -> None:
+        """Close after writing the calls gathered this turn."""
+        if self.outbox is not None:
+            self.outbox.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.outbox is not None:
+            self.outbox.lost()
+            self.outbox = None
         if not self.hello.done():
             self.hello.set_exception(_Lost())
         for fut in self.pending.values():
@@ -89,14 +99,15 @@ class _Connection(asyncio.Protocol):
 
     def send(self, method: str, timeout: float, trace: str, caller: str,
              args: Any) -> tuple[int, asyncio.Future[tuple[bool, Any]], int]:
-        """Write one call: its id, the future of its reply, and its size in bytes."""
+        """Write one call (in this turn's write): its id, the future of its
+        reply, and its size in bytes."""
         call_id = next(self.ids)
         fut: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
         self.pending[call_id] = fut
-        assert self.transport is not None
+        assert self.outbox is not None
         data = frame(msgpack_encoder.encode((call_id, method, timeout, trace, caller, args,
                                              context.request_id.get())))
-        self.transport.write(data)
+        self.outbox.write(data)
         return call_id, fut, len(data)
 
 
@@ -180,8 +191,7 @@ class _Replica:
                         self.address, why)
         self.ejected = True
         for c in self.conns:
-            if c.transport is not None:
-                c.transport.close()
+            c.close()
         self.conns.clear()
         self.pool.refresh()
         if self.probe is None and not self.pool.closed:
@@ -241,8 +251,7 @@ class ProcessClient:
             if r.probe is not None:
                 r.probe.cancel()
             for c in r.conns:
-                if c.transport is not None:
-                    c.transport.close()
+                c.close()
         self.live = []
 
     async def call(self, codec: MethodCodec, caller: str, args: Any,
