@@ -220,6 +220,36 @@ async def test_port_in_use_is_a_clear_error(secret):
             await start(split([port]), "store", secret)
 
 
+async def test_a_burst_of_calls_each_gets_its_own_answer(secret):
+    """Calls made in one turn of the loop leave in one write and replies
+    finished in one turn come back in one: each caller still gets its own
+    result, error or deadline, whatever order the replies finish in."""
+    from demo.app import OutOfCoffee
+
+    port = free_port()
+    topo = split([port], deadline=0.5)
+    store = await start(topo, "store", secret)
+    front = await start(topo, "front", secret)
+    stub = front.instances["front"].store
+    try:
+        n = 300
+        got = await asyncio.gather(
+            *(stub.echo_int(i) for i in range(n)),
+            *(stub.slow(0.01 * (i % 7)) for i in range(70)),
+            *(stub.fail() for _ in range(10)),
+            stub.slow(5.0),
+            return_exceptions=True)
+        assert got[:n] == list(range(n))
+        assert got[n:n + 70] == [0.01 * (i % 7) for i in range(70)]
+        assert all(isinstance(e, OutOfCoffee) for e in got[n + 70:n + 80]), got[n + 70:n + 80]
+        assert isinstance(got[-1], DeadlineExceeded)
+        # The connections are still in rotation and usable.
+        assert await asyncio.gather(*(stub.echo_int(i) for i in range(10))) == list(range(10))
+    finally:
+        await front.stop()
+        await store.stop()
+
+
 async def test_pipelined_requests_are_answered_in_order(secret):
     port = free_port()
     store = await start(split([port], private=False), "store", secret)
