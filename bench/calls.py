@@ -46,7 +46,7 @@ def _src() -> Path:
 sys.path[:0] = [str(HERE), str(_src())]
 
 from echo_floor import take_frames  # noqa: E402
-from load import free_port, start_server, stop_server  # noqa: E402
+from load import free_port, start_server, stop_server, tree_cpu_seconds  # noqa: E402
 from rpcapp import Echo, app  # noqa: E402
 
 from amoeba.context import new_traceparent  # noqa: E402
@@ -125,7 +125,10 @@ class _FloorClient(asyncio.Protocol):
         return await fut
 
 
-async def measure(call, rtt: int, seconds: float) -> tuple[float, float, float]:
+async def measure(call, rtt: int, seconds: float, server: int) -> list[float]:
+    """p50 and p99 of a sequential call (us); then, with 32 callers, calls/s
+    and the CPU time per call of this process and of the ``server`` pid (us:
+    what a busy neighbour steals is not charged, unlike wall time)."""
     for i in range(2000):  # warm up
         await call(i)
     lat = []
@@ -144,9 +147,11 @@ async def measure(call, rtt: int, seconds: float) -> tuple[float, float, float]:
             i += 1
             count += 1
 
-    t0 = time.perf_counter()
+    t0, c0, s0 = time.perf_counter(), time.process_time(), tree_cpu_seconds(server)
     await asyncio.gather(*(worker() for _ in range(32)))
-    return pct(lat, 50), pct(lat, 99), count / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    served = tree_cpu_seconds(server) - s0
+    return [pct(lat, 50), pct(lat, 99), count / wall, cpu / count * 1e6, served / count * 1e6]
 
 
 # Measured in this order, so that each is measured early and late in the run.
@@ -156,7 +161,7 @@ ORDER = ("floor", "metrics on", "metrics off", "metrics off", "metrics on", "flo
 async def remote(rtt: int, seconds: float, src: Path) -> dict[str, list[float]]:
     """The raw echo floor and amoeba with metrics and tracing on (the default)
     and off (``AMOEBA_OBSERVE=off`` on both sides), interleaved (``ORDER``);
-    amoeba from ``src``.  Returns the median [p50, p99, calls/s] of each.
+    amoeba from ``src``.  Returns the medians of what ``measure`` returns.
 
     The floor is held to what amoeba gets: as many connections as the pool
     opens (rotated per call as the pool does), 32 calls in flight, and a
@@ -199,29 +204,33 @@ async def remote(rtt: int, seconds: float, src: Path) -> dict[str, list[float]]:
 
         fns = {"floor": floor_call, "metrics on": callers["on"].instances["caller"].echo.ping,
                "metrics off": callers["off"].instances["caller"].echo.ping}
-        runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in fns}
+        pids = {"floor": floor.pid, "metrics on": servers["on"].pid,
+                "metrics off": servers["off"].pid}
+        runs: dict[str, list[list[float]]] = {name: [] for name in fns}
         for name in ORDER:
-            runs[name].append(await measure(fns[name], rtt, seconds))
+            runs[name].append(await measure(fns[name], rtt, seconds, pids[name]))
         for host in callers.values():
             await host.stop()
     finally:
         for server in servers.values():
             stop_server(server)
         stop_server(floor)
-    return {name: [statistics.median(r[k] for r in rs) for k in range(3)]
+    return {name: [statistics.median(r[k] for r in rs) for k in range(5)]
             for name, rs in runs.items()}
 
 
 def report(res: dict[str, list[float]]) -> None:
-    f50, f99, frate = res["floor"]
+    f50, f99, frate, fcpu, fsrv = res["floor"]
     for label in ("metrics on", "metrics off"):
-        m50, m99, mrate = res[label]
+        m50, m99, mrate, mcpu, msrv = res[label]
         print(f"remote p50      floor {f50:7.1f} us   amoeba, {label:<11} {m50:7.1f} us   "
               f"ratio {m50 / f50:5.2f}x  (target <= 1.50x)")
         print(f"remote p99      floor {f99:7.1f} us   amoeba, {label:<11} {m99:7.1f} us   "
               f"ratio {m99 / f99:5.2f}x")
         print(f"remote 32 callers  floor {frate:9.0f} calls/s   amoeba, {label:<11} "
               f"{mrate:9.0f} calls/s   ratio {mrate / frate:5.2f}x  (target >= 0.75x)")
+        print(f"  CPU per call   floor client {fcpu:5.2f} us, server {fsrv:5.2f} us   "
+              f"amoeba, {label:<11} client {mcpu:5.2f} us, server {msrv:5.2f} us")
 
 
 def against(other: Path, args: argparse.Namespace) -> None:
@@ -239,7 +248,7 @@ def against(other: Path, args: argparse.Namespace) -> None:
     for name, label in (("other", f"before ({other})"), ("this", "after (this checkout)")):
         print(f"== {label}, medians of two runs")
         runs = results[name]
-        report({k: [statistics.median(r[k][i] for r in runs) for i in range(3)]
+        report({k: [statistics.median(r[k][i] for r in runs) for i in range(5)]
                 for k in runs[0]})
 
 
