@@ -22,6 +22,7 @@ import itertools
 import logging
 import math
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from amoeba import context
@@ -320,82 +321,81 @@ class ProcessClient:
                 c.close()
         self.live = []
 
-    async def call(self, codec: MethodCodec, caller: str, args: Any,
-                   stat: CallStat | None = None, pin: int | None = None) -> Any:
-        """Call ``codec``'s method on a replica.  ``stat`` (metrics on): where the
-        call's time, outcome and bytes are counted, here rather than in a wrapper
-        of one more coroutine.  ``pin``: that replica only (it holds state the
-        call needs, as a forwarded stream's parts)."""
+    def call(self, codec: MethodCodec, caller: str, args: Any,
+             stat: CallStat | None = None, pin: int | None = None) -> Coroutine[Any, Any, Any]:
+        """Call ``codec``'s method on a replica: the call to await.  ``stat``
+        (metrics on): where the call's time, outcome and bytes are counted, in
+        the call's own coroutine rather than a wrapper of one more.  ``pin``:
+        that replica only (it holds state the call needs, as a forwarded
+        stream's parts)."""
         tracer = self.tracer
         parent = context.current_traceparent()
         if tracer is None:
-            pending = self._call(codec, caller, args, stat, context.new_traceparent(parent), pin)
-        else:
-            span, trace = tracer.start(codec.spec.qualname, parent, "client",
-                                       {"rpc.system": "amoeba", "rpc.method": codec.spec.qualname,
-                                        "server.address": self.process})
-            pending = tracer.within(span, self._call(codec, caller, args, stat, trace, pin))
-        if stat is None:
-            return await pending
-        started = time.perf_counter()
-        try:
-            result = await pending
-        except BaseException:
-            stat.err.observe(time.perf_counter() - started)
-            raise
-        stat.ok.observe(time.perf_counter() - started)
-        return result
+            return self._call(codec, caller, args, stat, context.new_traceparent(parent), pin)
+        span, trace = tracer.start(codec.spec.qualname, parent, "client",
+                                   {"rpc.system": "amoeba", "rpc.method": codec.spec.qualname,
+                                    "server.address": self.process})
+        return tracer.within(span, self._call(codec, caller, args, stat, trace, pin))
 
     async def _call(self, codec: MethodCodec, caller: str, args: Any, stat: CallStat | None,
                     trace: str, pin: int | None = None) -> Any:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        dl = context.deadline.get()
-        timeout = self.settings.deadline if dl is None else min(dl - now, self.settings.deadline)
-        method = codec.spec.qualname
-        if timeout <= 0:
-            raise DeadlineExceeded(f"deadline passed before calling {method}")
-        tries = len(self.replicas) + 1
-        last = ""
-        for _ in range(tries):
-            if pin is not None:
-                pinned = self.replicas[pin] if 0 <= pin < len(self.replicas) else None
-                if pinned is None or pinned.ejected or not pinned.conns:
-                    raise Unavailable(f"{method}: replica {pin} of {self.process!r}, which this "
-                                      f"call must reach, is gone")
-                conn = pinned.conns[self.rr % len(pinned.conns)]
-            elif not self.live:
-                await self.connect()
-                if not self.live:
-                    last = "; ".join(f"{r.address}: {r.last_error or 'unreachable'}"
-                                     for r in self.replicas)
-                    break  # before sending: nothing ran, but no replica is reachable
-                conn = self.live[self.rr % len(self.live)]
-            else:
-                conn = self.live[self.rr % len(self.live)]
-            self.rr += 1
-            call_id, fut, size = conn.send(method, timeout, trace, caller, args)
-            self.deadlines.add(loop, loop.time() + timeout, fut)
-            try:
-                ok, body = await fut
-            except _Lost:
-                last = f"connection to {conn.replica.address} lost during the call"
-                if codec.spec.idempotent:
-                    continue
-                raise Unavailable(
-                    f"{method}: {last}; not retried because {method} is not idempotent "
-                    f"(it may or may not have run)") from None
-            except TimeoutError:
-                conn.pending.pop(call_id, None)
-                raise DeadlineExceeded(
-                    f"{method} at {conn.replica.address} did not answer within {timeout:.3f}s"
-                ) from None
+        started = time.perf_counter()
+        try:
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            dl = context.deadline.get()
+            timeout = self.settings.deadline if dl is None else min(dl - now, self.settings.deadline)
+            method = codec.spec.qualname
+            if timeout <= 0:
+                raise DeadlineExceeded(f"deadline passed before calling {method}")
+            tries = len(self.replicas) + 1
+            last = ""
+            for _ in range(tries):
+                if pin is not None:
+                    pinned = self.replicas[pin] if 0 <= pin < len(self.replicas) else None
+                    if pinned is None or pinned.ejected or not pinned.conns:
+                        raise Unavailable(f"{method}: replica {pin} of {self.process!r}, which this "
+                                          f"call must reach, is gone")
+                    conn = pinned.conns[self.rr % len(pinned.conns)]
+                elif not self.live:
+                    await self.connect()
+                    if not self.live:
+                        last = "; ".join(f"{r.address}: {r.last_error or 'unreachable'}"
+                                         for r in self.replicas)
+                        break  # before sending: nothing ran, but no replica is reachable
+                    conn = self.live[self.rr % len(self.live)]
+                else:
+                    conn = self.live[self.rr % len(self.live)]
+                self.rr += 1
+                call_id, fut, size = conn.send(method, timeout, trace, caller, args)
+                self.deadlines.add(loop, loop.time() + timeout, fut)
+                try:
+                    ok, body = await fut
+                except _Lost:
+                    last = f"connection to {conn.replica.address} lost during the call"
+                    if codec.spec.idempotent:
+                        continue
+                    raise Unavailable(
+                        f"{method}: {last}; not retried because {method} is not idempotent "
+                        f"(it may or may not have run)") from None
+                except TimeoutError:
+                    conn.pending.pop(call_id, None)
+                    raise DeadlineExceeded(
+                        f"{method} at {conn.replica.address} did not answer within {timeout:.3f}s"
+                    ) from None
+                if stat is not None:
+                    stat.sized(size, len(body))
+                if ok:
+                    result = codec.decode_result(body)
+                    if stat is not None:
+                        stat.ok.observe(time.perf_counter() - started)
+                    return result
+                err: ServiceError = decode_error(body)
+                raise err
+            addrs = ", ".join(r.address for r in self.replicas)
+            raise Unavailable(f"{method}: process {self.process!r} at {addrs} cannot be reached ({last})")
+        except BaseException:
             if stat is not None:
-                stat.sized(size, len(body))
-            if ok:
-                return codec.decode_result(body)
-            err: ServiceError = decode_error(body)
-            raise err
-        addrs = ", ".join(r.address for r in self.replicas)
-        raise Unavailable(f"{method}: process {self.process!r} at {addrs} cannot be reached ({last})")
+                stat.err.observe(time.perf_counter() - started)
+            raise
 
