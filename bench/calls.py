@@ -1,6 +1,6 @@
 """Call overhead, local and remote, each beside its baseline from the same run.
 
-    python bench/calls.py [--calls 200000] [--rtt 20000] [--seconds 5] [--against DIR]
+    python bench/calls.py [--calls 200000] [--rtt 20000] [--seconds 5] [--against DIR [--rounds 1]]
 
 1. local: ``await self.echo.ping(i)`` through amoeba's wiring vs a direct
    ``await echo.ping(i)`` on an object built without amoeba (ns per call);
@@ -234,11 +234,11 @@ def report(res: dict[str, list[float]]) -> None:
 
 
 def against(other: Path, args: argparse.Namespace) -> None:
-    """The remote part for this checkout and ``other``, ABBA, each run in a
-    child process (one amoeba per process) with its own floor; the ratios
-    come from the medians of each checkout's two runs."""
+    """The remote part for this checkout and ``other``, ABBA ``--rounds``
+    times, each run in a child process (one amoeba per process) with its own
+    floor; the ratios come from the medians of each checkout's runs."""
     results: dict[str, list[dict[str, list[float]]]] = {"this": [], "other": []}
-    for name in ("this", "other", "other", "this"):
+    for name in ("this", "other", "other", "this") * args.rounds:
         src = HERE.parent / "src" if name == "this" else other / "src"
         out = subprocess.run([sys.executable, __file__, "--remote-only", "--src", str(src),
                               "--rtt", str(args.rtt), "--seconds", str(args.seconds)],
@@ -246,7 +246,7 @@ def against(other: Path, args: argparse.Namespace) -> None:
         print(f"-- {name} ({src})\n" + out.split("RESULT ")[0], end="", flush=True)
         results[name].append(json.loads(out.split("RESULT ")[1]))
     for name, label in (("other", f"before ({other})"), ("this", "after (this checkout)")):
-        print(f"== {label}, medians of two runs")
+        print(f"== {label}, medians of {len(results[name])} runs")
         runs = results[name]
         report({k: [statistics.median(r[k][i] for r in runs) for i in range(5)]
                 for k in runs[0]})
@@ -259,6 +259,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--against", metavar="DIR", type=Path,
                     help="also measure the remote part from checkout DIR, ABBA")
+    ap.add_argument("--rounds", type=int, default=1, help="with --against: ABBA this many times")
     ap.add_argument("--remote-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--src", type=Path, default=_src(), help=argparse.SUPPRESS)
     args = ap.parse_args()
