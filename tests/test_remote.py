@@ -91,6 +91,39 @@ async def test_deadline_is_enforced_and_shrinks(secret):
         await store.stop()
 
 
+async def test_a_shorter_deadline_fires_on_time_behind_longer_ones(secret):
+    """The pool keeps its calls' deadlines behind one timer: a call with less
+    time left than those already in flight still fails at its own deadline,
+    and answered calls do not pile up."""
+    port = free_port()
+    topo = split([port], deadline=3.0)
+    store = await start(topo, "store", secret)
+    front = await start(topo, "front", secret)
+    stub = front.instances["front"].store
+    loop = asyncio.get_running_loop()
+    try:
+        long = [asyncio.ensure_future(stub.slow(2.0)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        started = loop.time()
+        context.deadline.set(started + 0.2)
+        with pytest.raises(DeadlineExceeded, match="did not answer"):
+            await stub.slow(1.0)
+        assert 0.19 <= loop.time() - started < 0.6
+        context.deadline.set(started + 0.5)
+        with pytest.raises(DeadlineExceeded):
+            await stub.slow(1.0)
+        assert 0.49 <= loop.time() - started < 0.9
+        context.deadline.set(None)
+        assert await asyncio.gather(*long) == [2.0, 2.0, 2.0]  # unharmed by the expiries
+        for i in range(1000):
+            assert await stub.echo_int(i) == i
+        assert len(front.clients["store"].deadlines.heap) <= 200
+    finally:
+        context.deadline.set(None)
+        await front.stop()
+        await store.stop()
+
+
 async def test_replicas_share_load_failing_one_is_ejected_and_probed_back(secret):
     base = two_free_ports()
     topo = split([base], replicas=2, eject_for=0.2)
@@ -224,6 +257,36 @@ async def test_port_in_use_is_a_clear_error(secret):
         port = busy.getsockname()[1]
         with pytest.raises(ListenError, match=rf"listener l0: 127.0.0.1:{port} is already in use"):
             await start(split([port]), "store", secret)
+
+
+async def test_a_burst_of_calls_each_gets_its_own_answer(secret):
+    """Calls made in one turn of the loop leave in one write and replies
+    finished in one turn come back in one: each caller still gets its own
+    result, error or deadline, whatever order the replies finish in."""
+    from demo.app import OutOfCoffee
+
+    port = free_port()
+    topo = split([port], deadline=0.5)
+    store = await start(topo, "store", secret)
+    front = await start(topo, "front", secret)
+    stub = front.instances["front"].store
+    try:
+        n = 300
+        got = await asyncio.gather(
+            *(stub.echo_int(i) for i in range(n)),
+            *(stub.slow(0.01 * (i % 7)) for i in range(70)),
+            *(stub.fail() for _ in range(10)),
+            stub.slow(5.0),
+            return_exceptions=True)
+        assert got[:n] == list(range(n))
+        assert got[n:n + 70] == [0.01 * (i % 7) for i in range(70)]
+        assert all(isinstance(e, OutOfCoffee) for e in got[n + 70:n + 80]), got[n + 70:n + 80]
+        assert isinstance(got[-1], DeadlineExceeded)
+        # The connections are still in rotation and usable.
+        assert await asyncio.gather(*(stub.echo_int(i) for i in range(10))) == list(range(10))
+    finally:
+        await front.stop()
+        await store.stop()
 
 
 async def test_pipelined_requests_are_answered_in_order(secret):

@@ -1,6 +1,7 @@
 """RPC framing at its edges, over real sockets: frames split anywhere, frames
 too large, malformed hello and call frames, unknown methods, bad arguments,
-and a server whose replies cannot be decoded."""
+and a server whose replies cannot be decoded; and how frames written in one
+turn of the loop are gathered into one write."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from amoeba import Unavailable
 from amoeba.runtime.host import Host
 from amoeba.testing import free_port
 from amoeba.transport.credential import TokenSigner
-from amoeba.transport.wire import MAGIC, MAX_FRAME, frame
+from amoeba.transport.wire import MAGIC, MAX_FRAME, Outbox, frame
 
 SECRET = "test-secret"
 
@@ -230,3 +231,63 @@ async def test_undecodable_replies_fail_the_call_not_the_caller(monkeypatch, tmp
         server.close()
         await asyncio.gather(*handlers, return_exceptions=True)
         await server.wait_closed()
+
+
+class Recorder:
+    """A transport that keeps each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "written after close"
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_frames_of_one_turn_leave_in_one_write_after_the_first():
+    t = Recorder()
+    out = Outbox(t)  # type: ignore[arg-type]
+    for i in range(5):
+        out.write(bytes([i]))
+    assert t.writes == [b"\x00"]  # the first at once: a lone call waits for nothing
+    await asyncio.sleep(0)
+    assert t.writes == [b"\x00", b"\x01\x02\x03\x04"]  # the rest together, in order
+    out.write(b"\x05")  # a new turn: at once again
+    out.write(b"\x06")
+    assert t.writes[2:] == [b"\x05"]
+    await asyncio.sleep(0)
+    assert t.writes[2:] == [b"\x05", b"\x06"]
+    await asyncio.sleep(0)
+    assert len(t.writes) == 4  # nothing gathered: no empty write
+
+
+async def test_closing_writes_what_was_gathered_then_closes():
+    t = Recorder()
+    out = Outbox(t)  # type: ignore[arg-type]
+    out.write(b"a")
+    out.write(b"b")
+    out.write(b"c")
+    out.close()
+    assert t.writes == [b"a", b"bc"] and t.closed
+    await asyncio.sleep(0)  # the flush already scheduled finds nothing to write
+    assert t.writes == [b"a", b"bc"]
+
+
+async def test_a_lost_connection_drops_what_was_gathered():
+    t = Recorder()
+    out = Outbox(t)  # type: ignore[arg-type]
+    out.write(b"a")
+    out.write(b"b")
+    out.lost()
+    await asyncio.sleep(0)
+    assert t.writes == [b"a"]
+    out.write(b"c")  # a late reply on a lost connection goes nowhere
+    await asyncio.sleep(0)
+    assert t.writes == [b"a"]

@@ -14,7 +14,15 @@ import msgspec
 from amoeba import context
 from amoeba.codec import MethodCodec, msgpack_encoder
 from amoeba.errors import Internal, NotFound, ServiceError, Unauthorized, Unavailable
-from amoeba.transport.wire import MAGIC, call_decoder, frame, frames, hello_decoder, hello_frame
+from amoeba.transport.wire import (
+    MAGIC,
+    Outbox,
+    call_decoder,
+    frame,
+    frames,
+    hello_decoder,
+    hello_frame,
+)
 
 if TYPE_CHECKING:
     from amoeba.runtime.host import Host
@@ -30,11 +38,12 @@ Handler = tuple[MethodCodec, Callable[..., Coroutine[Any, Any, Any]], Any]
 
 class RpcServerProtocol(asyncio.Protocol):
     """One accepted RPC connection.  Calls run concurrently, replies go back
-    as they finish."""
+    as they finish (those finished in one turn of the loop in one write)."""
 
     def __init__(self, host: Host, hello_timeout: float = 10.0):
         self.host = host
         self.transport: asyncio.Transport | None = None
+        self.outbox: Outbox | None = None
         self.buf = bytearray()
         self.authed = False
         self.peer = "?"
@@ -47,12 +56,16 @@ class RpcServerProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.outbox = Outbox(self.transport)
         self.host.connections.add(self)
         self.deadline = asyncio.get_running_loop().time() + self.hello_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.host.connections.discard(self)
         self.transport = None
+        if self.outbox is not None:
+            self.outbox.lost()
+            self.outbox = None
         self.buf = bytearray()
 
     def tick(self, now: float) -> None:
@@ -84,8 +97,8 @@ class RpcServerProtocol(asyncio.Protocol):
         """The host is draining: tell the client to send nothing new here.  The
         connection stays open (and calls the client sent meanwhile still run)
         until the client closes it, or the host stops after its grace."""
-        if self.authed and self.transport is not None:
-            self.transport.write(GOAWAY)
+        if self.authed and self.outbox is not None:
+            self.outbox.write(GOAWAY)  # after the replies already gathered
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
@@ -109,19 +122,23 @@ class RpcServerProtocol(asyncio.Protocol):
             chunks = frames(self.buf)
         except ValueError as exc:
             log.warning("closing RPC connection: %s", exc)
-            self.transport.close()
+            self._close()
             return
         for chunk in chunks:
             try:
                 call = call_decoder.decode(chunk)
             except msgspec.DecodeError:
                 log.warning("closing RPC connection: malformed call frame")
-                assert self.transport is not None
-                self.transport.close()
+                self._close()
                 return
             task = asyncio.get_running_loop().create_task(self._run(call))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+
+    def _close(self) -> None:
+        """Close after the replies already gathered."""
+        if self.outbox is not None:
+            self.outbox.close()
 
     def _hello(self, chunk: bytes) -> bool:
         """Check the hello; True when the peer may call, else the connection closes."""
@@ -182,8 +199,8 @@ class RpcServerProtocol(asyncio.Protocol):
             body = msgpack_encoder.encode((call.id, False, Internal().to_wire()))
         finally:
             host.inflight -= 1
-        if self.transport is not None:
-            self.transport.write(frame(body))
+        if self.outbox is not None:
+            self.outbox.write(frame(body))
 
     async def _traced(self, call: Any, codec: MethodCodec, fn: Any) -> Any:
         """Serve a call inside an exported SERVER span (OpenTelemetry configured)."""
