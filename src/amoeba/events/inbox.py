@@ -89,6 +89,8 @@ class Inbox:
         self.runners: set[asyncio.Task[None]] = set()
         # One batch per pooled connection (the inline SQLite driver has one).
         self.width = max(1, db.pool_stats().size)
+        self.batches = 0  # transactions committed
+        self.largest = 0  # deliveries in the largest of them
 
     def __repr__(self) -> str:
         return f"<Inbox {self.db.service} queued={len(self.queue)} batches={len(self.runners)}>"
@@ -159,6 +161,8 @@ class Inbox:
                              "handled_at": datetime.now(UTC)})
             if rows:
                 await conn.execute(INSERT, rows)
+        self.batches += 1
+        self.largest = max(self.largest, len(batch))
         return outcomes
 
 
