@@ -8,7 +8,8 @@ batch is one transaction of the service's database::
     SELECT event_id FROM amoeba_inbox WHERE event_id IN (<the batch's ids>)
     for each event not found (nor handled earlier in this batch):
         SAVEPOINT; <the handler, its statements joining the transaction>; RELEASE
-        (a handler that raises: ROLLBACK TO SAVEPOINT, its writes undone alone)
+        (a handler that raises: ROLLBACK TO SAVEPOINT, its writes undone alone;
+        a batch of one needs no savepoint: its failure rolls back the whole)
     INSERT INTO amoeba_inbox <the ids handled>          (one executemany)
     COMMIT
 
@@ -147,14 +148,19 @@ class Inbox:
                 if msg.id in seen:
                     outcomes.append(DUPLICATE)
                     continue
-                try:
-                    async with conn.begin_nested():
-                        await job.handler(job.delivery, job.event)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    outcomes.append(exc)
-                    continue
+                if len(batch) == 1:
+                    # Alone, the transaction is its savepoint: an exception rolls
+                    # it all back and becomes the outcome (in _run).
+                    await job.handler(job.delivery, job.event)
+                else:
+                    try:
+                        async with conn.begin_nested():
+                            await job.handler(job.delivery, job.event)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        outcomes.append(exc)
+                        continue
                 seen.add(msg.id)
                 outcomes.append(HANDLED)
                 rows.append({"event_id": msg.id, "name": msg.name,
