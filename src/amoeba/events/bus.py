@@ -6,7 +6,7 @@ service) gets every message once per group, handed to one of the group's
 subscribers (its replicas).  Delivery is at-least-once: a message counts as
 handled only when the subscriber acks it; a nack, a crash or a timeout sends
 it again, later.  Retries, dead letters and deduplication are the consumer
-side of amoeba (``consumer.py``), not the backend's.
+side of amoeba (``runtime.py``, ``inbox.py``), not the backend's.
 
 Backends, chosen once from the topology's ``resources.events`` URL through
 the table in ``amoeba/drivers.py`` (which also names the library each needs)::

@@ -18,13 +18,15 @@ correct (duplicates are dropped as above), merely redundant work.
 
 Consuming.  Each ``@on_event`` method is subscribed with its service's name as
 the group, so replicas share the events and every service gets each one.  A
-delivery runs in one transaction of the service's ``Database``: if the
-event's id is in ``amoeba_inbox`` it was handled already and is only acked;
-else the handler runs (its own ``self.db`` statements join the transaction)
-and the id is inserted, then the transaction commits and the delivery is
-acked.  A crash anywhere before the commit undoes the handler's writes and the
-event is redelivered; a crash after the commit and before the ack is a
-redelivery the inbox turns into a no-op.  A failing handler is retried with
+delivery runs in a transaction of the service's ``Database``, shared with the
+deliveries that arrived together (a batch, ``inbox.py``; each handler in a
+savepoint of its own): if the event's id is in ``amoeba_inbox`` it was
+handled already and is only acked; else the handler runs (its own
+``self.db`` statements join the transaction) and the id is inserted, then
+the transaction commits and the delivery is acked.  A crash anywhere before
+the commit undoes the handler's writes and the event is redelivered; a crash
+after the commit and before the ack is a redelivery the inbox turns into a
+no-op.  A failing handler is retried with
 exponential backoff up to ``settings.events.max_attempts``, then its event is
 parked in ``amoeba_dead_letters``.  Without a ``Database`` a service's
 handlers are at-least-once with no deduplication, and dead letters are only
