@@ -83,6 +83,29 @@ async def test_a_failing_handler_is_retried_and_its_writes_undone(demo):
     assert (c.retried, c.acked) == (2, 1)
 
 
+async def test_one_failing_handler_of_a_batch_undoes_only_its_own_writes(demo):
+    """Events that arrive together are handled in one transaction, each in a
+    savepoint: the failing one's row is rolled back alone (else "wobbly" would
+    be kept by each failed attempt), it is retried, the others commit once."""
+    Reader.flaky["wobbly"] = 2
+    sent = ["a", "b", "wobbly", "c", "d"]
+    assert (await demo.post("/notes", json={"texts": sent})).status == 200
+    got = await texts(demo, len(sent))
+    assert sorted(got) == sorted(sent)
+    c = demo.host.events.counters[("reader", "demo.noted")]
+    assert (c.retried, c.acked, c.dead_lettered, c.duplicates) == (2, 5, 0, 0)
+    box = demo.host.events.inboxes["reader"]
+    assert box.largest == len(sent), box  # they did share a batch
+
+
+async def test_a_repeat_inside_one_batch_is_handled_once(demo):
+    assert (await demo.post("/note", json={"text": "echo", "times": 3})).status == 200
+    assert await texts(demo, 1) == ["echo"]
+    c = demo.host.events.counters[("reader", "demo.noted")]
+    assert (c.acked, c.duplicates) == (3, 2)
+    assert demo.host.events.inboxes["reader"].largest == 3
+
+
 async def test_dead_letters_are_parked_and_replayed(demo, tmp_path, monkeypatch, capsys):
     await dead_letters_round(demo, tmp_path, monkeypatch, capsys)
 

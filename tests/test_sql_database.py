@@ -229,6 +229,28 @@ async def test_statements_inside_a_transaction_join_it(backend: Backend):
         await db.aclose()
 
 
+async def test_executemany_and_savepoints_inside_a_transaction(backend: Backend):
+    """What the events inbox does in a batch: a list of rows inside a
+    transaction (once AwaitRequired on the inline SQLite driver), and a
+    savepoint whose rollback undoes its own rows only."""
+    db = await backend.open(Scratch, pool_size=1, max_overflow=0, pool_timeout=2)
+    try:
+        await db.execute("CREATE TABLE saved (v INTEGER)")
+        async with db.transaction() as conn:
+            await conn.execute(sa.text("INSERT INTO saved (v) VALUES (:v)"), [{"v": 1}, {"v": 2}])
+            with pytest.raises(RuntimeError):
+                async with conn.begin_nested():
+                    await db.execute("INSERT INTO saved (v) VALUES (3)")
+                    raise RuntimeError("undo 3 alone")
+            async with conn.begin_nested():
+                await db.execute("INSERT INTO saved (v) VALUES (4)")
+        rows = await db.fetchall("SELECT v FROM saved ORDER BY v")
+        assert [r.v for r in rows] == [1, 2, 4]
+        await db.execute("DROP TABLE saved")
+    finally:
+        await db.aclose()
+
+
 @pytest.mark.parametrize("url", ["postgresql://postgres:hunter2@127.0.0.1:1/test",
                                  "mysql://root:hunter2@127.0.0.1:1/test"])
 async def test_an_unreachable_server_is_unavailable_without_the_password(url: str, tmp_path: Path):

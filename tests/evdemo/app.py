@@ -31,6 +31,13 @@ class Writer(Service):
             if fail:
                 raise Conflict("rolled back on purpose")
 
+    @post("/notes")
+    async def notes(self, texts: list[str]) -> None:
+        """Several events in one transaction: they reach the reader together."""
+        async with self.db.transaction():
+            for text in texts:
+                await self.publish(Noted(text=text))
+
     @post("/unlisted")
     async def unlisted(self) -> None:
         await self.publish(Unlisted(text="x"))

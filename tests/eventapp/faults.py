@@ -11,8 +11,9 @@ by the example apps.
     a consumer dies after its delivery's transaction (handler rows + inbox
     id) committed, before ``delivery.ack()``: the window the inbox covers.
 ``EVENTAPP_KILL_AFTER_PUBLISHES=K``
-    a relay dies once the broker confirmed K publishes, in the middle of a
-    batch whose outbox rows it has not deleted yet.
+    a relay dies once the broker confirmed K publishes (or more: the relay's
+    ``publish_many`` is confirmed as a whole), in the middle of a batch whose
+    outbox rows it has not deleted yet.
 """
 
 from __future__ import annotations
@@ -61,16 +62,30 @@ def install() -> None:
 
     def init(self: Events, bus: Any, settings: Any) -> None:
         original_init(self, bus, settings)
-        publish = bus.publish
+        publish, publish_many = bus.publish, bus.publish_many
+        in_batch = [False]  # a backend's publish_many may call publish: count once
 
-        async def counted(message: Message) -> None:
+        def confirmed(n: int) -> None:
             global published
-            await publish(message)
-            published += 1
+            published += n
             if kill_after and published >= kill_after:
                 _fire_once()
 
+        async def counted(message: Message) -> None:
+            await publish(message)
+            if not in_batch[0]:
+                confirmed(1)
+
+        async def counted_many(messages: list[Message]) -> None:
+            in_batch[0] = True
+            try:
+                await publish_many(messages)
+            finally:
+                in_batch[0] = False
+            confirmed(len(messages))
+
         bus.publish = counted
+        bus.publish_many = counted_many
 
     def consumer(self: Events, *args: Any) -> Callable[[Delivery], Awaitable[None]]:
         handle = original_consumer(self, *args)

@@ -121,6 +121,7 @@ class _Cursor:
 
     def executemany(self, operation: str, seq: Sequence[Any]) -> _Cursor:
         _call(self._c.executemany, operation, seq)
+        await_(_noop())  # as in execute(): else AsyncConnection.execute(stmt, [rows]) fails
         return self
 
     def fetchone(self) -> Any:

@@ -6,7 +6,7 @@ service) gets every message once per group, handed to one of the group's
 subscribers (its replicas).  Delivery is at-least-once: a message counts as
 handled only when the subscriber acks it; a nack, a crash or a timeout sends
 it again, later.  Retries, dead letters and deduplication are the consumer
-side of amoeba (``consumer.py``), not the backend's.
+side of amoeba (``runtime.py``, ``inbox.py``), not the backend's.
 
 Backends, chosen once from the topology's ``resources.events`` URL through
 the table in ``amoeba/drivers.py`` (which also names the library each needs)::
@@ -25,6 +25,7 @@ with a delay.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -63,6 +64,7 @@ class Delivery(ABC):
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+PUBLISH_WINDOW = 16  # publishes in flight at once in the default publish_many
 
 
 class EventBus(ABC):
@@ -76,6 +78,14 @@ class EventBus(ABC):
     @abstractmethod
     async def publish(self, message: Message) -> None:
         """Return once the broker holds ``message`` (raise if it could not)."""
+
+    async def publish_many(self, messages: list[Message]) -> None:
+        """Return once the broker holds every one of ``messages`` (the outbox relay's
+        batch); raise if any could not be published (the others may have been).
+        Messages of one key are published in the list's order.  This default
+        publishes a few at a time; a backend that can pipeline does better."""
+        for i in range(0, len(messages), PUBLISH_WINDOW):
+            await asyncio.gather(*(self.publish(m) for m in messages[i:i + PUBLISH_WINDOW]))
 
     @abstractmethod
     async def subscribe(self, group: str, names: list[str], handler: Handler) -> None:

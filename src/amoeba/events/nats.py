@@ -268,6 +268,11 @@ class NatsBus(EventBus):
         await self._jetstream().publish(subject(self.app, message.name), message.payload,
                                         stream=self.stream, headers=headers)
 
+    async def publish_many(self, messages: list[Message]) -> None:
+        # All at once: the requests go out in order on the one connection, and
+        # their acks come back together.
+        await asyncio.gather(*(self.publish(m) for m in messages))
+
     async def subscribe(self, group: str, names: list[str], handler: Handler) -> None:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 

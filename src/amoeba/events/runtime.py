@@ -18,13 +18,15 @@ correct (duplicates are dropped as above), merely redundant work.
 
 Consuming.  Each ``@on_event`` method is subscribed with its service's name as
 the group, so replicas share the events and every service gets each one.  A
-delivery runs in one transaction of the service's ``Database``: if the
-event's id is in ``amoeba_inbox`` it was handled already and is only acked;
-else the handler runs (its own ``self.db`` statements join the transaction)
-and the id is inserted, then the transaction commits and the delivery is
-acked.  A crash anywhere before the commit undoes the handler's writes and the
-event is redelivered; a crash after the commit and before the ack is a
-redelivery the inbox turns into a no-op.  A failing handler is retried with
+delivery runs in a transaction of the service's ``Database``, shared with the
+deliveries that arrived together (a batch, ``inbox.py``; each handler in a
+savepoint of its own): if the event's id is in ``amoeba_inbox`` it was
+handled already and is only acked; else the handler runs (its own
+``self.db`` statements join the transaction) and the id is inserted, then
+the transaction commits and the delivery is acked.  A crash anywhere before
+the commit undoes the handler's writes and the event is redelivered; a crash
+after the commit and before the ack is a redelivery the inbox turns into a
+no-op.  A failing handler is retried with
 exponential backoff up to ``settings.events.max_attempts``, then its event is
 parked in ``amoeba_dead_letters``.  Without a ``Database`` a service's
 handlers are at-least-once with no deduplication, and dead letters are only
@@ -54,6 +56,7 @@ from amoeba.events.event import Event
 
 if TYPE_CHECKING:
     from amoeba.data.database import Database
+    from amoeba.events.inbox import Inbox
     from amoeba.observe.tracing import Tracer
     from amoeba.service import Service
     from amoeba.spec import ServiceSpec
@@ -62,7 +65,6 @@ __all__ = ["EventSettings", "Events", "SubscriptionCounters"]
 
 log = logging.getLogger("amoeba.events")
 _encoder = msgspec.json.Encoder()
-PUBLISH_WINDOW = 16  # outbox rows published to a broker at once
 CLOSE_WAIT = 10.0  # s a broker client gets to close on stop
 TRACE_KEY = "$trace"  # the publisher's W3C traceparent, added to an event's JSON
 REQUEST_KEY = "$request"  # the request id of the request that published it
@@ -167,7 +169,7 @@ class _Relay:
         limit = self.events.settings.batch
         while True:
             await self._forget_settled()
-            query = outbox.select().order_by(outbox.c.seq).limit(limit)
+            query = _next_rows(limit)
             if isinstance(bus, MemoryBus):
                 # Rows handed over and not yet settled stay in the table; read past
                 # them.  (Safe only here: one process, one connection, so rows are
@@ -183,9 +185,7 @@ class _Relay:
                     bus.publish_settled(m).add_done_callback(self._settler(r.seq))
                 self.handed = rows[-1].seq
                 continue
-            # A few at a time: a broker client's connection pool is finite.
-            for i in range(0, len(msgs), PUBLISH_WINDOW):
-                await asyncio.gather(*(bus.publish(m) for m in msgs[i:i + PUBLISH_WINDOW]))
+            await bus.publish_many(msgs)
             await self.db.execute(outbox.delete().where(outbox.c.seq.in_([r.seq for r in rows])))
 
     def _settler(self, seq: int) -> Callable[[asyncio.Future[None]], None]:
@@ -204,6 +204,31 @@ class _Relay:
         await self.db.execute(outbox.delete().where(outbox.c.seq.in_(done)))
 
 
+# Statements built once, on first use (SQLAlchemy is imported only by processes
+# with a database): a statement object keeps its cache key, so SQLAlchemy finds
+# the compiled form without walking the statement on every execution.
+_statements: dict[Any, Any] = {}
+
+
+def _next_rows(limit: int) -> Any:
+    """``SELECT * FROM amoeba_outbox ORDER BY seq LIMIT <limit>``."""
+    query = _statements.get(limit)
+    if query is None:
+        from amoeba.events.outbox import outbox
+
+        query = _statements[limit] = outbox.select().order_by(outbox.c.seq).limit(limit)
+    return query
+
+
+def _outbox_insert() -> Any:
+    query = _statements.get("insert")
+    if query is None:
+        from amoeba.events.outbox import outbox
+
+        query = _statements["insert"] = outbox.insert()
+    return query
+
+
 class Events:
     def __init__(self, bus: EventBus, settings: EventSettings):
         self.bus = bus
@@ -211,6 +236,7 @@ class Events:
         self.dbs: dict[str, Database] = {}
         self.specs: dict[str, ServiceSpec] = {}
         self.relays: dict[str, _Relay] = {}
+        self.inboxes: dict[str, Inbox] = {}
         self.published: dict[str, int] = {}  # event name -> count published by this process
         self.counters: dict[tuple[str, str], SubscriptionCounters] = {}
         self.groups: list[str] = []
@@ -234,8 +260,11 @@ class Events:
 
         async with db.transaction() as conn:
             await conn.run_sync(metadata.create_all, checkfirst=True)
+        from amoeba.events.inbox import Inbox
+
         self.dbs[spec.name] = db
         self.relays[spec.name] = _Relay(spec.name, db, self)
+        self.inboxes[spec.name] = Inbox(db, closing=lambda: self.closing)
 
     def begin(self) -> None:
         """Once every subscription of the process is in place: relays start, with
@@ -248,7 +277,6 @@ class Events:
     # -- publishing --------------------------------------------------------
     async def publish(self, inst: Service, event: Any) -> None:
         from amoeba.data.database import current_transaction
-        from amoeba.events.outbox import outbox
 
         spec = self.specs.get(inst.name)
         if not isinstance(event, Event):
@@ -274,10 +302,10 @@ class Events:
             tx = current_transaction()
             relay = self.relays[inst.name]
             if tx is not None and tx.db is db:
-                await tx.conn.execute(outbox.insert(), row)
+                await tx.conn.execute(_outbox_insert(), row)
                 tx.after_commit.append(relay.wake)
             else:
-                await db.execute(outbox.insert(), row)
+                await db.execute(_outbox_insert(), row)
                 relay.wake()
         self.published[name] = self.published.get(name, 0) + 1
 
@@ -318,38 +346,78 @@ class Events:
                 if not self.inflight:
                     self.idle.set()
 
-        async def run(delivery: Delivery) -> None:
-            counters.delivered += 1
-            msg = delivery.message
-            db = self.dbs.get(service)
+        def enter(msg: Message) -> Any:
+            """The delivery's context for the handler's logs, calls and events: its
+            service, request id and trace; and its span, if spans are exported."""
             context.service.set(service)
-            span = None
             try:
                 carried = _trace_decoder.decode(msg.payload)
                 parent = carried.trace
                 context.request_id.set(carried.request)
             except msgspec.DecodeError:
                 parent = ""
-            if self.tracer is not None:
-                span, tp = self.tracer.start(f"{msg.name} process", parent, "consumer", {
-                    "messaging.operation": "process", "messaging.destination.name": msg.name,
-                    "messaging.message.id": msg.id, "messaging.consumer.group.name": service})
-                context.traceparent.set(tp)
-            else:
+                context.request_id.set("")
+            if self.tracer is None:
                 context.traceparent.set(context.new_traceparent(parent))
+                return None
+            span, tp = self.tracer.start(f"{msg.name} process", parent, "consumer", {
+                "messaging.operation": "process", "messaging.destination.name": msg.name,
+                "messaging.message.id": msg.id, "messaging.consumer.group.name": service})
+            context.traceparent.set(tp)
+            return span
+
+        async def call(delivery: Delivery, event: Any) -> None:
+            """The handler, inside its batch's transaction (the inbox's task)."""
+            span = enter(delivery.message)
             try:
-                await self._handle(delivery, counters, db, fn, decoder, service, where)
+                await fn(event)
             finally:
                 if span is not None:
                     assert self.tracer is not None
                     self.tracer.end(span)
+
+        async def alone(delivery: Delivery) -> None:
+            """The delivery in a transaction of its own (or none, without a Database)."""
+            span = enter(delivery.message)
+            try:
+                await self._handle(delivery, counters, self.dbs.get(service), fn, decoder,
+                                   service, where)
+            finally:
+                if span is not None:
+                    assert self.tracer is not None
+                    self.tracer.end(span)
+
+        from amoeba.events.inbox import DUPLICATE, NOT_STARTED, SINGLY, Job
+
+        async def run(delivery: Delivery) -> None:
+            counters.delivered += 1
+            box = self.inboxes.get(service)
+            if box is None:
+                await alone(delivery)
+                return
+            msg = delivery.message
+            try:
+                event = decoder.decode(msg.payload)
+            except msgspec.DecodeError as exc:
+                await self._failed(delivery, counters, service, where, exc)
+                return
+            outcome = await box.handle(Job(delivery, event, call))
+            if isinstance(outcome, Exception):
+                await self._failed(delivery, counters, service, where, outcome)
+            elif outcome == SINGLY:  # its batch failed as a whole: find out alone
+                await alone(delivery)
+            elif outcome != NOT_STARTED:  # (stopping: the broker delivers it again)
+                if outcome == DUPLICATE:
+                    counters.duplicates += 1
+                await delivery.ack()
+                counters.acked += 1
 
         return handle
 
     async def _handle(self, delivery: Delivery, counters: SubscriptionCounters,
                       db: Database | None, fn: Callable[[Any], Awaitable[Any]],
                       decoder: msgspec.json.Decoder[Any], service: str, where: str) -> None:
-        from amoeba.events.outbox import inbox
+        from amoeba.events.inbox import INSERT, SEEN_ONE
 
         msg = delivery.message
         try:
@@ -358,33 +426,39 @@ class Events:
                 await fn(event)
             else:
                 async with db.transaction() as conn:
-                    seen = (await conn.execute(inbox.select().where(
-                        inbox.c.event_id == msg.id))).first()
+                    seen = (await conn.execute(SEEN_ONE, {"id": msg.id})).first()
                     if seen is not None:
                         counters.duplicates += 1
                     else:
                         await fn(event)
-                        await conn.execute(inbox.insert(), {
+                        await conn.execute(INSERT, {
                             "event_id": msg.id, "name": msg.name,
                             "handled_at": datetime.now(UTC)})
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            poison = isinstance(exc, msgspec.DecodeError)
-            if poison or delivery.attempt >= self.settings.max_attempts:
-                await self._dead_letter(service, where, msg, delivery.attempt, exc)
-                counters.dead_lettered += 1
-                await delivery.ack()
-            else:
-                counters.retried += 1
-                delay = self.settings.delay(delivery.attempt)
-                log.warning("%s failed on %s %s (attempt %d): %s: %s; retrying in %.1fs",
-                            where, msg.name, msg.id, delivery.attempt, type(exc).__name__,
-                            exc, delay)
-                await delivery.nack(delay)
+            await self._failed(delivery, counters, service, where, exc)
             return
         await delivery.ack()
         counters.acked += 1
+
+    async def _failed(self, delivery: Delivery, counters: SubscriptionCounters, service: str,
+                      where: str, exc: Exception) -> None:
+        """The handler raised (or the event cannot be decoded): retry it later, or
+        park it as a dead letter once out of attempts."""
+        msg = delivery.message
+        poison = isinstance(exc, msgspec.DecodeError)
+        if poison or delivery.attempt >= self.settings.max_attempts:
+            await self._dead_letter(service, where, msg, delivery.attempt, exc)
+            counters.dead_lettered += 1
+            await delivery.ack()
+        else:
+            counters.retried += 1
+            delay = self.settings.delay(delivery.attempt)
+            log.warning("%s failed on %s %s (attempt %d): %s: %s; retrying in %.1fs",
+                        where, msg.name, msg.id, delivery.attempt, type(exc).__name__,
+                        exc, delay)
+            await delivery.nack(delay)
 
     async def _dead_letter(self, service: str, where: str, msg: Message, attempts: int,
                            exc: Exception) -> None:
@@ -437,6 +511,9 @@ class Events:
                     while self.inflight:
                         await self.idle.wait()
                         self.idle.clear()
+        from amoeba.events.inbox import stop as stop_inboxes
+
+        await stop_inboxes(list(self.inboxes.values()))
         if self.inflight:
             log.warning("events: %d delivery(ies) still running after %.1fs grace; stopping them "
                         "(not acked: the broker delivers them again)", self.inflight, grace)
