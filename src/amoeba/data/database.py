@@ -71,11 +71,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -83,7 +84,7 @@ from sqlalchemy.engine import URL, Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util.concurrency import greenlet_spawn
 
-from amoeba.data import sqlite_driver
+from amoeba.data import lean, sqlite_driver
 from amoeba.data.pool import PoolUse
 from amoeba.data.settings import DatabaseSettings
 from amoeba.drivers import require
@@ -163,8 +164,10 @@ class Database(Resource):
 
     def __init__(self, engine: AsyncEngine, *, service: str, schema: str | None = None,
                  path: Path | None = None, admin_url: URL | None = None,
-                 migrations: Path | None = None, settings: DatabaseSettings | None = None):
+                 migrations: Path | None = None, settings: DatabaseSettings | None = None,
+                 shared: sqlite_driver.Shared | None = None):
         self.engine = engine
+        self._shared = shared
         self.service = service
         #: PostgreSQL: the service's schema; MySQL: its database; SQLite: None.
         self.schema = schema
@@ -187,6 +190,11 @@ class Database(Resource):
         self._single: sa.Engine | None = (
             engine.sync_engine.execution_options(isolation_level="AUTOCOMMIT")
             if engine.dialect.name == "postgresql" else None)
+        #: sqlite+amoeba: statements run on the one sqlite3 connection without
+        #: SQLAlchemy's execution machinery (lean.py); None elsewhere.
+        self._lean: _SQLiteLean | None = None
+        if shared is not None and lean.supported(engine.dialect):
+            self._lean = _SQLiteLean(self, shared)
 
     @property
     def dialect(self) -> str:
@@ -241,6 +249,7 @@ class Database(Resource):
         schema: str | None = None
         path: Path | None = None
         admin: URL | None = None
+        shared: sqlite_driver.Shared | None = None
         backend = url.get_backend_name()
         if backend == "sqlite":
             path = _sqlite_path(url, ctx.service)
@@ -249,6 +258,8 @@ class Database(Resource):
                 # One connection: statements run on the loop's one thread, so
                 # more would only compete for the file's write lock.
                 kw["pool_size"], kw["max_overflow"] = 1, 0
+                shared = sqlite_driver.Shared()
+                kw["connect_args"] = {"amoeba_shared": shared}
         elif backend == "postgresql":
             schema = ctx.service
             admin = url
@@ -265,12 +276,21 @@ class Database(Resource):
         if backend == "sqlite":
             _sqlite_events(engine)
         return cls(engine, service=ctx.service, schema=schema, path=path, admin_url=admin,
-                   migrations=_migrations_of(ctx.owner), settings=settings)
+                   migrations=_migrations_of(ctx.owner), settings=settings, shared=shared)
 
     async def aclose(self) -> None:
         await self.engine.dispose()
+        if self._shared is not None:
+            self._shared.close()
 
     async def ready(self) -> bool:
+        if self._lean is not None:
+            try:
+                async with asyncio.timeout(READY_TIMEOUT), self._lean.holding():
+                    self._lean.connection().execute("SELECT 1")
+            except (sqlite3.Error, TimeoutError):
+                return False
+            return True
         try:
             async with asyncio.timeout(READY_TIMEOUT), self.engine.connect() as conn:
                 await conn.execute(sa.text("SELECT 1"))
@@ -294,7 +314,7 @@ class Database(Resource):
             raise
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self) -> AsyncIterator[Connection]:
         """A transaction: commit on exit, rollback on an exception.  Inside one,
         ``transaction()``, ``execute()`` and ``fetch*()`` of the same database join
         it (one connection, one commit), and ``publish()`` writes to its outbox."""
@@ -304,13 +324,22 @@ class Database(Resource):
             return
         self._active += 1
         try:
-            async with self.guard(), self._writer.begin() as conn:
-                tx = _Tx(self, conn)
-                token = _ambient.set(tx)
-                try:
-                    yield conn
-                finally:
-                    _ambient.reset(token)
+            if self._lean is not None:
+                async with self.guard(), self._lean.transaction() as conn:
+                    tx = _Tx(self, conn)
+                    token = _ambient.set(tx)
+                    try:
+                        yield conn
+                    finally:
+                        _ambient.reset(token)
+            else:
+                async with self.guard(), self._writer.begin() as conn:
+                    tx = _Tx(self, conn)
+                    token = _ambient.set(tx)
+                    try:
+                        yield conn
+                    finally:
+                        _ambient.reset(token)
         finally:
             self._active -= 1
         for hook in tx.after_commit:
@@ -339,6 +368,8 @@ class Database(Resource):
         self._active += 1
         try:
             async with self.guard():
+                if self._lean is not None:
+                    return await self._lean.run(kind, _statement(stmt), params)
                 return await greenlet_spawn(self._run_sync, kind, _statement(stmt), params)
         finally:
             self._active -= 1
@@ -350,7 +381,27 @@ class Database(Resource):
             return _take(kind, conn.execute(stmt, params))
 
 
-def _take(kind: int, result: sa.CursorResult[Any]) -> Any:
+class Connection(Protocol):
+    """What ``Database.transaction()`` yields: SQLAlchemy's ``AsyncConnection``,
+    or on ``sqlite+amoeba`` a :class:`LeanConnection` with the same methods
+    for statements (``execute``, ``scalar``, ``scalars``, ``exec_driver_sql``,
+    ``run_sync``, ``begin_nested``)."""
+
+    async def execute(self, statement: Any, parameters: Any = None, *,
+                      execution_options: Any = None) -> Any: ...
+
+    async def scalar(self, statement: Any, parameters: Any = None) -> Any: ...
+
+    async def scalars(self, statement: Any, parameters: Any = None) -> Any: ...
+
+    async def exec_driver_sql(self, statement: str, parameters: Any = None) -> Any: ...
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any: ...
+
+    def begin_nested(self) -> Any: ...
+
+
+def _take(kind: int, result: Any) -> Any:
     if kind == _ONE:
         return result.first()
     if kind == _ALL:
@@ -366,7 +417,7 @@ class _Tx:
 
     __slots__ = ("after_commit", "conn", "db")
 
-    def __init__(self, db: Database, conn: AsyncConnection):
+    def __init__(self, db: Database, conn: Any):
         self.db = db
         self.conn = conn
         self.after_commit: list[Callable[[], None]] = []
@@ -415,4 +466,222 @@ def _sqlite_events(engine: AsyncEngine) -> None:
 
     @sa.event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql(conn.get_execution_options().get("amoeba_begin", "BEGIN"))
+        begin = conn.get_execution_options().get("amoeba_begin", "BEGIN")
+        if begin:  # "": a LeanConnection's, inside the transaction it began itself
+            conn.exec_driver_sql(begin)
+
+
+class _SQLiteLean:
+    """Statements of a ``sqlite+amoeba`` database on its one sqlite3
+    connection, without SQLAlchemy's execution machinery (``lean.py``) and
+    without a greenlet: the driver runs inline anyway.
+
+    ``turn`` is who has the connection: a lone statement, a transaction, or
+    SQLAlchemy (a statement ``lean`` does not take, ``run_sync``, ...).  A lone
+    statement runs in SQLite's autocommit (one implicit transaction, no BEGIN
+    and COMMIT to send); a transaction begins ``IMMEDIATE``.  Another process
+    holding the file's write lock is waited for with ``asyncio.sleep``."""
+
+    def __init__(self, db: Database, shared: sqlite_driver.Shared):
+        self.db = db
+        self.shared = shared
+        self.turn = asyncio.Lock()
+        self.dialect = db.engine.dialect
+        self.cache = db.engine.sync_engine._compiled_cache
+
+    def connection(self) -> sqlite3.Connection:
+        conn = self.shared.conn
+        if conn is None:  # closed, or never opened: Database.open connects first
+            raise sa_exc.InvalidRequestError(f"database of service {self.db.service!r} is closed")
+        return conn
+
+    def bind(self, stmt: sa.Executable, params: Params) -> lean.Bound | None:
+        return lean.bind(stmt, params, self.dialect, self.cache)
+
+    async def acquire(self) -> None:
+        """Take the connection, waiting at most ``pool_timeout`` as for a
+        pooled one (then ``sqlalchemy.exc.TimeoutError``: 503)."""
+        if not self.turn.locked():
+            await self.turn.acquire()
+            return
+        try:
+            async with asyncio.timeout(self.db.settings.pool_timeout):
+                await self.turn.acquire()
+        except TimeoutError:
+            raise sa_exc.TimeoutError(
+                f"the connection of {self.db.service!r} stayed busy for pool_timeout "
+                f"({self.db.settings.pool_timeout} s)") from None
+
+    @asynccontextmanager
+    async def holding(self) -> AsyncIterator[None]:
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.turn.release()
+
+    async def run(self, kind: int, stmt: sa.Executable, params: Params) -> Any:
+        bound = self.bind(stmt, params)
+        await self.acquire()
+        try:
+            if bound is None:
+                return await greenlet_spawn(self.db._run_sync, kind, stmt, params)
+            conn = self.connection()
+            if not bound.many:
+                return _take(kind, await sqlite_driver.patiently(self.execute, conn, bound))
+            await sqlite_driver.patiently(conn.execute, "BEGIN IMMEDIATE")
+            try:
+                result = self.execute(conn, bound)
+                await sqlite_driver.patiently(conn.execute, "COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return _take(kind, result)
+        except sqlite3.Error as exc:  # still locked after BUSY_WAIT_S; BEGIN or COMMIT failed
+            raise sa_exc.DBAPIError.instance(bound.sql if bound else None, None, exc, sqlite3.Error,
+                                             dialect=self.dialect) from exc
+        finally:
+            self.turn.release()
+
+    def execute(self, conn: sqlite3.Connection, bound: lean.Bound) -> lean.LeanResult:
+        try:
+            if bound.many:
+                cur = conn.executemany(bound.sql, bound.args)
+            else:
+                cur = conn.execute(bound.sql, bound.args[0])
+            description = cur.description
+            rows = cur.fetchall() if description is not None else []
+        except sqlite3.OperationalError as exc:
+            if sqlite_driver.locked(exc):
+                raise  # patiently() waits and runs it again
+            raise self._wrap(bound, exc) from exc
+        except sqlite3.Error as exc:
+            raise self._wrap(bound, exc) from exc
+        keys = [d[0] for d in description] if description is not None else None
+        return bound.rows(rows, keys, cur.rowcount, cur.lastrowid)
+
+    def _wrap(self, bound: lean.Bound, exc: sqlite3.Error) -> BaseException:
+        return sa_exc.DBAPIError.instance(bound.sql, bound.args, exc, sqlite3.Error,
+                                          dialect=self.dialect, ismulti=bound.many)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[LeanConnection]:
+        async with self.holding():
+            raw = self.connection()
+            try:
+                await sqlite_driver.patiently(raw.execute, "BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise sa_exc.DBAPIError.instance("BEGIN IMMEDIATE", None, exc, sqlite3.Error,
+                                                 dialect=self.dialect) from exc
+            conn = LeanConnection(self, raw)
+            try:
+                yield conn
+            except BaseException:
+                await conn.end(commit=False)
+                raise
+            await conn.end(commit=True)
+
+
+class LeanConnection:
+    """What ``Database.transaction()`` yields on ``sqlite+amoeba``: the
+    statement methods of SQLAlchemy's ``AsyncConnection`` run inline on the
+    transaction's sqlite3 connection; ``run_sync``, ``exec_driver_sql`` and
+    statements ``lean`` does not take run on an ``AsyncConnection`` opened on
+    first use over the same connection, inside the same transaction."""
+
+    def __init__(self, owner: _SQLiteLean, raw: sqlite3.Connection):
+        self._owner = owner
+        self._raw = raw
+        self._sa: AsyncConnection | None = None
+        self._savepoints = 0
+
+    async def execute(self, statement: sa.Executable, parameters: Params = None, *,
+                      execution_options: Mapping[str, Any] | None = None) -> Any:
+        if not execution_options:
+            bound = self._owner.bind(statement, parameters)
+            if bound is not None:
+                return self._owner.execute(self._raw, bound)
+        conn = await self.sqlalchemy()
+        return await conn.execute(statement, parameters,
+                                  execution_options=execution_options or {})
+
+    async def scalar(self, statement: sa.Executable, parameters: Params = None) -> Any:
+        return (await self.execute(statement, parameters)).scalar()
+
+    async def scalars(self, statement: sa.Executable, parameters: Params = None) -> Any:
+        return (await self.execute(statement, parameters)).scalars()
+
+    async def exec_driver_sql(self, statement: str, parameters: Any = None) -> Any:
+        return await (await self.sqlalchemy()).exec_driver_sql(statement, parameters)
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return await (await self.sqlalchemy()).run_sync(fn, *args, **kw)
+
+    def begin_nested(self) -> Savepoint:
+        self._savepoints += 1
+        return Savepoint(self._raw, f"amoeba_sp_{self._savepoints}")
+
+    async def sqlalchemy(self) -> AsyncConnection:
+        """An ``AsyncConnection`` inside this transaction (SQLAlchemy's pool
+        holds the same sqlite3 connection; its BEGIN is skipped: ours is open)."""
+        if self._sa is None:
+            conn = await self._owner.db.engine.connect()
+            await conn.execution_options(amoeba_begin="")
+            await conn.begin()
+            self._sa = conn
+        return self._sa
+
+    async def end(self, *, commit: bool) -> None:
+        raw = self._raw
+        try:
+            if commit:
+                try:
+                    await sqlite_driver.patiently(raw.execute, "COMMIT")
+                except sqlite3.Error as exc:
+                    raise sa_exc.DBAPIError.instance("COMMIT", None, exc, sqlite3.Error,
+                                                     dialect=self._owner.dialect) from exc
+        finally:
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+            if self._sa is not None:  # its ROLLBACK finds no transaction left: a no-op
+                await self._sa.close()
+
+
+class Savepoint:
+    """``begin_nested()`` of a :class:`LeanConnection`: ``async with`` (released
+    on success, rolled back to on an exception), or awaited and then
+    ``commit()`` / ``rollback()``, as SQLAlchemy's ``AsyncTransaction``."""
+
+    def __init__(self, raw: sqlite3.Connection, name: str):
+        self._raw = raw
+        self._name = name
+        self._open = False
+
+    async def start(self) -> Savepoint:
+        self._raw.execute(f"SAVEPOINT {self._name}")
+        self._open = True
+        return self
+
+    def __await__(self) -> Any:
+        return self.start().__await__()
+
+    async def commit(self) -> None:
+        if self._open:
+            self._open = False
+            self._raw.execute(f"RELEASE {self._name}")
+
+    async def rollback(self) -> None:
+        if self._open:
+            self._open = False
+            self._raw.execute(f"ROLLBACK TO {self._name}")
+            self._raw.execute(f"RELEASE {self._name}")
+
+    async def __aenter__(self) -> Savepoint:
+        return await self.start()
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        if kind is None:
+            await self.commit()
+        else:
+            await self.rollback()
