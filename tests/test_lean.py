@@ -200,3 +200,90 @@ async def test_another_process_write_lock_is_waited_for(db: Database,
         assert await db.scalar(sa.select(sa.func.max(things.c.price))) == Decimal("9.00")
     finally:
         other.close()
+
+
+def _trace(db: Database) -> list[str]:
+    statements: list[str] = []
+    assert db._lean is not None and db._lean.shared.conn is not None
+    db._lean.shared.conn.set_trace_callback(statements.append)
+    return statements
+
+
+async def test_concurrent_units_share_a_commit_and_return_after_it(db: Database):
+    """32 transactions and 32 lone writes at once: every one is visible to
+    another connection as soon as it returns, a failing one undoes only its
+    own work, and they took far fewer COMMITs than units."""
+    statements = _trace(db)
+    other = sqlite3.connect(db.path, isolation_level=None)  # type: ignore[arg-type]
+    unseen: list[str] = []
+
+    def visible(name: str) -> None:
+        if other.execute("SELECT 1 FROM things WHERE name = ?", (name,)).fetchone() is None:
+            unseen.append(name)
+
+    async def tx(i: int) -> None:
+        async with db.transaction() as conn:
+            await conn.execute(things.insert().values(name=f"tx{i}", price=i, at=AT))
+            await asyncio.sleep(0)
+            if i % 8 == 3:
+                await conn.execute(things.insert().values(name="t1", price=i, at=AT))  # taken
+            await conn.execute(things.update().where(things.c.name == f"tx{i}").values(price=i + 1))
+        visible(f"tx{i}")
+
+    async def lone(i: int) -> None:
+        await db.execute(things.insert().values(name=f"lone{i}", price=i, at=AT))
+        visible(f"lone{i}")
+
+    try:
+        results = await asyncio.gather(*(tx(i) for i in range(32)), *(lone(i) for i in range(32)),
+                                       return_exceptions=True)
+        failed = [i for i, r in enumerate(results[:32]) if r is not None]
+        assert failed == [i for i in range(32) if i % 8 == 3]
+        assert all(isinstance(results[i], sa.exc.IntegrityError) for i in failed)
+        assert all(r is None for r in results[32:])
+        assert unseen == []
+        names = {n for (n,) in other.execute("SELECT name FROM things")}
+        assert {f"tx{i}" for i in range(32) if i not in failed} <= names
+        assert not {f"tx{i}" for i in failed} & names
+        assert {f"lone{i}" for i in range(32)} <= names
+        commits = sum(1 for s in statements if s == "COMMIT")
+        assert 1 <= commits <= 8, f"{commits} COMMITs for 64 units"
+    finally:
+        other.close()
+
+
+async def test_a_group_is_committed_when_its_last_waiter_gives_up(db: Database,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    """A unit that leaves the COMMIT to a waiting one is still answered, and
+    its work committed, when that waiter is cancelled instead of taking its turn."""
+    lean = db._lean
+    assert lean is not None
+    release = asyncio.Event()
+
+    async def slow() -> None:
+        async with db.transaction() as conn:
+            await conn.execute(things.insert().values(name="slow", price=1, at=AT))
+            await release.wait()
+
+    first = asyncio.create_task(slow())
+    await asyncio.sleep(0.01)
+    waiter = asyncio.create_task(db.execute(things.insert().values(name="late", price=1, at=AT)))
+    await asyncio.sleep(0.01)
+    assert lean.queued == 1
+    handed = lean.turn.release
+
+    def release_then_cancel() -> None:  # the waiter is cancelled as the turn is handed to it
+        handed()
+        waiter.cancel()
+
+    monkeypatch.setattr(lean.turn, "release", release_then_cancel)
+    release.set()
+    await asyncio.wait_for(first, 10)
+    assert waiter.cancelled()
+    monkeypatch.undo()
+    other = sqlite3.connect(db.path, isolation_level=None)  # type: ignore[arg-type]
+    try:
+        assert other.execute("SELECT name FROM things WHERE name IN ('slow', 'late')"
+                             ).fetchall() == [("slow",)]
+    finally:
+        other.close()

@@ -69,6 +69,7 @@ fail on lock upgrade.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import re
 import sqlite3
@@ -477,15 +478,31 @@ class _SQLiteLean:
     without a greenlet: the driver runs inline anyway.
 
     ``turn`` is who has the connection: a lone statement, a transaction, or
-    SQLAlchemy (a statement ``lean`` does not take, ``run_sync``, ...).  A lone
-    statement runs in SQLite's autocommit (one implicit transaction, no BEGIN
-    and COMMIT to send); a transaction begins ``IMMEDIATE``.  Another process
-    holding the file's write lock is waited for with ``asyncio.sleep``."""
+    SQLAlchemy (a statement ``lean`` does not take, ``run_sync``, ...).
+    Another process holding the file's write lock is waited for with
+    ``asyncio.sleep``.
+
+    **Group commit.**  Units of work (a lone statement, a transaction) take
+    turns on the connection.  When others are waiting for it as one finishes,
+    its COMMIT is left to the last of them: the units run one after another
+    inside one SQLite transaction (``BEGIN IMMEDIATE``; each transaction in a
+    savepoint, so a failing one undoes only its own work) and are committed
+    once, at most ``MAX_GROUP`` of them.  No unit returns before the COMMIT
+    that holds its work; a COMMIT that fails fails every unit of its group.
+    A unit that finds nobody waiting commits at once; a lone statement that
+    finds nothing open runs in SQLite's autocommit (no BEGIN, no COMMIT)."""
+
+    MAX_GROUP = 64
 
     def __init__(self, db: Database, shared: sqlite_driver.Shared):
         self.db = db
         self.shared = shared
         self.turn = asyncio.Lock()
+        self.queued = 0  # tasks waiting for the turn
+        self.flushing = False  # a COMMIT of the open group is scheduled
+        # The open group: futures of the units done in it, waiting for its
+        # COMMIT; None while no transaction is open on the connection.
+        self.group: list[asyncio.Future[None]] | None = None
         self.dialect = db.engine.dialect
         self.cache = db.engine.sync_engine._compiled_cache
 
@@ -501,9 +518,10 @@ class _SQLiteLean:
     async def acquire(self) -> None:
         """Take the connection, waiting at most ``pool_timeout`` as for a
         pooled one (then ``sqlalchemy.exc.TimeoutError``: 503)."""
-        if not self.turn.locked():
+        if not self.turn.locked() and not self.queued:
             await self.turn.acquire()
             return
+        self.queued += 1
         try:
             async with asyncio.timeout(self.db.settings.pool_timeout):
                 await self.turn.acquire()
@@ -511,38 +529,166 @@ class _SQLiteLean:
             raise sa_exc.TimeoutError(
                 f"the connection of {self.db.service!r} stayed busy for pool_timeout "
                 f"({self.db.settings.pool_timeout} s)") from None
+        finally:
+            self.queued -= 1
+            if not self.turn.locked():  # gave up waiting: an open group still needs its COMMIT
+                self._kick()
 
     @asynccontextmanager
     async def holding(self) -> AsyncIterator[None]:
+        """The connection with no transaction open on it (an open group is
+        committed first): for SQLAlchemy's own use."""
         await self.acquire()
         try:
+            if self.group is not None:
+                await self._commit(self.connection(), ok=True, release=False)
             yield
         finally:
             self.turn.release()
 
+    async def _begin(self, raw: sqlite3.Connection) -> None:
+        if self.group is not None and not raw.in_transaction:
+            # SQLite rolled the whole group back (an I/O error, a full disk):
+            # its units must not be answered as committed.
+            group, self.group = self.group, None
+            error = self._wrap("COMMIT", sqlite3.OperationalError(
+                "the group's transaction was rolled back by SQLite"))
+            for waiter in group:
+                if not waiter.done():
+                    waiter.set_exception(error)
+        if self.group is None:
+            try:
+                await sqlite_driver.patiently(raw.execute, "BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._wrap("BEGIN IMMEDIATE", exc) from exc
+            self.group = []
+
+    async def _done(self, raw: sqlite3.Connection, *, ok: bool) -> None:
+        """A unit of work in the open group finished (``ok``: its work is to be
+        kept).  Its COMMIT comes at the end of this turn of the event loop,
+        shared with every unit that finishes before then.  Releases the turn."""
+        group = self.group
+        assert group is not None
+        if not ok and not group:  # nothing of anyone's to keep
+            await self._commit(raw, ok=False, release=True)
+            return
+        if len(group) + 1 >= self.MAX_GROUP:
+            await self._commit(raw, ok=ok, release=True)
+            return
+        done: asyncio.Future[None] | None = None
+        if ok:
+            done = asyncio.get_running_loop().create_future()
+            group.append(done)
+        self.turn.release()
+        self._kick()
+        if done is not None:
+            await done
+
+    async def _commit(self, raw: sqlite3.Connection, *, ok: bool, release: bool) -> None:
+        group, self.group = self.group or [], None
+        try:
+            if not raw.in_transaction:
+                raise sqlite3.OperationalError("the group's transaction was rolled back by SQLite")
+            if ok or group:
+                await sqlite_driver.patiently(raw.execute, "COMMIT")
+            else:
+                raw.execute("ROLLBACK")
+        except BaseException as exc:
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+            error = self._wrap("COMMIT", exc) if isinstance(exc, sqlite3.Error) else exc
+            for waiter in group:
+                if not waiter.done():
+                    waiter.set_exception(error)
+            if ok:
+                raise error from exc
+        else:
+            for waiter in group:
+                if not waiter.done():
+                    waiter.set_result(None)
+        finally:
+            if release:
+                self.turn.release()
+
+    def _kick(self) -> None:
+        """Commit the open group at the end of this turn of the event loop."""
+        if self.group is not None and not self.flushing:
+            self.flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flushing = False
+        if self.group is None or self.turn.locked() or self.queued:
+            return  # whoever has or waits for the turn finishes its unit and kicks again
+        raw = self.connection()
+        group, self.group = self.group, None
+        try:
+            if not raw.in_transaction:
+                raise sqlite3.OperationalError("the group's transaction was rolled back by SQLite")
+            raw.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if sqlite_driver.locked(exc) and raw.in_transaction:  # wait for it, in a task
+                self.group = group
+                asyncio.get_running_loop().create_task(self._flush_patiently(),
+                                                       name="amoeba group commit")
+                return
+            self._fail(group, raw, exc)
+        except sqlite3.Error as exc:
+            self._fail(group, raw, exc)
+        else:
+            for waiter in group:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _fail(self, group: list[asyncio.Future[None]], raw: sqlite3.Connection,
+              exc: sqlite3.Error) -> None:
+        if raw.in_transaction:
+            raw.execute("ROLLBACK")
+        error = self._wrap("COMMIT", exc)
+        for waiter in group:
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    async def _flush_patiently(self) -> None:
+        with contextlib.suppress(Exception):  # its units get the error
+            async with self.holding():
+                pass
+
     async def run(self, kind: int, stmt: sa.Executable, params: Params) -> Any:
         bound = self.bind(stmt, params)
-        await self.acquire()
-        try:
-            if bound is None:
+        if bound is None:
+            async with self.holding():
                 return await greenlet_spawn(self.db._run_sync, kind, stmt, params)
-            conn = self.connection()
-            if not bound.many:
-                return _take(kind, await sqlite_driver.patiently(self.execute, conn, bound))
-            await sqlite_driver.patiently(conn.execute, "BEGIN IMMEDIATE")
-            try:
-                result = self.execute(conn, bound)
-                await sqlite_driver.patiently(conn.execute, "COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return _take(kind, result)
-        except sqlite3.Error as exc:  # still locked after BUSY_WAIT_S; BEGIN or COMMIT failed
-            raise sa_exc.DBAPIError.instance(bound.sql if bound else None, None, exc, sqlite3.Error,
-                                             dialect=self.dialect) from exc
-        finally:
-            self.turn.release()
+        await self.acquire()
+        raw = self.connection()
+        if self.group is None and not bound.many and bound.plan.read:
+            try:  # a read, alone: SQLite's autocommit
+                return _take(kind, await sqlite_driver.patiently(self.execute, raw, bound))
+            except sqlite3.Error as exc:  # still locked after BUSY_WAIT_S
+                raise self._wrap(bound.sql, exc) from exc
+            finally:
+                self.turn.release()
+        try:
+            await self._begin(raw)
+            if bound.many:
+                raw.execute("SAVEPOINT amoeba_unit")
+                try:
+                    result = self.execute(raw, bound)
+                except BaseException:
+                    raw.execute("ROLLBACK TO amoeba_unit")
+                    raise
+                finally:
+                    raw.execute("RELEASE amoeba_unit")
+            else:  # one statement is atomic by itself inside a transaction
+                result = self.execute(raw, bound)
+        except BaseException:
+            if self.group is not None:
+                await self._done(raw, ok=False)
+            else:
+                self.turn.release()
+            raise
+        await self._done(raw, ok=True)
+        return _take(kind, result)
 
     def execute(self, conn: sqlite3.Connection, bound: lean.Bound) -> lean.LeanResult:
         try:
@@ -553,34 +699,41 @@ class _SQLiteLean:
             description = cur.description
             rows = cur.fetchall() if description is not None else []
         except sqlite3.OperationalError as exc:
-            if sqlite_driver.locked(exc):
+            if sqlite_driver.locked(exc) and not conn.in_transaction:
                 raise  # patiently() waits and runs it again
-            raise self._wrap(bound, exc) from exc
+            raise self._wrap(bound.sql, exc, bound) from exc
         except sqlite3.Error as exc:
-            raise self._wrap(bound, exc) from exc
+            raise self._wrap(bound.sql, exc, bound) from exc
         keys = [d[0] for d in description] if description is not None else None
         return bound.rows(rows, keys, cur.rowcount, cur.lastrowid)
 
-    def _wrap(self, bound: lean.Bound, exc: sqlite3.Error) -> BaseException:
-        return sa_exc.DBAPIError.instance(bound.sql, bound.args, exc, sqlite3.Error,
-                                          dialect=self.dialect, ismulti=bound.many)
+    def _wrap(self, sql: str, exc: BaseException, bound: lean.Bound | None = None) -> BaseException:
+        return sa_exc.DBAPIError.instance(sql, bound.args if bound else None, exc, sqlite3.Error,
+                                          dialect=self.dialect,
+                                          ismulti=bound.many if bound else None)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[LeanConnection]:
-        async with self.holding():
-            raw = self.connection()
-            try:
-                await sqlite_driver.patiently(raw.execute, "BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise sa_exc.DBAPIError.instance("BEGIN IMMEDIATE", None, exc, sqlite3.Error,
-                                                 dialect=self.dialect) from exc
-            conn = LeanConnection(self, raw)
-            try:
-                yield conn
-            except BaseException:
-                await conn.end(commit=False)
-                raise
-            await conn.end(commit=True)
+        await self.acquire()
+        raw = self.connection()
+        try:
+            await self._begin(raw)
+        except BaseException:
+            self.turn.release()
+            raise
+        raw.execute("SAVEPOINT amoeba_unit")
+        conn = LeanConnection(self, raw)
+        try:
+            yield conn
+        except BaseException:
+            await conn.close()
+            raw.execute("ROLLBACK TO amoeba_unit")
+            raw.execute("RELEASE amoeba_unit")
+            await self._done(raw, ok=False)
+            raise
+        await conn.close()
+        raw.execute("RELEASE amoeba_unit")
+        await self._done(raw, ok=True)
 
 
 class LeanConnection:
@@ -627,25 +780,22 @@ class LeanConnection:
         holds the same sqlite3 connection; its BEGIN is skipped: ours is open)."""
         if self._sa is None:
             conn = await self._owner.db.engine.connect()
+            self._owner.shared.owned = True
             await conn.execution_options(amoeba_begin="")
             await conn.begin()
             self._sa = conn
         return self._sa
 
-    async def end(self, *, commit: bool) -> None:
-        raw = self._raw
-        try:
-            if commit:
-                try:
-                    await sqlite_driver.patiently(raw.execute, "COMMIT")
-                except sqlite3.Error as exc:
-                    raise sa_exc.DBAPIError.instance("COMMIT", None, exc, sqlite3.Error,
-                                                     dialect=self._owner.dialect) from exc
-        finally:
-            if raw.in_transaction:
-                raw.execute("ROLLBACK")
-            if self._sa is not None:  # its ROLLBACK finds no transaction left: a no-op
-                await self._sa.close()
+    async def close(self) -> None:
+        """Close the SQLAlchemy connection of this transaction, if one was
+        opened: its ROLLBACK is skipped (``Shared.owned``), the transaction
+        is ours to end."""
+        if self._sa is not None:
+            sa_conn, self._sa = self._sa, None
+            try:
+                await sa_conn.close()
+            finally:
+                self._owner.shared.owned = False
 
 
 class Savepoint:

@@ -47,13 +47,15 @@ class Plan:
     """What a compiled statement needs to run without SQLAlchemy: kept on the
     compiled object, which SQLAlchemy's statement cache keeps alive."""
 
-    __slots__ = ("expanding", "keys", "pk", "positions", "processors", "results", "sql")
+    __slots__ = ("expanding", "keys", "pk", "positions", "processors", "read", "results", "sql")
 
     def __init__(self, compiled: Any, dialect: Dialect):
         self.sql: str = compiled.string
         self.positions: list[str] = list(compiled.positiontup or ())
         self.processors: Mapping[str, Callable[[Any], Any]] = compiled._bind_processors
         self.expanding = bool(compiled.literal_execute_params or compiled.post_compile_params)
+        #: A SELECT: it writes nothing (a text() statement is taken for a write).
+        self.read = isinstance(compiled.statement, sa.Select)
         columns = compiled._result_columns
         #: Result keys; None: take them from the cursor (a text() statement).
         self.keys: list[str] | None = [c.keyname for c in columns] if columns else None

@@ -153,10 +153,13 @@ class Shared:
     path (``lean.py``) use the same connection, so one transaction can mix
     both.  The ``Database`` closes it; SQLAlchemy's close leaves it open."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "owned")
 
     def __init__(self) -> None:
         self.conn: sqlite3.Connection | None = None
+        #: A transaction of the Database's own is open on ``conn``: SQLAlchemy's
+        #: COMMIT and ROLLBACK (a connection closed inside it) leave it alone.
+        self.owned = False
 
     def close(self) -> None:
         if self.conn is not None:
@@ -167,7 +170,7 @@ class Shared:
 class _AdaptedConnection(AdaptedConnection):
     __slots__ = ("dbapi", "shared")
 
-    def __init__(self, dbapi: Any, conn: sqlite3.Connection, shared: bool = False):
+    def __init__(self, dbapi: Any, conn: sqlite3.Connection, shared: Shared | None = None):
         self.dbapi = dbapi
         self.shared = shared
         self._connection = conn  # type: ignore[assignment]  # a sync one: see module doc
@@ -194,13 +197,18 @@ class _AdaptedConnection(AdaptedConnection):
         return self.cursor().execute(operation, parameters)
 
     def commit(self) -> None:
-        _call(self._db.commit)
+        if not self._owned():
+            _call(self._db.commit)
 
     def rollback(self) -> None:
-        self._db.rollback()
+        if not self._owned():
+            self._db.rollback()
+
+    def _owned(self) -> bool:
+        return self.shared is not None and self.shared.owned
 
     def close(self) -> None:
-        if not self.shared:
+        if self.shared is None:
             self._db.close()
 
 
@@ -224,7 +232,7 @@ class _DBAPI(AsyncAdapt_dbapi_module):
             return _AdaptedConnection(self, sqlite3.connect(*args, **kw))
         if shared.conn is None:
             shared.conn = sqlite3.connect(*args, **kw)
-        return _AdaptedConnection(self, shared.conn, shared=True)
+        return _AdaptedConnection(self, shared.conn, shared=shared)
 
 
 class SQLiteDialect_amoeba(SQLiteDialect_aiosqlite):
