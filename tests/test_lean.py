@@ -1,12 +1,14 @@
-"""The ``Database``'s own statement path on ``sqlite+amoeba`` (``amoeba/data/lean.py``):
-it answers what SQLAlchemy's execution answers, row for row and type for type,
-keeps transactions atomic when it and SQLAlchemy share one, and waits for
-another process's write lock."""
+"""The ``Database``'s own statement path (``amoeba/data/lean.py``) on ``sqlite+amoeba``
+and on PostgreSQL with asyncpg: it answers what SQLAlchemy's execution answers,
+row for row and type for type, keeps transactions atomic when it and SQLAlchemy
+share one; on SQLite it waits for another process's write lock and groups
+commits."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -15,6 +17,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from servers import postgres_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from amoeba import Database, Unavailable
 from amoeba.data import sqlite_driver
@@ -49,10 +54,43 @@ class Scratch:
     name = "scratch"
 
 
+async def _pg_admin(sql: str) -> None:
+    base = postgres_url().replace("postgresql://", "postgresql+asyncpg://", 1)
+    engine = create_async_engine(f"{base}/postgres", poolclass=NullPool,
+                                 isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(sql))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    if request.param == "sqlite":
+        async for database in _opened(tmp_path, None):
+            assert database._lean is not None, "sqlite+amoeba should take the lean path"
+            yield database
+        return
+    name = f"amoeba_t_{uuid.uuid4().hex[:10]}"
+    await _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        async for database in _opened(tmp_path, f"{postgres_url()}/{name}"):
+            assert database._pg_lean, "asyncpg should take the lean path"
+            yield database
+    finally:
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(ResourceContext("scratch", None, tmp_path, {}, owner=Scratch))
-    assert database._lean is not None, "sqlite+amoeba should take the lean path"
+    async for database in _opened(tmp_path, None):
+        assert database._lean is not None, "sqlite+amoeba should take the lean path"
+        yield database
+
+
+async def _opened(tmp_path: Path, url: str | None) -> AsyncIterator[Database]:
+    database = await Database.open(ResourceContext("scratch", url, tmp_path, {}, owner=Scratch))
     async with database.transaction() as conn:
         await conn.run_sync(meta.create_all)
     await database.execute(things.insert(), [
@@ -71,7 +109,10 @@ def _sqlalchemy_statements(db: Database) -> list[str]:
 
 
 async def _through_sqlalchemy(db: Database, stmt: Any, params: Any = None) -> list[sa.Row[Any]]:
-    async with db._lean.holding(), db.engine.connect() as conn:  # type: ignore[union-attr]
+    if db._lean is None:
+        async with db.engine.connect() as conn:
+            return list((await conn.execute(stmt, params)).all())
+    async with db._lean.holding(), db.engine.connect() as conn:
         return list((await conn.execute(stmt, params)).all())
 
 
@@ -82,10 +123,10 @@ async def _through_sqlalchemy(db: Database, stmt: Any, params: Any = None) -> li
     (sa.select(things.c.at, sa.func.count()).group_by(things.c.at), None),
     (sa.text("SELECT name, price FROM things WHERE id > :i ORDER BY id"), {"i": 3}),
 ])
-async def test_rows_are_sqlalchemys_rows(db: Database, stmt: Any, params: Any):
-    expected = await _through_sqlalchemy(db, stmt, params)
-    seen = _sqlalchemy_statements(db)
-    got = await db.fetchall(stmt, params)
+async def test_rows_are_sqlalchemys_rows(any_db: Database, stmt: Any, params: Any):
+    expected = await _through_sqlalchemy(any_db, stmt, params)
+    seen = _sqlalchemy_statements(any_db)
+    got = await any_db.fetchall(stmt, params)
     assert seen == [], "the statement went through SQLAlchemy's execution"
     assert got == expected and got
     assert [r._fields for r in got] == [r._fields for r in expected]
@@ -93,9 +134,9 @@ async def test_rows_are_sqlalchemys_rows(db: Database, stmt: Any, params: Any):
     assert [r._mapping for r in got] == [r._mapping for r in expected]
 
 
-async def test_writes_and_their_results(db: Database):
-    seen = _sqlalchemy_statements(db)
-    async with db.transaction() as conn:
+async def test_writes_and_their_results(any_db: Database):
+    seen = _sqlalchemy_statements(any_db)
+    async with any_db.transaction() as conn:
         result = await conn.execute(things.insert(), {"name": "new", "price": Decimal("2.25"),
                                                       "at": AT})
         new_id = result.inserted_primary_key[0]
@@ -107,43 +148,44 @@ async def test_writes_and_their_results(db: Database):
         many = await conn.execute(things.update().where(things.c.id == sa.bindparam("i"))
                                   .values(name=sa.bindparam("n")),
                                   [{"i": 1, "n": "one"}, {"i": 2, "n": "two"}])
-        assert many.rowcount == 2
+        # what SQLAlchemy answers too: asyncpg's executemany reports no count
+        assert many.rowcount == (-1 if any_db.dialect == "postgresql" else 2)
         assert await conn.scalar(sa.select(sa.func.count()).select_from(things)) == 6
         assert (await conn.scalars(sa.select(things.c.name).where(things.c.id < 3)
                                    .order_by(things.c.id))).all() == ["one", "two"]
     assert seen == []
-    assert (await db.execute(things.delete().where(things.c.id > 4))).rowcount == 2
+    assert (await any_db.execute(things.delete().where(things.c.id > 4))).rowcount == 2
 
 
-async def test_integrity_errors_are_sqlalchemys(db: Database):
+async def test_integrity_errors_are_sqlalchemys(any_db: Database):
     with pytest.raises(sa.exc.IntegrityError):
-        await db.execute(things.insert().values(name="t1", price=1, at=AT))
+        await any_db.execute(things.insert().values(name="t1", price=1, at=AT))
     with pytest.raises(sa.exc.IntegrityError):
-        async with db.transaction() as conn:
+        async with any_db.transaction() as conn:
             await conn.execute(things.insert().values(name="t2", price=1, at=AT))
-    assert await db.scalar(sa.select(sa.func.count()).select_from(things)) == 5
+    assert await any_db.scalar(sa.select(sa.func.count()).select_from(things)) == 5
 
 
-async def test_lean_and_sqlalchemy_share_one_transaction(db: Database):
+async def test_lean_and_sqlalchemy_share_one_transaction(any_db: Database):
     """A statement through SQLAlchemy (run_sync) and lean statements see each
     other's writes, and one rollback undoes both."""
     with pytest.raises(RuntimeError):
-        async with db.transaction() as conn:
+        async with any_db.transaction() as conn:
             await conn.execute(things.insert().values(name="lean", price=1, at=AT))
             await conn.run_sync(lambda c: c.execute(things.insert().values(name="sa", price=1,
                                                                             at=AT)))
             names = (await conn.execute(sa.select(things.c.name).where(things.c.id > 5))).all()
             assert sorted(n for (n,) in names) == ["lean", "sa"]
             raise RuntimeError("roll back")
-    assert await db.scalar(sa.select(sa.func.count()).select_from(things)) == 5
-    async with db.transaction() as conn:
+    assert await any_db.scalar(sa.select(sa.func.count()).select_from(things)) == 5
+    async with any_db.transaction() as conn:
         await conn.run_sync(lambda c: c.execute(things.insert().values(name="sa", price=1, at=AT)))
         await conn.execute(things.insert().values(name="lean", price=1, at=AT))
-    assert await db.scalar(sa.select(sa.func.count()).select_from(things)) == 7
+    assert await any_db.scalar(sa.select(sa.func.count()).select_from(things)) == 7
 
 
-async def test_a_savepoint_undoes_only_its_own_work(db: Database):
-    async with db.transaction() as conn:
+async def test_a_savepoint_undoes_only_its_own_work(any_db: Database):
+    async with any_db.transaction() as conn:
         await conn.execute(things.insert().values(name="kept", price=1, at=AT))
         with pytest.raises(sa.exc.IntegrityError):
             async with conn.begin_nested():
@@ -152,7 +194,7 @@ async def test_a_savepoint_undoes_only_its_own_work(db: Database):
         sp = await conn.begin_nested()
         await conn.execute(things.insert().values(name="also kept", price=1, at=AT))
         await sp.commit()
-    names = {n for (n,) in await db.fetchall(sa.select(things.c.name))}
+    names = {n for (n,) in await any_db.fetchall(sa.select(things.c.name))}
     assert {"kept", "also kept"} <= names and "undone" not in names
 
 

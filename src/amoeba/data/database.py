@@ -83,7 +83,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.util.concurrency import greenlet_spawn
+from sqlalchemy.util.concurrency import await_, greenlet_spawn
 
 from amoeba.data import lean, sqlite_driver
 from amoeba.data.pool import PoolUse
@@ -196,6 +196,10 @@ class Database(Resource):
         self._lean: _SQLiteLean | None = None
         if shared is not None and lean.supported(engine.dialect):
             self._lean = _SQLiteLean(self, shared)
+        #: PostgreSQL on asyncpg: statements on SQLAlchemy's adapter of the
+        #: connection without its execution machinery (lean.asyncpg_execute).
+        self._pg_lean = engine.dialect.driver == "asyncpg" and lean.supported(engine.dialect)
+        self._cache = engine.sync_engine._compiled_cache
 
     @property
     def dialect(self) -> str:
@@ -325,26 +329,26 @@ class Database(Resource):
             return
         self._active += 1
         try:
-            if self._lean is not None:
-                async with self.guard(), self._lean.transaction() as conn:
-                    tx = _Tx(self, conn)
-                    token = _ambient.set(tx)
-                    try:
-                        yield conn
-                    finally:
-                        _ambient.reset(token)
-            else:
-                async with self.guard(), self._writer.begin() as conn:
-                    tx = _Tx(self, conn)
-                    token = _ambient.set(tx)
-                    try:
-                        yield conn
-                    finally:
-                        _ambient.reset(token)
+            async with self.guard(), self._begin() as conn:
+                tx = _Tx(self, conn)
+                token = _ambient.set(tx)
+                try:
+                    yield conn
+                finally:
+                    _ambient.reset(token)
         finally:
             self._active -= 1
         for hook in tx.after_commit:
             hook()
+
+    @asynccontextmanager
+    async def _begin(self) -> AsyncIterator[Connection]:
+        if self._lean is not None:
+            async with self._lean.transaction() as lean_conn:
+                yield lean_conn
+        else:
+            async with self._writer.begin() as conn:
+                yield PGConnection(self, conn) if self._pg_lean else conn
 
     async def execute(self, stmt: Statement, params: Params = None) -> sa.CursorResult[Any]:
         return await self._run(_RESULT, stmt, params)  # type: ignore[no-any-return]
@@ -371,9 +375,36 @@ class Database(Resource):
             async with self.guard():
                 if self._lean is not None:
                     return await self._lean.run(kind, _statement(stmt), params)
+                if self._pg_lean:
+                    bound = lean.bind(_statement(stmt), params, self.engine.dialect, self._cache)
+                    if bound is not None:
+                        return await greenlet_spawn(self._run_asyncpg, kind, bound)
                 return await greenlet_spawn(self._run_sync, kind, _statement(stmt), params)
         finally:
             self._active -= 1
+
+    def _run_asyncpg(self, kind: int, bound: lean.Bound) -> Any:
+        # A lone statement is atomic without BEGIN/COMMIT (asyncpg outside a
+        # transaction); several parameter sets get one transaction.
+        fairy = self.engine.sync_engine.raw_connection()
+        try:
+            adapted = fairy.dbapi_connection
+            if not bound.many:
+                return _take(kind, await_(lean.asyncpg_execute(adapted, bound, begin=False)))
+            result = await_(lean.asyncpg_execute(adapted, bound, begin=True))
+            fairy.commit()
+            return _take(kind, result)
+        except BaseException as exc:
+            dialect = self.engine.dialect
+            if isinstance(exc, Exception) and dialect.is_disconnect(exc, fairy, None):  # type: ignore[arg-type]
+                fairy.invalidate(exc)
+                raise _dbapi_error(dialect, bound, exc, invalidated=True) from exc
+            fairy.rollback()
+            if isinstance(exc, Exception) and not isinstance(exc, sa_exc.SQLAlchemyError):
+                raise _dbapi_error(dialect, bound, exc) from exc
+            raise
+        finally:
+            fairy.close()
 
     def _run_sync(self, kind: int, stmt: sa.Executable, params: Params) -> Any:
         many = isinstance(params, list)  # executemany: several statements, one transaction
@@ -470,6 +501,69 @@ def _sqlite_events(engine: AsyncEngine) -> None:
         begin = conn.get_execution_options().get("amoeba_begin", "BEGIN")
         if begin:  # "": a LeanConnection's, inside the transaction it began itself
             conn.exec_driver_sql(begin)
+
+
+def _dbapi_error(dialect: sa.Dialect, bound: lean.Bound, exc: Exception, *,
+                 invalidated: bool = False) -> BaseException:
+    """A driver's error as SQLAlchemy raises it (``IntegrityError``, ...)."""
+    dbapi = dialect.loaded_dbapi
+    if not isinstance(exc, dbapi.Error):
+        return exc
+    return sa_exc.DBAPIError.instance(bound.sql, bound.args, exc, dbapi.Error, dialect=dialect,
+                                      ismulti=bound.many, connection_invalidated=invalidated)
+
+
+class PGConnection:
+    """What ``Database.transaction()`` yields on PostgreSQL with asyncpg: the
+    transaction's ``AsyncConnection``, whose statements run on its asyncpg
+    adapter without SQLAlchemy's execution machinery or a greenlet when
+    ``lean`` takes them; everything else is the ``AsyncConnection``'s."""
+
+    def __init__(self, db: Database, conn: AsyncConnection):
+        self._db = db
+        self._conn = conn
+        self._adapted: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    async def execute(self, statement: sa.Executable, parameters: Params = None, *,
+                      execution_options: Mapping[str, Any] | None = None) -> Any:
+        if not execution_options:
+            db = self._db
+            bound = lean.bind(statement, parameters, db.engine.dialect, db._cache)
+            if bound is not None:
+                if self._adapted is None:
+                    sync = self._conn.sync_connection
+                    assert sync is not None
+                    self._adapted = sync.connection.dbapi_connection
+                try:
+                    return await lean.asyncpg_execute(self._adapted, bound, begin=True)
+                except Exception as exc:
+                    if isinstance(exc, sa_exc.SQLAlchemyError):
+                        raise
+                    dialect = db.engine.dialect
+                    if dialect.is_disconnect(exc, self._adapted, None):  # type: ignore[arg-type]
+                        await self._conn.invalidate(exc)
+                        raise _dbapi_error(dialect, bound, exc, invalidated=True) from exc
+                    raise _dbapi_error(dialect, bound, exc) from exc
+        return await self._conn.execute(statement, parameters,
+                                        execution_options=execution_options or {})
+
+    async def scalar(self, statement: sa.Executable, parameters: Params = None) -> Any:
+        return (await self.execute(statement, parameters)).scalar()
+
+    async def scalars(self, statement: sa.Executable, parameters: Params = None) -> Any:
+        return (await self.execute(statement, parameters)).scalars()
+
+    async def exec_driver_sql(self, statement: str, parameters: Any = None) -> Any:
+        return await self._conn.exec_driver_sql(statement, parameters)
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return await self._conn.run_sync(fn, *args, **kw)
+
+    def begin_nested(self) -> Any:
+        return self._conn.begin_nested()
 
 
 class _SQLiteLean:

@@ -47,7 +47,8 @@ class Plan:
     """What a compiled statement needs to run without SQLAlchemy: kept on the
     compiled object, which SQLAlchemy's statement cache keeps alive."""
 
-    __slots__ = ("expanding", "keys", "pk", "positions", "processors", "read", "results", "sql")
+    __slots__ = ("dialect", "expanding", "implicit", "keys", "pk", "positions", "processors",
+                 "read", "results", "sql", "types")
 
     def __init__(self, compiled: Any, dialect: Dialect):
         self.sql: str = compiled.string
@@ -59,15 +60,35 @@ class Plan:
         columns = compiled._result_columns
         #: Result keys; None: take them from the cursor (a text() statement).
         self.keys: list[str] | None = [c.keyname for c in columns] if columns else None
-        procs = [c.type._cached_result_processor(dialect, None) for c in columns]
-        self.results: list[Callable[[Any], Any] | None] | None = (
-            procs if any(p is not None for p in procs) else None)
+        self.dialect = dialect
+        self.types = [c.type for c in columns]
+        # Result processors by the driver's column types (some depend on them:
+        # PostgreSQL's NUMERIC), None where no column has one.
+        self.results: dict[tuple[Any, ...] | None, list[Callable[[Any], Any] | None] | None] = {}
         #: One-row INSERT: (column key, autoincrement?) of the primary key.
         self.pk: list[tuple[str, bool]] | None = None
+        #: An INSERT whose RETURNING SQLAlchemy added for the primary key
+        #: (PostgreSQL): its row is the key, not a result.
+        self.implicit: list[str] | None = (
+            [c.key for c in compiled.implicit_returning] if compiled.implicit_returning else None)
         if compiled.isinsert:
             table = compiled.compile_state.dml_table
             auto = getattr(table, "autoincrement_column", None)
             self.pk = [(c.key, c is auto) for c in table.primary_key]
+
+
+    def result_processors(self, coltypes: tuple[Any, ...] | None
+                          ) -> list[Callable[[Any], Any] | None] | None:
+        try:
+            return self.results[coltypes]
+        except KeyError:
+            pass
+        kinds = coltypes or (None,) * len(self.types)
+        procs = [t._cached_result_processor(self.dialect, k)
+                 for t, k in zip(self.types, kinds, strict=False)]
+        found = procs if any(p is not None for p in procs) else None
+        self.results[coltypes] = found
+        return found
 
 
 class Bound:
@@ -84,15 +105,23 @@ class Bound:
         self.params = params
 
     def rows(self, raw: Sequence[Sequence[Any]], keys: list[str] | None,
-             rowcount: int, lastrowid: int | None) -> LeanResult:
+             rowcount: int, lastrowid: int | None,
+             coltypes: tuple[Any, ...] | None = None) -> LeanResult:
         plan = self.plan
-        procs = plan.results
+        procs = plan.result_processors(coltypes) if plan.types else None
         if procs is not None:
             raw = [tuple(v if p is None else p(v) for p, v in zip(procs, row, strict=False))
                    for row in raw]
         pk: tuple[Any, ...] | None = None
         if plan.pk is not None and not self.many:
             values = self.params[0]
+            if plan.implicit is not None:
+                returned = dict(zip(plan.implicit, raw[0], strict=False)) if raw else {}
+                raw, keys = [], None
+                pk = tuple(returned.get(key, values.get(key)) for key, _auto in plan.pk)
+                return LeanResult(SimpleResultMetaData([]), iter(raw), rowcount=rowcount,
+                                  returns_rows=False, inserted_primary_key=pk,
+                                  lastrowid=lastrowid)
             pk = tuple(lastrowid if auto and values.get(key) is None else values.get(key)
                        for key, auto in plan.pk)
         return LeanResult(SimpleResultMetaData(plan.keys or keys or []), iter(raw),
@@ -159,6 +188,32 @@ def bind(stmt: Any, params: Any, dialect: Dialect, cache: Any) -> Bound | None:
     return Bound(plan, sql, args, many, values)
 
 
+async def asyncpg_execute(adapted: Any, bound: Bound, *, begin: bool) -> LeanResult:
+    """``bound`` on SQLAlchemy's asyncpg adapter of a connection, as its cursor
+    runs a statement (its prepared-statement cache, its error translation),
+    without the cursor and the execution context.  ``begin``: inside the
+    connection's transaction, started here if SQLAlchemy has not yet."""
+    async with adapted._execute_mutex:
+        if begin and adapted._transaction is None:
+            await adapted._start_transaction()
+        try:
+            prepared, attributes = await adapted._prepare(bound.sql,
+                                                          adapted._invalidate_schema_cache_asof)
+            if bound.many:
+                await prepared.executemany(bound.args)
+                return bound.rows([], None, -1, None)
+            rows = await prepared.fetch(*bound.args[0])
+            status = prepared.get_statusmsg() or ""
+        except Exception as error:
+            adapted._handle_exception(error)  # raises SQLAlchemy's DBAPI-style error
+            raise
+    word, _, count = status.rpartition(" ")
+    rowcount = int(count) if count.isdigit() and word else -1
+    keys = [a.name for a in attributes] if attributes else None
+    coltypes = tuple(a.type.oid for a in attributes) if attributes else None
+    return bound.rows(rows, keys, rowcount, None, coltypes)
+
+
 def supported(dialect: Dialect) -> bool:
     """Do SQLAlchemy's internals still look as :func:`bind` expects?"""
     t = sa.table("t", sa.column("a"), sa.column("b"))
@@ -167,4 +222,13 @@ def supported(dialect: Dialect) -> bool:
                      {"x": 3}, dialect, None)
     except (AttributeError, TypeError, KeyError):
         return False
-    return bound is not None and bound.args == [[3, 1, 2]] and "?" in bound.sql
+    if bound is None or not bound.args or bound.args[0][:1] != [3] or len(bound.args[0]) != 3:
+        return False
+    if dialect.driver == "asyncpg":  # the adapter's internals asyncpg_execute uses
+        from sqlalchemy.dialects.postgresql import asyncpg as adapter
+
+        cls = adapter.AsyncAdapt_asyncpg_connection
+        return all(hasattr(cls, name) for name in (
+            "_start_transaction", "_prepare", "_handle_exception", "_execute_mutex",
+            "_transaction", "_invalidate_schema_cache_asof"))
+    return True
