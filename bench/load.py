@@ -19,13 +19,16 @@ from pathlib import Path
 __all__ = [
     "LoadResult",
     "free_port",
+    "lua_string",
     "parse_wrk",
     "run_wrk",
+    "run_wrk_script",
     "server_log",
     "start_server",
     "stop_server",
     "tree_cpu_seconds",
     "wait_http",
+    "wrk_script",
 ]
 
 
@@ -158,7 +161,7 @@ def stop_server(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
 # --- wrk ---------------------------------------------------------------------
 
 
-def _lua_string(data: str | bytes) -> str:
+def lua_string(data: str | bytes) -> str:
     raw = data.encode() if isinstance(data, str) else data
     out = []
     for byte in raw:
@@ -170,12 +173,12 @@ def _lua_string(data: str | bytes) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _wrk_script(method: str, body: bytes | None, headers: dict[str, str]) -> str:
-    lines = [f"wrk.method = {_lua_string(method)}"]
+def wrk_script(method: str, body: bytes | None, headers: dict[str, str]) -> str:
+    lines = [f"wrk.method = {lua_string(method)}"]
     if body is not None:
-        lines.append(f"wrk.body = {_lua_string(body)}")
+        lines.append(f"wrk.body = {lua_string(body)}")
     for name, value in headers.items():
-        lines.append(f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}")
+        lines.append(f"wrk.headers[{lua_string(name)}] = {lua_string(value)}")
     return "\n".join(lines) + "\n"
 
 
@@ -234,12 +237,31 @@ def run_wrk(
     cpu: int | None = 1,
 ) -> LoadResult:
     """Drive `url` with wrk (pinned to `cpu` when given) and return its summary."""
+    return parse_wrk(run_wrk_script(url, wrk_script(method, body, headers or {}),
+                                    connections=connections, duration=duration,
+                                    threads=threads, cpu=cpu))
+
+
+def run_wrk_script(
+    url: str,
+    script: str,
+    *,
+    connections: int = 50,
+    duration: int = 10,
+    threads: int = 1,
+    cpu: int | None = 1,
+    timeout: int | None = None,
+) -> str:
+    """Run wrk with the Lua `script` (pinned to `cpu` when given); its whole
+    stdout, for `parse_wrk` and whatever the script's ``done()`` printed.
+    `timeout`: seconds after which wrk counts an answer as a timeout error
+    (and leaves it out of the latencies); wrk's default is 2."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk not found on PATH; install it with `apt-get install wrk`")
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
-        script = Path(tmp) / "request.lua"
-        script.write_text(_wrk_script(method, body, headers or {}))
+        path = Path(tmp) / "request.lua"
+        path.write_text(script)
         argv = _pinned(
             [
                 wrk,
@@ -247,14 +269,16 @@ def run_wrk(
                 f"--connections={connections}",
                 f"--duration={duration}s",
                 "--latency",
-                f"--script={script}",
+                *([f"--timeout={timeout}s"] if timeout else []),
+                f"--script={path}",
                 url,
             ],
             cpu,
         )
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + (timeout or 2) + 60,
+                              check=False)
     if done.returncode != 0:
         raise RuntimeError(
             f"wrk failed (exit {done.returncode}): {' '.join(argv)}\n{done.stdout}{done.stderr}"
         )
-    return parse_wrk(done.stdout)
+    return done.stdout

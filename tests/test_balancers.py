@@ -27,6 +27,7 @@ import servers
 from balancers import Balancer, Load
 from e2e import ROOT
 from shop.app import app
+from waiting import checked, eventually
 
 from amoeba.testing import TopologyGroup
 
@@ -103,8 +104,9 @@ def test_sigkill_a_gateway_replica_under_load(shop_behind):
         auth, product = await prepare(lb.url)
         load = Load(lb.url, auth, product)
 
-        async def kill() -> None:
-            await asyncio.sleep(2.0)
+        async def kill() -> None:  # once the victim has served some of the load (not after 2 s)
+            await eventually(checked(lambda: load.hits[(1, victim)] >= 3), 60,
+                             f"replica 1 (pid {victim}) serving through {lb.kind}")
             os.kill(victim, signal.SIGKILL)
 
         await load.run(6.0, during=kill())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 from test_limits import redis_url
 
 from amoeba import Cache, ResourceContext
+
+TTL = 1.5  # seconds: the expiries these tests wait for
 
 
 async def open_cache(backend: str, service: str) -> Cache:
@@ -55,13 +58,27 @@ async def test_only_if_absent(caches):
     assert await c.get("lock") == b"first"
 
 
+async def gone(c: Cache, key: str, within: float = 15.0) -> float:
+    """Seconds until ``key`` is gone, polled (its expiry is the backend's business)."""
+    start = time.monotonic()
+    while await c.get(key) is not None:
+        assert time.monotonic() - start < within, f"{key!r} still there after {within:g}s"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start
+
+
 async def test_ttl_expiry_and_incr(caches):
     c, _ = caches
-    assert await c.set("short", "x", ttl=0.15)
+    # A ttl far longer than the few calls before the first checks take, even on
+    # a loaded machine; then the wait is for the expiry itself.
+    set_at = time.monotonic()
+    assert await c.set("short", "x", ttl=TTL)
     assert await c.get("short") == b"x"
-    assert [await c.incr("n", ttl=0.15) for _ in range(3)] == [1, 2, 3]
-    await asyncio.sleep(0.3)
-    assert await c.get("short") is None
+    assert [await c.incr("n", ttl=TTL) for _ in range(3)] == [1, 2, 3]
+    assert time.monotonic() - set_at < TTL, "the checks above took longer than the ttl"
+    await gone(c, "short")
+    assert time.monotonic() - set_at >= TTL - 0.05  # not before its ttl (the backend's clock)
+    await gone(c, "n")
     assert await c.set("short", "again", only_if_absent=True)  # expired means absent
     assert await c.incr("n", ttl=10) == 1
     assert await c.incr("forever") == 1
@@ -71,15 +88,20 @@ async def test_ttl_expiry_and_incr(caches):
 
 async def test_sliding_incr_lives_past_its_last_increment(caches):
     c, _ = caches
-    assert await c.incr("fixed", ttl=0.4) == 1
-    assert await c.incr("slide", ttl=0.4, sliding=True) == 1
-    for n in (2, 3):
-        await asyncio.sleep(0.25)
-        await c.incr("slide", ttl=0.4, sliding=True)
+    created = time.monotonic()
+    assert await c.incr("fixed", ttl=TTL) == 1
+    assert await c.incr("slide", ttl=TTL, sliding=True) == 1
+    for n in (2, 3):  # each increment well inside the ttl of the one before
+        await asyncio.sleep(TTL / 3)
+        await c.incr("slide", ttl=TTL, sliding=True)
         assert await c.get("slide") == str(n).encode()
-    # 0.5 s after its creation the fixed window is gone; the sliding one is 0.25 s old.
-    assert await c.get("fixed") is None
+    last = time.monotonic()
+    # The fixed window ends TTL after its creation; the sliding one TTL after its
+    # last increment, which came 2/3 TTL later: it is still there then.
+    await gone(c, "fixed")
+    assert time.monotonic() - last < TTL, "the test was too slow to see the sliding key outlive it"
     assert await c.get("slide") == b"3"
+    assert time.monotonic() - created >= TTL - 0.05
 
 
 async def test_prefixes_isolate_services(caches):

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import servers
 from require import missing
+from waiting import checked, eventually
 
 from amoeba.events.bus import Delivery, EventBus, Message, open_bus
 
@@ -97,7 +98,8 @@ async def test_every_group_gets_every_message_once(buses):
         await bus.publish(m)
     await a.wait_for(20)
     await b.wait_for(21)
-    await asyncio.sleep(0.2)
+    await settled(bus, "alpha")  # every delivery acked: nothing left to come again
+    await settled(bus, "beta")
     assert sorted(i for i, _ in a.seen) == sorted(m.id for m in sent[:20])
     assert sorted(i for i, _ in b.seen) == sorted(m.id for m in sent)
     assert await bus.pending("alpha") == 0
@@ -174,9 +176,8 @@ async def test_nats_unacked_delivery_of_a_closed_subscriber_goes_to_another(nats
         c = Collect()
         await second.subscribe("svc", ["test.happened"], c)
         await c.wait_for(1)  # after ack_wait
+        await settled(second, "svc")  # acked: nothing more can come
         assert c.seen == [(m.id, 2)]
-        await asyncio.sleep(0.2)
-        assert await second.pending("svc") == 0
     finally:
         await first.aclose()
         await second.aclose()
@@ -196,9 +197,8 @@ async def test_nats_publishing_one_message_id_twice_delivers_it_once(nats_app):
         await bus.publish(other)
         await bus.publish(replay)
         await c.wait_for(3)
-        await asyncio.sleep(0.5)
+        await settled(bus, "svc")  # a fourth (a repeat the broker kept) would be delivered by now
         assert sorted(c.seen) == sorted([(m.id, 1), (other.id, 1), (m.id, 1)])
-        assert await bus.pending("svc") == 0
     finally:
         await bus.aclose()
 
@@ -280,9 +280,8 @@ async def test_redis_entries_a_closed_consumer_left_pending_go_to_another():
         c = Collect()
         await third.subscribe("svc", ["test.happened"], c)
         await c.wait_for(1, within=10)
+        await settled(third, "svc")  # acked: nothing more can come
         assert got + c.seen == [(m.id, 1), (m.id, 2), (m.id, 3)]
-        await asyncio.sleep(0.2)
-        assert await third.pending("svc") == 0
     finally:
         for bus in (first, second, third):
             await bus.aclose()
@@ -291,19 +290,30 @@ async def test_redis_entries_a_closed_consumer_left_pending_go_to_another():
 async def test_redis_held_entries_are_not_reclaimed_from_a_live_consumer():
     one, two = await redis_buses(2, "claim_idle=0.5")
     slow, other = Collect(fail_first=1, nack_delay=0), Collect()
+    running = 0
+    read = asyncio.Event()
 
     async def slow_handler(d: Delivery) -> None:  # runs for several claim_idle periods
-        await asyncio.sleep(2)
-        await slow(d)
+        nonlocal running
+        running += 1
+        read.set()
+        try:
+            await asyncio.sleep(2)
+            await slow(d)
+        finally:
+            running -= 1
+
+    async def idle() -> bool:  # acked, and no (wrongly claimed) delivery still running
+        return running == 0 and await two.pending("svc") == 0
 
     try:
         await one.subscribe("svc", ["test.happened"], slow_handler)
         m = msg()
         await one.publish(m)
-        await asyncio.sleep(0.3)  # ``one`` has read it
+        await asyncio.wait_for(read.wait(), 10)  # ``one`` has read it
         await two.subscribe("svc", ["test.happened"], other)
         await slow.wait_for(2, within=10)
-        await asyncio.sleep(0.6)
+        await eventually(idle, 15, "the entry acked and every handler done")
         # Not claimed meanwhile, by ``two`` nor by ``one``'s own XAUTOCLAIM (which
         # would have bumped Redis's delivery counter, hence the attempt).
         assert slow.seen == [(m.id, 1), (m.id, 2)]
@@ -651,7 +661,9 @@ async def test_nats_an_empty_fetch_is_not_a_failure(caplog):
     bus = NatsBus("nats://127.0.0.1:4222", app="unit")
     with caplog.at_level(logging.WARNING, logger="amoeba.events"):
         task = asyncio.create_task(bus._fetch(Empty(), "test.happened", Collect()))  # type: ignore[arg-type]
-        await asyncio.sleep(0.3)
+        # 20 failures with the loop's backoff (0.1 s doubling to 5 s) would take
+        # over a minute; without it, a few tens of milliseconds.
+        await eventually(checked(lambda: Empty.calls > 20), 10, "more than 20 empty fetches")
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert [r.getMessage() for r in caplog.records] == []

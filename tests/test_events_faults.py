@@ -39,7 +39,8 @@ from e2e import ROOT
 from eventapp.app import app as eventapp
 from shop.app import app as shop_app
 from test_shop import ENV as SHOP_ENV
-from test_shop import new_product, new_user
+from test_shop import events_settled, new_product, new_user
+from waiting import checked, eventually
 
 from amoeba.app import App
 from amoeba.testing import TopologyGroup, TopologyHarness
@@ -71,33 +72,9 @@ def running(app: App, name: str, topology: Path, env: dict[str, str]) -> Iterato
         shutil.rmtree(group.dir, ignore_errors=True)
 
 
-async def eventually(probe: Callable[[], Awaitable[T | None]], within: float, what: str) -> T:
-    """The first truthy result of ``probe``, polled; a probe that cannot reach
-    its process (restarting) counts as not yet."""
-    end = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < end:
-        try:
-            last = await probe()
-        except (httpx.TransportError, OSError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: not within {within:.0f}s (last: {last!r})")
-
-
 async def _at_least(probe: Callable[[], Awaitable[int]], n: int) -> int | None:
     got = await probe()
     return got if got >= n else None
-
-
-def _async(fn: Callable[[], T]) -> Callable[[], Awaitable[T]]:
-    async def call() -> T:
-        return fn()
-
-    return call
 
 
 async def sql(database: str, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -196,7 +173,7 @@ async def test_broker_outage_loses_and_repeats_no_event(durable_broker, redis, d
             total = await eventually(lambda: _at_least(notified, ORDERS + 1), 90,
                                      f"{ORDERS + 1} notifications after the broker came back")
             catch_up = time.monotonic() - up
-            await asyncio.sleep(3)  # a duplicate would show up by now
+            await events_settled(h, 60)  # nothing on its way: a duplicate would be here by now
             final = await notified()
             rows = await sql(database, "SELECT kind, message, event_id FROM "
                              "notifications.notifications WHERE user_id = $1", uid)
@@ -210,8 +187,8 @@ async def test_broker_outage_loses_and_repeats_no_event(durable_broker, redis, d
     order_ids = [int(m.group(1)) for r in rows if (m := re.match(r"Order (\d+) placed", r["message"]))]
     print(f"\n[broker outage, {kind}] {ORDERS} orders placed in {placing:.1f}s with it down "
           f"({outage:.1f}s outage); held in orders' outbox: {held}; notifications while down: "
-          f"{seen_while_down}; after restart: {total} within {catch_up:.1f}s, {final} after 3 s "
-          f"more; rows={len(rows)} distinct event ids={len(event_ids)} distinct order ids="
+          f"{seen_while_down}; after restart: {total} within {catch_up:.1f}s, {final} once "
+          f"settled; rows={len(rows)} distinct event ids={len(event_ids)} distinct order ids="
           f"{len(set(order_ids))}; outbox left={left}; the broker stored {stored} OrderPlaced")
     assert held == ORDERS and seen_while_down == 1, "the outage did not hold the events back"
     assert final == len(rows) == ORDERS + 1
@@ -266,6 +243,20 @@ async def counts(http: httpx.AsyncClient, group: TopologyGroup, service: str) ->
     r = await http.get(f"http://127.0.0.1:{port_of(group, service)}/{service}/counts")
     r.raise_for_status()
     return dict(r.json())
+
+
+async def settled(http: httpx.AsyncClient, group: TopologyGroup) -> bool:
+    """Nothing on its way: the publisher's outbox is empty and the consumer's group
+    has no lag (nothing published but unacked), so no repeat can still arrive."""
+    for service in ("publisher", "consumer"):
+        r = await http.get(f"http://127.0.0.1:{port_of(group, service)}/_amoeba/api/stats")
+        r.raise_for_status()
+        events = r.json().get("events") or {}
+        backlog = [c["lag"] for c in events.get("consumers", [])]
+        backlog += list(events.get("outbox", {}).values())
+        if any(n != 0 for n in backlog):  # -1: unknown, not settled
+            return False
+    return True
 
 
 async def stream_messages(url: str, app: str, event: str) -> int:
@@ -331,7 +322,7 @@ async def test_consumer_killed_after_commit_before_ack(broker, database, tmp_pat
             assert r.status_code == 200, r.text
             [event_id] = r.json()
             start = time.monotonic()
-            await eventually(_async(marker.exists), 15, "the consumer killing itself before the ack")
+            await eventually(checked(marker.exists), 15, "the consumer killing itself before the ack")
 
             async def absorbed() -> dict[str, int] | None:
                 c = await counts(http, group, "consumer")
@@ -339,7 +330,8 @@ async def test_consumer_killed_after_commit_before_ack(broker, database, tmp_pat
 
             after = await eventually(absorbed, 30, "the redelivery reaching the restarted consumer")
             redelivered = time.monotonic() - start
-            await asyncio.sleep(1)
+            await eventually(lambda: settled(http, group), 60, "nothing left to redeliver")
+            after = await counts(http, group, "consumer")
             rows, inbox = await consumed(database)
             in_inbox = await sql(database, "SELECT 1 FROM consumer.amoeba_inbox WHERE "
                                  "event_id = $1", event_id)
@@ -374,7 +366,8 @@ async def test_relay_killed_mid_batch(broker, database, tmp_path):
 
             await eventually(all_rows, 60, f"{PINGS} rows at the consumer")
             took = time.monotonic() - start
-            await asyncio.sleep(2)  # a late repeat would show up by now
+            # A late repeat would be here once nothing is left to deliver or redeliver.
+            await eventually(lambda: settled(http, group), 60, "nothing left to redeliver")
             rows, inbox = await consumed(database)
             outbox = (await sql(database, "SELECT count(*) FROM publisher.amoeba_outbox"))[0][0]
             publisher = await counts(http, group, "publisher")
@@ -442,7 +435,7 @@ async def test_consumer_stops_on_sigterm_within_grace_without_losing_an_ack(brok
             await eventually(some_rows, 60, "the consumer handling events")
             os.kill(first["pid"], signal.SIGTERM)
             sent = time.monotonic()
-            while alive(first["pid"]) and time.monotonic() - sent < 30:  # noqa: ASYNC110
+            while alive(first["pid"]) and time.monotonic() - sent < 60:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
             stopped = time.monotonic() - sent
             before, _ = await consumed(database)
@@ -452,7 +445,9 @@ async def test_consumer_stops_on_sigterm_within_grace_without_losing_an_ack(brok
                 return len(rows) if len(rows) >= PINGS else None
 
             await eventually(all_rows, 90, f"{PINGS} rows after the restart")
-            await asyncio.sleep(2)  # a late repeat would show up by now
+            # A late repeat (of an event the first consumer handled and did not ack)
+            # would be here once nothing is left to redeliver: ack_wait/claim_idle 2 s.
+            await eventually(lambda: settled(http, group), 60, "nothing left to redeliver")
             rows, inbox = await consumed(database)
 
             async def restarted() -> dict[str, int] | None:
@@ -466,7 +461,9 @@ async def test_consumer_stops_on_sigterm_within_grace_without_losing_an_ack(brok
           f"{grace:g}s); handled by it: {by_first} (rows seen at exit {len(before)}); restarted "
           f"consumer: delivered={after['delivered']} duplicates={after['duplicates']}; rows="
           f"{len(rows)} distinct={len({r['event_id'] for r in rows})} inbox={inbox}")
-    assert stopped < grace + 3.0, f"the consumer took {stopped:.1f}s to exit (grace {grace:g}s)"
+    # Within grace, with room for a loaded machine; a consumer that does not stop at
+    # all (what NATS's fetch loop did) is still caught: the wait above ends at 60 s.
+    assert stopped < grace + 10.0, f"the consumer took {stopped:.1f}s to exit (grace {grace:g}s)"
     assert len(rows) == PINGS and len({r["event_id"] for r in rows}) == PINGS
     assert inbox == PINGS
     assert after["duplicates"] == 0, "an event handled before SIGTERM was not acked"

@@ -116,6 +116,54 @@ async def test_parse_time_refusals_come_after_earlier_answers(tmp_path: Path):
         assert json.loads(answers[1].body)["error"]["status"] == 400
 
 
+def chunked(path: str, *chunks: bytes) -> bytes:
+    """A POST whose body comes in ``chunks`` (Transfer-Encoding: chunked, no length)."""
+    head = (f"POST {path} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+            f"transfer-encoding: chunked\r\n\r\n").encode()
+    return head + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+
+async def test_a_chunked_body_is_read_whole_and_refused_as_it_grows_past_max_body(tmp_path: Path):
+    async with serving(tickets, tmp_path, max_body=1024) as (_, port):
+        whole = chunked("/api/v1/purchase", b'{"qty":', b" 2", b"}")
+        pad = b" " * 600  # two chunks of 600: no Content-Length says 1200 beforehand
+        big = chunked("/api/v1/purchase", b'{"qty": 1,' + pad, pad + b"}")
+        raw = await exchange(port, whole + big + get("/api/v1/available"))
+        answers = parse_answers(raw)
+        assert [a.status for a in answers] == [200, 413], answers  # nothing after the refusal
+        assert json.loads(answers[0].body)["remaining"] == 998
+        err = json.loads(answers[1].body)["error"]
+        assert err["message"] == "request body exceeds the limit of 1024 bytes"
+        assert answers[1].headers["connection"] == "close"
+        (a,) = parse_answers(await exchange(port, get("/api/v1/available", "connection: close\r\n")))
+        assert json.loads(a.body) == {"qty": 998}  # the refused purchase took nothing
+
+
+async def test_repeated_header_lines_are_one_comma_separated_value(tmp_path: Path):
+    async with serving(tickets, tmp_path) as (_, port):
+        once = get("/healthz", "x-request-id: req-1\r\n")
+        twice = get("/healthz", "x-request-id: req-1\r\nx-request-id: req-2\r\nconnection: close\r\n")
+        first, second = parse_answers(await exchange(port, once + twice))
+        assert first.headers["x-request-id"] == "req-1"
+        # "req-1, req-2" (RFC 9110 5.3) is not a valid id: a new one, not the first or last line's.
+        assert second.headers["x-request-id"] not in ("req-1", "req-2", "req-1, req-2")
+        raw = await exchange(port, b"GET / HTTP/1.1\r\nhost: t\r\nhost: u\r\n\r\n")
+        (a,) = parse_answers(raw)
+        assert a.status == 400 and "given twice" in json.loads(a.body)["error"]["message"]
+
+
+async def test_connect_unknown_expectations_and_bad_targets_are_refused(tmp_path: Path):
+    async with serving(tickets, tmp_path) as (_, port):
+        (a,) = parse_answers(await exchange(port, b"CONNECT example.com:443 HTTP/1.1\r\n"
+                                                  b"host: example.com:443\r\n\r\n"))
+        assert a.status == 400, a  # no tunnels (its authority-form target is no path either)
+        (a,) = parse_answers(await exchange(port, post("/api/v1/purchase", b'{"qty": 1}',
+                                                       "expect: 200-ok\r\n")))
+        assert a.status == 417 and a.headers["connection"] == "close"
+        (a,) = parse_answers(await exchange(port, b"GET http://[bad HTTP/1.1\r\nhost: t\r\n\r\n"))
+        assert a.status == 400
+
+
 async def test_expect_100_continue(tmp_path: Path):
     async with serving(tickets, tmp_path) as (_, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

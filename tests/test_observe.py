@@ -23,6 +23,7 @@ from evdemo.app import app as evdemo_app
 from prometheus_client.parser import text_string_to_metric_families
 from require import import_or_missing
 from tickets.app import app as tickets_app
+from waiting import eventually
 
 from amoeba import context
 from amoeba.gateway.http import Request
@@ -197,11 +198,16 @@ async def test_remote_calls_bytes_served_time_and_replicas_add_up(tmp_path, monk
         await r1.stop()
         for _ in range(10):
             await stub.counted()
-        await asyncio.sleep(0.15)  # the pool probes the lost replica, fails, ejects it
-        text = (await front.edges[0].handle(Request("GET", "/metrics", "", {}, b"", "127.0.0.1"),
-                                            "rid")).body.decode()
-        m = samples(text)
         dead = {"process": "store", "address": f"127.0.0.1:{base + 1}"}
+
+        async def ejected() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+            # the pool probes the lost replica, fails, ejects it
+            text = (await front.edges[0].handle(
+                Request("GET", "/metrics", "", {}, b"", "127.0.0.1"), "rid")).body.decode()
+            m = samples(text)
+            return m if m.get(("amoeba_pool_replica_ejected", frozenset(dead.items()))) == 1 else None
+
+        m = await eventually(ejected, 30, "the lost replica ejected", every=0.05)
         assert value(m, "amoeba_pool_ejections_total", **dead) >= 1
         assert value(m, "amoeba_pool_replica_ejected", **dead) == 1
         assert value(m, "amoeba_pool_connections", process="store",

@@ -46,7 +46,7 @@ async def test_an_oversized_first_frame_is_refused_before_it_is_read(secret):
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(MAGIC + (64 * MiB).to_bytes(4, "big") + b"x" * 1000)
-        assert await closed_by_server(reader, within=3) == b""
+        assert await closed_by_server(reader, within=30) == b""
         writer.close()
     finally:
         await store.stop()
@@ -56,11 +56,12 @@ async def test_no_hello_within_the_header_timeout_is_closed(secret):
     port = free_port()
     store = await start(split([port], header_timeout=0.5), "store", secret)
     try:
+        started = time.monotonic()  # before the connection: the timeout counts from it
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(MAGIC + (100).to_bytes(4, "big") + b"partial")
-        started = time.monotonic()
-        await closed_by_server(reader, within=4)
-        assert time.monotonic() - started < 3
+        await closed_by_server(reader, within=30)
+        # At the timeout (a sweep a fraction of it late), never before; generous above.
+        assert 0.5 <= time.monotonic() - started < 10
         writer.close()
     finally:
         await store.stop()
@@ -76,7 +77,7 @@ async def test_nothing_but_the_hello_before_it_is_answered(secret):
         writer.write(MAGIC + _hello(token) + call)
         _, ok, _ = await _reply(reader)
         assert ok is False
-        await closed_by_server(reader, within=3)
+        await closed_by_server(reader, within=30)
         writer.close()
         # The same hello alone is accepted, and then calls are.
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

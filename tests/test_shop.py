@@ -23,6 +23,7 @@ from shop.app import app
 from shop.catalog import HoldClosed, Line
 from shop.orders import Orders, _request_hash, idempotency, order_holds
 from shop.owners import owners
+from waiting import eventually
 
 from amoeba import Database, ResourceContext, Service
 from amoeba.testing import Harness, InProcessHarness, TopologyHarness, app_fixture
@@ -188,19 +189,24 @@ async def refused_everywhere(h: Harness, auth: dict[str, str], order_id: int) ->
     """Seconds until every authenticated route (orders, notifications, accounts)
     answers 401 to ``auth`` on every gateway replica, and stays so; fails
     after the stated bound."""
-    start = loop_time()
+    start = loop_time()  # after the logout answered: every remembered answer is older
     routes = [("GET", "/api/orders", None), ("GET", f"/api/orders/{order_id}", None),
               ("POST", "/api/orders", {"items": [{"product_id": 999999, "qty": 1}]}),  # 404 if let in
               ("GET", "/api/notifications", None), ("GET", "/api/auth/me", None),
               ("POST", "/api/auth/logout", None)]
     while True:
-        # twice each: the harness alternates between gateway replicas
-        rs = [await h.request(m, p, headers=auth, json=b) for m, p, b in routes * 2]
-        took = loop_time() - start
-        if all(r.status == 401 for r in rs):
-            return took
-        assert took < RECHECK + 1.5, [(m, p, r.status) for (m, p, _), r in zip(routes * 2, rs, strict=True)]
-        assert all(r.status in (200, 404, 401) for r in rs), [r.status for r in rs]
+        answers = []
+        for m, p, b in routes * 2:  # twice each: the harness alternates between gateway replicas
+            sent = loop_time() - start
+            answers.append((round(sent, 2), m, p, (await h.request(m, p, headers=auth, json=b)).status))
+        if all(status == 401 for *_, status in answers):
+            return loop_time() - start
+        # A process may let the token in while it trusts an answer it had before the
+        # logout, for RECHECK at most: a request sent later than that must be refused,
+        # however slow the machine (the server looks no sooner than it was sent).
+        late = [a for a in answers if a[3] != 401 and a[0] >= RECHECK]
+        assert not late, late
+        assert all(a[3] in (200, 404, 401) for a in answers), answers
         await asyncio.sleep(0.1)
 
 
@@ -376,9 +382,14 @@ async def test_idempotent_repeat_while_running_is_409(shop):
     p = await new_product(shop, 10)
     body = {"items": [{"product_id": p["id"], "qty": 1}]}
     key = {**user, "idempotency-key": uuid.uuid4().hex}
+    async def claimed() -> bool:  # the first request's claim of the key is stored
+        async with service_db(shop, Orders) as db:
+            return await db.fetchone(sa.select(idempotency.c.idem_key).where(
+                idempotency.c.idem_key == key["idempotency-key"])) is not None
+
     async with hold_product(shop, p["id"]):
         first = asyncio.ensure_future(shop.post("/api/orders", headers=key, json=body))
-        await asyncio.sleep(0.5)
+        await eventually(claimed, 30, "the first request claiming its Idempotency-Key")
         assert not first.done()
         repeat = await shop.post("/api/orders", headers=key, json=body)
         assert repeat.status == 409, repeat.json()
@@ -572,13 +583,34 @@ async def notifications_of(h: Harness, user: dict[str, str], n: int) -> list[dic
     raise AssertionError(f"{h.mode}: fewer than {n} notifications after 10 s: {r.json()}")
 
 
+async def events_settled(h: Harness, within: float = 30.0) -> None:
+    """Wait until no event is on its way anywhere (every outbox empty, every
+    consumer group's lag 0): nothing can arrive, or arrive again, after this."""
+    async def quiet() -> bool:
+        if isinstance(h, InProcessHarness):
+            events = h.host.events
+            assert events is not None
+            lag, waiting = await events.lag(), await events.outbox_waiting()
+            return not any(lag.values()) and not any(waiting.values())
+        cluster = (await h.get("/_amoeba/api/cluster")).json()
+        snaps = [i for p in cluster["processes"] for i in p["instances"]]
+        if any("error" in s for s in snaps):
+            return False
+        stats = [s["events"] for s in snaps if s.get("events")]
+        backlog = [c["lag"] for e in stats for c in e["consumers"]]
+        backlog += [n for e in stats for n in e["outbox"].values()]
+        return bool(stats) and all(n == 0 for n in backlog)  # -1: unknown, not settled
+
+    await eventually(quiet, within, "events settled (no lag, outboxes empty)")
+
+
 async def test_events_become_notifications(shop):
     _, user = await new_user(shop)
     p = await new_product(shop, 5)
     r = await shop.post("/api/orders", headers=user, json={"items": [{"product_id": p["id"], "qty": 2}]})
     assert r.status == 201
     got = await notifications_of(shop, user, 2)
-    await asyncio.sleep(0.3)  # a duplicate would show up by now
+    await events_settled(shop)  # nothing on its way: a duplicate would be here by now
     again = (await shop.get("/api/notifications", headers=user)).json()
     assert again["total"] == 2, again
     kinds = sorted(n["kind"] for n in got)

@@ -444,3 +444,85 @@ def test_a_missing_driver_ends_amoeba_run_within_seconds(tmp_path):
     assert len(err.strip().splitlines()) <= 3 and "Traceback" not in out + err, err  # one cause
     for label in ("gateway", "accounts", "catalog", "orders", "notifications"):
         assert all(gone(pid) for pid in pids(out, label))
+
+
+# -- the edges of stopping -------------------------------------------------------
+
+@pytest.mark.e2e
+def test_children_stop_when_amoeba_run_itself_is_killed(tmp_path):
+    """SIGKILL leaves the supervisor no chance to stop its children: they stop on
+    their own (PR_SET_PDEATHSIG), and no orphan keeps the port."""
+    port = free_port()
+    run = Run(ROOT / "tests" / "topologies" / "demo.yaml",
+              {"PORT": str(port), "AMOEBA_DATA_DIR": str(tmp_path)}, [port], tmp_path)
+    child = get(port, "/").json()["pid"]
+    try:
+        assert child != run.proc.pid
+        run.proc.kill()
+        run.proc.wait(30)
+        deadline = time.monotonic() + 30
+        while not gone(child):
+            assert time.monotonic() < deadline, f"process {child} outlived amoeba run by 30 s"
+            time.sleep(0.1)
+        with socket.socket() as s:  # nothing listens on the port any more
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+            s.bind(("127.0.0.1", port))
+            s.listen()
+    finally:
+        if not gone(child):
+            os.kill(child, signal.SIGKILL)
+
+
+STUCK_APP = '''
+import time
+
+from amoeba import App, Service, get
+
+
+class Stuck(Service):
+    @get("/stuck")
+    async def stuck(self) -> str:
+        time.sleep(300)  # blocks its process's event loop: no signal is acted on
+        return "late"
+
+
+app = App("stuck", [Stuck])
+'''
+
+
+@pytest.mark.e2e
+def test_a_child_that_does_not_stop_is_killed_after_grace_delay_and_5_s(tmp_path):
+    (tmp_path / "stuck_app.py").write_text(textwrap.dedent(STUCK_APP))
+    port = free_port()
+    path = tmp_path / "stuck.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "stuck", "app": "stuck_app:app", "pythonpath": ".",
+        "settings": {"drain_delay": "0s", "grace": "1s"},  # the supervisor waits 1 + 0 + 5 s
+        "processes": {"main": {"services": ["stuck"],
+                               "listeners": [{"port": port, "host": "127.0.0.1"}]}}}))
+    run = Run(path, {"AMOEBA_DATA_DIR": str(tmp_path / "data")}, [port], tmp_path)
+    child = get(port, "/").json()["pid"]
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET /stuck HTTP/1.1\r\nhost: t\r\n\r\n")
+
+            def blocked() -> bool:  # the child's loop no longer answers
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0)
+                except httpx.TimeoutException:
+                    return True
+                return False
+
+            deadline = time.monotonic() + 30
+            while not blocked():
+                assert time.monotonic() < deadline, "GET /stuck did not block the child"
+            sent = time.monotonic()
+            code = run.stop(signal.SIGINT, timeout=60)
+            took = time.monotonic() - sent
+    finally:
+        if not gone(child):
+            os.kill(child, signal.SIGKILL)
+    out = run.output()
+    assert "main did not stop within 6s: SIGKILL" in out, out
+    assert 6 - 0.5 <= took < 6 + 20, took  # at the deadline, never before it
+    assert code == 0 and gone(child)

@@ -110,6 +110,33 @@ async def test_body_over_the_limit_is_413(tickets):
     assert await available(tickets) == before
 
 
+# A limit of its own, in every mode: the edge (in memory) and the listener (over
+# TCP) refuse one byte over it and take a body of exactly that size.  The harness
+# has no body check of its own, so in memory this 413 can only be the edge's.
+small = app_fixture(app, env={"INITIAL_STOCK": "1000"}, settings={"max_body": 512})
+
+
+def _padded(size: int) -> bytes:
+    head, tail = b'{"qty": 1, "pad": "', b'"}'
+    return head + b"x" * (size - len(head) - len(tail)) + tail
+
+
+async def test_the_body_limit_is_the_settings_to_the_byte(small):
+    json_type = {"content-type": "application/json"}
+    before = await available(small)
+    r = await small.post("/api/v1/purchase", content=_padded(512), headers=json_type)
+    assert r.status == 200 and r.json()["remaining"] == before - 1, r.body
+    r = await small.post("/api/v1/purchase", content=_padded(513), headers=json_type)
+    assert r.status == 413, r.body
+    err = r.json()["error"]
+    assert err["type"] == "PayloadTooLarge"
+    assert err["message"] == "request body exceeds the limit of 512 bytes"
+    assert err["request_id"] == r.headers["x-request-id"]
+    if small.mode == "processes":  # the listener's refusal, from Content-Length: body unread
+        assert r.headers.get("connection") == "close", r.headers
+    assert await available(small) == before - 1
+
+
 async def test_500_concurrent_buyers_never_oversell(tickets):
     start = await available(tickets)
     qty = start // 250 + 1  # 500 buyers ask for about twice what is left

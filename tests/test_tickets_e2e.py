@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 from e2e import ROOT, Run, get, post
+from waiting import eventually
 
 from amoeba.testing import free_port
 
@@ -153,10 +154,9 @@ def test_crashed_process_is_restarted(env, tmp_path):
             assert time.monotonic() < deadline, run.output()
             time.sleep(0.1)
         # ticket's pool notices the new vacancy process and calls it again.
-        for _ in range(50):
-            r = post(tp, "/api/v1/purchase", {"qty": 1})
-            if r.status_code == 200:
-                break
+        deadline = time.monotonic() + 30
+        while (r := post(tp, "/api/v1/purchase", {"qty": 1})).status_code != 200:
+            assert time.monotonic() < deadline, (r.status_code, r.text, run.output())
             time.sleep(0.1)
         assert r.status_code == 200 and r.json()["success"]
     finally:
@@ -170,21 +170,32 @@ def test_sigterm_drains_in_flight_requests(tmp_path):
     run = Run(topo, {"PORT": str(port), "AMOEBA_DATA_DIR": str(tmp_path)}, [port], tmp_path,
               args=("--process", "main"))
 
-    async def scenario() -> tuple[httpx.Response, int, int]:
-        async with httpx.AsyncClient(timeout=10) as c:
+    async def scenario() -> tuple[httpx.Response, bool, int]:
+        async with httpx.AsyncClient(timeout=30) as c:
             slow = asyncio.ensure_future(
-                c.post(f"http://127.0.0.1:{port}/store/slow", json={"seconds": 1.0}))
-            await asyncio.sleep(0.3)
-            run.proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.2)
-            try:
-                late = (await c.get(f"http://127.0.0.1:{port}/healthz")).status_code
-            except httpx.HTTPError:
-                late = -1  # refused: the listener is closed
-            r = await slow
-            return r, late, await asyncio.to_thread(run.proc.wait, 10)
+                c.post(f"http://127.0.0.1:{port}/store/slow", json={"seconds": 3.0}))
 
-    r, late, code = asyncio.run(scenario())
-    assert r.status_code == 200 and r.json() == 1.0
-    assert late == -1
+            async def in_flight() -> bool:  # the stats request counts itself
+                stats = (await c.get(f"http://127.0.0.1:{port}/_amoeba/api/stats")).json()
+                return stats["http"]["inflight"] >= 2
+
+            await eventually(in_flight, 30, "the slow request in flight")
+            run.proc.send_signal(signal.SIGTERM)
+
+            async def refused() -> bool:  # drain_delay 0: the listener closes at once
+                try:
+                    async with httpx.AsyncClient(timeout=10) as late:
+                        await late.get(f"http://127.0.0.1:{port}/healthz")
+                except httpx.ConnectError:
+                    return True
+                return False
+
+            await eventually(refused, 30, "new connections refused", every=0.05)
+            closed_while_in_flight = not slow.done()
+            r = await slow
+            return r, closed_while_in_flight, await asyncio.to_thread(run.proc.wait, 30)
+
+    r, closed_while_in_flight, code = asyncio.run(scenario())
+    assert closed_while_in_flight  # the listener closed with the request still running...
+    assert r.status_code == 200 and r.json() == 3.0  # ...which finished all the same
     assert code == 0

@@ -48,8 +48,7 @@ from typing import Any
 import yaml
 
 from amoeba.app import App
-from amoeba.errors import PayloadTooLarge
-from amoeba.gateway.http import Request, error_response
+from amoeba.gateway.http import Request
 from amoeba.gateway.router import Router
 from amoeba.runtime.host import Host
 from amoeba.topology.check import bind
@@ -205,11 +204,9 @@ class InProcessHarness(Harness):
         path, _, query = path.partition("?")
         edge = self.host.edges[0]
         rid = edge.request_id(hdrs)
-        limit = self.host.topology.settings.max_body
-        if len(body) > limit:  # what the HTTP server answers before reading the body
-            resp = error_response(PayloadTooLarge(f"request body exceeds the limit of {limit} bytes"), rid)
-            return HttpResult(resp.status, resp.body, {"x-request-id": rid})
-        # A task of its own, as the server gives each request: context stays per request.
+        # No checks of its own: the edge refuses what the listener would (a body
+        # over max_body included).  A task of its own, as the server gives each
+        # request: context stays per request.
         resp = await asyncio.get_running_loop().create_task(
             edge.handle(Request(method, path, query, hdrs, body, "127.0.0.1"), rid))
         from amoeba.gateway.asgi import AsgiResponse

@@ -38,6 +38,7 @@ from amoeba.errors import (
     Invalid,
     MethodNotAllowed,
     NotFound,
+    PayloadTooLarge,
     ServiceError,
     TooManyRequests,
     Unauthorized,
@@ -215,6 +216,10 @@ class Edge:
         self.host = host
         self.listener = listener
         self.settings = host.topology.settings
+        # The body limit, enforced here whoever hands the edge a request: the
+        # socket listener refuses earlier (from Content-Length, or as the body
+        # grows), an in-process caller (amoeba.testing) meets it here.
+        self.max_body = self.settings.max_body
         self.private = not listener.public
         # Public listeners only: private ones are reached by other processes, not users.
         self.policy = policy if listener.public else None
@@ -269,6 +274,9 @@ class Edge:
         return f"{_ID_PREFIX}-{next(_ids):x}"
 
     async def handle(self, req: Request, rid: str) -> Response:
+        if len(req.body) > self.max_body:  # answered as the listener would, before anything else
+            return error_response(PayloadTooLarge(
+                f"request body exceeds the limit of {self.max_body} bytes"), rid)
         access = self.access
         metrics = self.metrics
         if metrics is None and (access is None or not access.active()):
