@@ -30,12 +30,25 @@ pooled connection rather than opening (and closing) one of its own, which
 under load costs more than the wait and can exhaust the server's
 connection limit when many processes share it.
 
+**How statements run.**  SQLAlchemy builds, compiles and caches every
+statement; on ``sqlite+amoeba`` and on PostgreSQL with asyncpg a statement
+whose compiled form needs no execution context then runs on the driver's
+connection without SQLAlchemy's per-call machinery (``lean.py``): on SQLite
+inline with no greenlet, on PostgreSQL on SQLAlchemy's asyncpg adapter (its
+prepared-statement cache).  Rows are SQLAlchemy ``Row`` objects either way.
+On SQLite, units of work (lone writes, transactions) finishing in one turn of
+the event loop share one COMMIT (group commit, see ``_SQLiteLean``), and
+``transaction()`` yields a :class:`LeanConnection` with the statement methods
+of ``AsyncConnection`` (``execute``, ``scalar``, ``scalars``,
+``exec_driver_sql``, ``run_sync``, ``begin_nested``); on PostgreSQL a
+:class:`PGConnection` wrapping the ``AsyncConnection``.
+
 API::
 
     db.engine                               # sqlalchemy AsyncEngine
     db.dialect                              # "sqlite" | "postgresql" | "mysql"
     db.created                              # this open() made the schema from nothing
-    async with db.transaction() as conn:    # AsyncConnection inside BEGIN:
+    async with db.transaction() as conn:    # a Connection inside BEGIN:
         await conn.execute(...)             #   commit on exit, rollback on exception
     await db.execute(stmt, params)          # one statement, its own transaction (.rowcount)
     await db.fetchone(stmt, params)         # Row | None

@@ -163,9 +163,19 @@ def bind(stmt: Any, params: Any, dialect: Dialect, cache: Any) -> Bound | None:
         many, sets = len(params) > 1, params
     else:
         return None
-    compiled, extracted, collected, _hit = stmt._compile_w_cache(
-        dialect=dialect, compiled_cache=cache, column_keys=sorted(sets[0]),
-        for_executemany=many, schema_translate_map=None, linting=_LINTING)
+    # A statement object is immutable: what it compiled to (and the literal
+    # values it carries) is kept on it, so a statement built once (a module
+    # constant) skips SQLAlchemy's cache key on every later call.
+    memo: dict[Any, Any] = stmt.__dict__.setdefault("_amoeba_compiled", {})
+    key = (dialect, tuple(sets[0]), many)
+    try:
+        compiled, extracted, collected = memo[key]
+    except KeyError:
+        compiled, extracted, collected, _hit = stmt._compile_w_cache(
+            dialect=dialect, compiled_cache=cache, column_keys=sorted(sets[0]),
+            for_executemany=many, schema_translate_map=None, linting=_LINTING)
+        if len(memo) < 16:
+            memo[key] = compiled, extracted, collected
     if (compiled.insert_prefetch or compiled.update_prefetch or not compiled.positional
             or compiled.schema_translate_map or (many and compiled.effective_returning)
             or (many and compiled._insertmanyvalues is not None)):
