@@ -30,12 +30,25 @@ pooled connection rather than opening (and closing) one of its own, which
 under load costs more than the wait and can exhaust the server's
 connection limit when many processes share it.
 
+**How statements run.**  SQLAlchemy builds, compiles and caches every
+statement; on ``sqlite+amoeba`` and on PostgreSQL with asyncpg a statement
+whose compiled form needs no execution context then runs on the driver's
+connection without SQLAlchemy's per-call machinery (``lean.py``): on SQLite
+inline with no greenlet, on PostgreSQL on SQLAlchemy's asyncpg adapter (its
+prepared-statement cache).  Rows are SQLAlchemy ``Row`` objects either way.
+On SQLite, units of work (lone writes, transactions) finishing in one turn of
+the event loop share one COMMIT (group commit, see ``_SQLiteLean``), and
+``transaction()`` yields a :class:`LeanConnection` with the statement methods
+of ``AsyncConnection`` (``execute``, ``scalar``, ``scalars``,
+``exec_driver_sql``, ``run_sync``, ``begin_nested``); on PostgreSQL a
+:class:`PGConnection` wrapping the ``AsyncConnection``.
+
 API::
 
     db.engine                               # sqlalchemy AsyncEngine
     db.dialect                              # "sqlite" | "postgresql" | "mysql"
     db.created                              # this open() made the schema from nothing
-    async with db.transaction() as conn:    # AsyncConnection inside BEGIN:
+    async with db.transaction() as conn:    # a Connection inside BEGIN:
         await conn.execute(...)             #   commit on exit, rollback on exception
     await db.execute(stmt, params)          # one statement, its own transaction (.rowcount)
     await db.fetchone(stmt, params)         # Row | None
@@ -69,21 +82,23 @@ fail on lock upgrade.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.util.concurrency import greenlet_spawn
+from sqlalchemy.util.concurrency import await_, greenlet_spawn
 
-from amoeba.data import sqlite_driver
+from amoeba.data import lean, sqlite_driver
 from amoeba.data.pool import PoolUse
 from amoeba.data.settings import DatabaseSettings
 from amoeba.drivers import require
@@ -163,8 +178,10 @@ class Database(Resource):
 
     def __init__(self, engine: AsyncEngine, *, service: str, schema: str | None = None,
                  path: Path | None = None, admin_url: URL | None = None,
-                 migrations: Path | None = None, settings: DatabaseSettings | None = None):
+                 migrations: Path | None = None, settings: DatabaseSettings | None = None,
+                 shared: sqlite_driver.Shared | None = None):
         self.engine = engine
+        self._shared = shared
         self.service = service
         #: PostgreSQL: the service's schema; MySQL: its database; SQLite: None.
         self.schema = schema
@@ -187,6 +204,15 @@ class Database(Resource):
         self._single: sa.Engine | None = (
             engine.sync_engine.execution_options(isolation_level="AUTOCOMMIT")
             if engine.dialect.name == "postgresql" else None)
+        #: sqlite+amoeba: statements run on the one sqlite3 connection without
+        #: SQLAlchemy's execution machinery (lean.py); None elsewhere.
+        self._lean: _SQLiteLean | None = None
+        if shared is not None and lean.supported(engine.dialect):
+            self._lean = _SQLiteLean(self, shared)
+        #: PostgreSQL on asyncpg: statements on SQLAlchemy's adapter of the
+        #: connection without its execution machinery (lean.asyncpg_execute).
+        self._pg_lean = engine.dialect.driver == "asyncpg" and lean.supported(engine.dialect)
+        self._cache = engine.sync_engine._compiled_cache
 
     @property
     def dialect(self) -> str:
@@ -241,6 +267,7 @@ class Database(Resource):
         schema: str | None = None
         path: Path | None = None
         admin: URL | None = None
+        shared: sqlite_driver.Shared | None = None
         backend = url.get_backend_name()
         if backend == "sqlite":
             path = _sqlite_path(url, ctx.service)
@@ -249,6 +276,8 @@ class Database(Resource):
                 # One connection: statements run on the loop's one thread, so
                 # more would only compete for the file's write lock.
                 kw["pool_size"], kw["max_overflow"] = 1, 0
+                shared = sqlite_driver.Shared()
+                kw["connect_args"] = {"amoeba_shared": shared}
         elif backend == "postgresql":
             schema = ctx.service
             admin = url
@@ -265,12 +294,21 @@ class Database(Resource):
         if backend == "sqlite":
             _sqlite_events(engine)
         return cls(engine, service=ctx.service, schema=schema, path=path, admin_url=admin,
-                   migrations=_migrations_of(ctx.owner), settings=settings)
+                   migrations=_migrations_of(ctx.owner), settings=settings, shared=shared)
 
     async def aclose(self) -> None:
         await self.engine.dispose()
+        if self._shared is not None:
+            self._shared.close()
 
     async def ready(self) -> bool:
+        if self._lean is not None:
+            try:
+                async with asyncio.timeout(READY_TIMEOUT), self._lean.holding():
+                    self._lean.connection().execute("SELECT 1")
+            except (sqlite3.Error, TimeoutError):
+                return False
+            return True
         try:
             async with asyncio.timeout(READY_TIMEOUT), self.engine.connect() as conn:
                 await conn.execute(sa.text("SELECT 1"))
@@ -294,7 +332,7 @@ class Database(Resource):
             raise
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self) -> AsyncIterator[Connection]:
         """A transaction: commit on exit, rollback on an exception.  Inside one,
         ``transaction()``, ``execute()`` and ``fetch*()`` of the same database join
         it (one connection, one commit), and ``publish()`` writes to its outbox."""
@@ -304,7 +342,7 @@ class Database(Resource):
             return
         self._active += 1
         try:
-            async with self.guard(), self._writer.begin() as conn:
+            async with self.guard(), self._begin() as conn:
                 tx = _Tx(self, conn)
                 token = _ambient.set(tx)
                 try:
@@ -315,6 +353,15 @@ class Database(Resource):
             self._active -= 1
         for hook in tx.after_commit:
             hook()
+
+    @asynccontextmanager
+    async def _begin(self) -> AsyncIterator[Connection]:
+        if self._lean is not None:
+            async with self._lean.transaction() as lean_conn:
+                yield lean_conn
+        else:
+            async with self._writer.begin() as conn:
+                yield PGConnection(self, conn) if self._pg_lean else conn
 
     async def execute(self, stmt: Statement, params: Params = None) -> sa.CursorResult[Any]:
         return await self._run(_RESULT, stmt, params)  # type: ignore[no-any-return]
@@ -339,9 +386,38 @@ class Database(Resource):
         self._active += 1
         try:
             async with self.guard():
+                if self._lean is not None:
+                    return await self._lean.run(kind, _statement(stmt), params)
+                if self._pg_lean:
+                    bound = lean.bind(_statement(stmt), params, self.engine.dialect, self._cache)
+                    if bound is not None:
+                        return await greenlet_spawn(self._run_asyncpg, kind, bound)
                 return await greenlet_spawn(self._run_sync, kind, _statement(stmt), params)
         finally:
             self._active -= 1
+
+    def _run_asyncpg(self, kind: int, bound: lean.Bound) -> Any:
+        # A lone statement is atomic without BEGIN/COMMIT (asyncpg outside a
+        # transaction); several parameter sets get one transaction.
+        fairy = self.engine.sync_engine.raw_connection()
+        try:
+            adapted = fairy.dbapi_connection
+            if not bound.many:
+                return _take(kind, await_(lean.asyncpg_execute(adapted, bound, begin=False)))
+            result = await_(lean.asyncpg_execute(adapted, bound, begin=True))
+            fairy.commit()
+            return _take(kind, result)
+        except BaseException as exc:
+            dialect = self.engine.dialect
+            if isinstance(exc, Exception) and dialect.is_disconnect(exc, fairy, None):  # type: ignore[arg-type]
+                fairy.invalidate(exc)
+                raise _dbapi_error(dialect, bound, exc, invalidated=True) from exc
+            fairy.rollback()
+            if isinstance(exc, Exception) and not isinstance(exc, sa_exc.SQLAlchemyError):
+                raise _dbapi_error(dialect, bound, exc) from exc
+            raise
+        finally:
+            fairy.close()
 
     def _run_sync(self, kind: int, stmt: sa.Executable, params: Params) -> Any:
         many = isinstance(params, list)  # executemany: several statements, one transaction
@@ -350,7 +426,27 @@ class Database(Resource):
             return _take(kind, conn.execute(stmt, params))
 
 
-def _take(kind: int, result: sa.CursorResult[Any]) -> Any:
+class Connection(Protocol):
+    """What ``Database.transaction()`` yields: SQLAlchemy's ``AsyncConnection``,
+    or on ``sqlite+amoeba`` a :class:`LeanConnection` with the same methods
+    for statements (``execute``, ``scalar``, ``scalars``, ``exec_driver_sql``,
+    ``run_sync``, ``begin_nested``)."""
+
+    async def execute(self, statement: Any, parameters: Any = None, *,
+                      execution_options: Any = None) -> Any: ...
+
+    async def scalar(self, statement: Any, parameters: Any = None) -> Any: ...
+
+    async def scalars(self, statement: Any, parameters: Any = None) -> Any: ...
+
+    async def exec_driver_sql(self, statement: str, parameters: Any = None) -> Any: ...
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any: ...
+
+    def begin_nested(self) -> Any: ...
+
+
+def _take(kind: int, result: Any) -> Any:
     if kind == _ONE:
         return result.first()
     if kind == _ALL:
@@ -366,7 +462,7 @@ class _Tx:
 
     __slots__ = ("after_commit", "conn", "db")
 
-    def __init__(self, db: Database, conn: AsyncConnection):
+    def __init__(self, db: Database, conn: Any):
         self.db = db
         self.conn = conn
         self.after_commit: list[Callable[[], None]] = []
@@ -415,4 +511,434 @@ def _sqlite_events(engine: AsyncEngine) -> None:
 
     @sa.event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql(conn.get_execution_options().get("amoeba_begin", "BEGIN"))
+        begin = conn.get_execution_options().get("amoeba_begin", "BEGIN")
+        if begin:  # "": a LeanConnection's, inside the transaction it began itself
+            conn.exec_driver_sql(begin)
+
+
+def _dbapi_error(dialect: sa.Dialect, bound: lean.Bound, exc: Exception, *,
+                 invalidated: bool = False) -> BaseException:
+    """A driver's error as SQLAlchemy raises it (``IntegrityError``, ...)."""
+    dbapi = dialect.loaded_dbapi
+    if not isinstance(exc, dbapi.Error):
+        return exc
+    return sa_exc.DBAPIError.instance(bound.sql, bound.args, exc, dbapi.Error, dialect=dialect,
+                                      ismulti=bound.many, connection_invalidated=invalidated)
+
+
+class PGConnection:
+    """What ``Database.transaction()`` yields on PostgreSQL with asyncpg: the
+    transaction's ``AsyncConnection``, whose statements run on its asyncpg
+    adapter without SQLAlchemy's execution machinery or a greenlet when
+    ``lean`` takes them; everything else is the ``AsyncConnection``'s."""
+
+    def __init__(self, db: Database, conn: AsyncConnection):
+        self._db = db
+        self._conn = conn
+        self._adapted: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    async def execute(self, statement: sa.Executable, parameters: Params = None, *,
+                      execution_options: Mapping[str, Any] | None = None) -> Any:
+        if not execution_options:
+            db = self._db
+            bound = lean.bind(statement, parameters, db.engine.dialect, db._cache)
+            if bound is not None:
+                if self._adapted is None:
+                    sync = self._conn.sync_connection
+                    assert sync is not None
+                    self._adapted = sync.connection.dbapi_connection
+                try:
+                    return await lean.asyncpg_execute(self._adapted, bound, begin=True)
+                except Exception as exc:
+                    if isinstance(exc, sa_exc.SQLAlchemyError):
+                        raise
+                    dialect = db.engine.dialect
+                    if dialect.is_disconnect(exc, self._adapted, None):  # type: ignore[arg-type]
+                        await self._conn.invalidate(exc)
+                        raise _dbapi_error(dialect, bound, exc, invalidated=True) from exc
+                    raise _dbapi_error(dialect, bound, exc) from exc
+        return await self._conn.execute(statement, parameters,
+                                        execution_options=execution_options or {})
+
+    async def scalar(self, statement: sa.Executable, parameters: Params = None) -> Any:
+        return (await self.execute(statement, parameters)).scalar()
+
+    async def scalars(self, statement: sa.Executable, parameters: Params = None) -> Any:
+        return (await self.execute(statement, parameters)).scalars()
+
+    async def exec_driver_sql(self, statement: str, parameters: Any = None) -> Any:
+        return await self._conn.exec_driver_sql(statement, parameters)
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return await self._conn.run_sync(fn, *args, **kw)
+
+    def begin_nested(self) -> Any:
+        return self._conn.begin_nested()
+
+
+class _SQLiteLean:
+    """Statements of a ``sqlite+amoeba`` database on its one sqlite3
+    connection, without SQLAlchemy's execution machinery (``lean.py``) and
+    without a greenlet: the driver runs inline anyway.
+
+    ``turn`` is who has the connection: a lone statement, a transaction, or
+    SQLAlchemy (a statement ``lean`` does not take, ``run_sync``, ...).
+    Another process holding the file's write lock is waited for with
+    ``asyncio.sleep``.
+
+    **Group commit.**  Units of work (a lone statement, a transaction) take
+    turns on the connection.  When others are waiting for it as one finishes,
+    its COMMIT is left to the last of them: the units run one after another
+    inside one SQLite transaction (``BEGIN IMMEDIATE``; each transaction in a
+    savepoint, so a failing one undoes only its own work) and are committed
+    once, at most ``MAX_GROUP`` of them.  No unit returns before the COMMIT
+    that holds its work; a COMMIT that fails fails every unit of its group.
+    A unit that finds nobody waiting commits at once; a lone statement that
+    finds nothing open runs in SQLite's autocommit (no BEGIN, no COMMIT)."""
+
+    MAX_GROUP = 64
+
+    def __init__(self, db: Database, shared: sqlite_driver.Shared):
+        self.db = db
+        self.shared = shared
+        self.turn = asyncio.Lock()
+        self.queued = 0  # tasks waiting for the turn
+        self.flushing = False  # a COMMIT of the open group is scheduled
+        # The open group: futures of the units done in it, waiting for its
+        # COMMIT; None while no transaction is open on the connection.
+        self.group: list[asyncio.Future[None]] | None = None
+        self.dialect = db.engine.dialect
+        self.cache = db.engine.sync_engine._compiled_cache
+
+    def connection(self) -> sqlite3.Connection:
+        conn = self.shared.conn
+        if conn is None:  # closed, or never opened: Database.open connects first
+            raise sa_exc.InvalidRequestError(f"database of service {self.db.service!r} is closed")
+        return conn
+
+    def bind(self, stmt: sa.Executable, params: Params) -> lean.Bound | None:
+        return lean.bind(stmt, params, self.dialect, self.cache)
+
+    async def acquire(self) -> None:
+        """Take the connection, waiting at most ``pool_timeout`` as for a
+        pooled one (then ``sqlalchemy.exc.TimeoutError``: 503)."""
+        if not self.turn.locked() and not self.queued:
+            await self.turn.acquire()
+            return
+        self.queued += 1
+        try:
+            async with asyncio.timeout(self.db.settings.pool_timeout):
+                await self.turn.acquire()
+        except TimeoutError:
+            raise sa_exc.TimeoutError(
+                f"the connection of {self.db.service!r} stayed busy for pool_timeout "
+                f"({self.db.settings.pool_timeout} s)") from None
+        finally:
+            self.queued -= 1
+            if not self.turn.locked():  # gave up waiting: an open group still needs its COMMIT
+                self._kick()
+
+    @asynccontextmanager
+    async def holding(self) -> AsyncIterator[None]:
+        """The connection with no transaction open on it (an open group is
+        committed first): for SQLAlchemy's own use."""
+        await self.acquire()
+        try:
+            if self.group is not None:
+                await self._commit(self.connection(), ok=True, release=False)
+            yield
+        finally:
+            self.turn.release()
+
+    async def _begin(self, raw: sqlite3.Connection) -> None:
+        if self.group is not None and not raw.in_transaction:
+            # SQLite rolled the whole group back (an I/O error, a full disk):
+            # its units must not be answered as committed.
+            group, self.group = self.group, None
+            error = self._wrap("COMMIT", sqlite3.OperationalError(
+                "the group's transaction was rolled back by SQLite"))
+            for waiter in group:
+                if not waiter.done():
+                    waiter.set_exception(error)
+        if self.group is None:
+            try:
+                await sqlite_driver.patiently(raw.execute, "BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._wrap("BEGIN IMMEDIATE", exc) from exc
+            self.group = []
+
+    async def _done(self, raw: sqlite3.Connection, *, ok: bool) -> None:
+        """A unit of work in the open group finished (``ok``: its work is to be
+        kept).  Its COMMIT comes at the end of this turn of the event loop,
+        shared with every unit that finishes before then.  Releases the turn."""
+        group = self.group
+        assert group is not None
+        if not ok and not group:  # nothing of anyone's to keep
+            await self._commit(raw, ok=False, release=True)
+            return
+        if len(group) + 1 >= self.MAX_GROUP:
+            await self._commit(raw, ok=ok, release=True)
+            return
+        done: asyncio.Future[None] | None = None
+        if ok:
+            done = asyncio.get_running_loop().create_future()
+            group.append(done)
+        self.turn.release()
+        self._kick()
+        if done is not None:
+            await done
+
+    async def _commit(self, raw: sqlite3.Connection, *, ok: bool, release: bool) -> None:
+        group, self.group = self.group or [], None
+        try:
+            if not raw.in_transaction:
+                raise sqlite3.OperationalError("the group's transaction was rolled back by SQLite")
+            if ok or group:
+                await sqlite_driver.patiently(raw.execute, "COMMIT")
+            else:
+                raw.execute("ROLLBACK")
+        except BaseException as exc:
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+            error = self._wrap("COMMIT", exc) if isinstance(exc, sqlite3.Error) else exc
+            for waiter in group:
+                if not waiter.done():
+                    waiter.set_exception(error)
+            if ok:
+                raise error from exc
+        else:
+            for waiter in group:
+                if not waiter.done():
+                    waiter.set_result(None)
+        finally:
+            if release:
+                self.turn.release()
+
+    def _kick(self) -> None:
+        """Commit the open group at the end of this turn of the event loop."""
+        if self.group is not None and not self.flushing:
+            self.flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flushing = False
+        if self.group is None or self.turn.locked() or self.queued:
+            return  # whoever has or waits for the turn finishes its unit and kicks again
+        raw = self.connection()
+        group, self.group = self.group, None
+        try:
+            if not raw.in_transaction:
+                raise sqlite3.OperationalError("the group's transaction was rolled back by SQLite")
+            raw.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if sqlite_driver.locked(exc) and raw.in_transaction:  # wait for it, in a task
+                self.group = group
+                asyncio.get_running_loop().create_task(self._flush_patiently(),
+                                                       name="amoeba group commit")
+                return
+            self._fail(group, raw, exc)
+        except sqlite3.Error as exc:
+            self._fail(group, raw, exc)
+        else:
+            for waiter in group:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _fail(self, group: list[asyncio.Future[None]], raw: sqlite3.Connection,
+              exc: sqlite3.Error) -> None:
+        if raw.in_transaction:
+            raw.execute("ROLLBACK")
+        error = self._wrap("COMMIT", exc)
+        for waiter in group:
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    async def _flush_patiently(self) -> None:
+        with contextlib.suppress(Exception):  # its units get the error
+            async with self.holding():
+                pass
+
+    async def run(self, kind: int, stmt: sa.Executable, params: Params) -> Any:
+        bound = self.bind(stmt, params)
+        if bound is None:
+            async with self.holding():
+                return await greenlet_spawn(self.db._run_sync, kind, stmt, params)
+        await self.acquire()
+        raw = self.connection()
+        if self.group is None and not bound.many and bound.plan.read:
+            try:  # a read, alone: SQLite's autocommit
+                return _take(kind, await sqlite_driver.patiently(self.execute, raw, bound))
+            except sqlite3.Error as exc:  # still locked after BUSY_WAIT_S
+                raise self._wrap(bound.sql, exc) from exc
+            finally:
+                self.turn.release()
+        try:
+            await self._begin(raw)
+            if bound.many:
+                raw.execute("SAVEPOINT amoeba_unit")
+                try:
+                    result = self.execute(raw, bound)
+                except BaseException:
+                    raw.execute("ROLLBACK TO amoeba_unit")
+                    raise
+                finally:
+                    raw.execute("RELEASE amoeba_unit")
+            else:  # one statement is atomic by itself inside a transaction
+                result = self.execute(raw, bound)
+        except BaseException:
+            if self.group is not None:
+                await self._done(raw, ok=False)
+            else:
+                self.turn.release()
+            raise
+        await self._done(raw, ok=True)
+        return _take(kind, result)
+
+    def execute(self, conn: sqlite3.Connection, bound: lean.Bound) -> lean.LeanResult:
+        try:
+            if bound.many:
+                cur = conn.executemany(bound.sql, bound.args)
+            else:
+                cur = conn.execute(bound.sql, bound.args[0])
+            description = cur.description
+            rows = cur.fetchall() if description is not None else []
+        except sqlite3.OperationalError as exc:
+            if sqlite_driver.locked(exc) and not conn.in_transaction:
+                raise  # patiently() waits and runs it again
+            raise self._wrap(bound.sql, exc, bound) from exc
+        except sqlite3.Error as exc:
+            raise self._wrap(bound.sql, exc, bound) from exc
+        keys = [d[0] for d in description] if description is not None else None
+        return bound.rows(rows, keys, cur.rowcount, cur.lastrowid)
+
+    def _wrap(self, sql: str, exc: BaseException, bound: lean.Bound | None = None) -> BaseException:
+        return sa_exc.DBAPIError.instance(sql, bound.args if bound else None, exc, sqlite3.Error,
+                                          dialect=self.dialect,
+                                          ismulti=bound.many if bound else None)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[LeanConnection]:
+        await self.acquire()
+        raw = self.connection()
+        try:
+            await self._begin(raw)
+        except BaseException:
+            self.turn.release()
+            raise
+        raw.execute("SAVEPOINT amoeba_unit")
+        conn = LeanConnection(self, raw)
+        try:
+            yield conn
+        except BaseException:
+            await conn.close()
+            raw.execute("ROLLBACK TO amoeba_unit")
+            raw.execute("RELEASE amoeba_unit")
+            await self._done(raw, ok=False)
+            raise
+        await conn.close()
+        raw.execute("RELEASE amoeba_unit")
+        await self._done(raw, ok=True)
+
+
+class LeanConnection:
+    """What ``Database.transaction()`` yields on ``sqlite+amoeba``: the
+    statement methods of SQLAlchemy's ``AsyncConnection`` run inline on the
+    transaction's sqlite3 connection; ``run_sync``, ``exec_driver_sql`` and
+    statements ``lean`` does not take run on an ``AsyncConnection`` opened on
+    first use over the same connection, inside the same transaction."""
+
+    def __init__(self, owner: _SQLiteLean, raw: sqlite3.Connection):
+        self._owner = owner
+        self._raw = raw
+        self._sa: AsyncConnection | None = None
+        self._savepoints = 0
+
+    async def execute(self, statement: sa.Executable, parameters: Params = None, *,
+                      execution_options: Mapping[str, Any] | None = None) -> Any:
+        if not execution_options:
+            bound = self._owner.bind(statement, parameters)
+            if bound is not None:
+                return self._owner.execute(self._raw, bound)
+        conn = await self.sqlalchemy()
+        return await conn.execute(statement, parameters,
+                                  execution_options=execution_options or {})
+
+    async def scalar(self, statement: sa.Executable, parameters: Params = None) -> Any:
+        return (await self.execute(statement, parameters)).scalar()
+
+    async def scalars(self, statement: sa.Executable, parameters: Params = None) -> Any:
+        return (await self.execute(statement, parameters)).scalars()
+
+    async def exec_driver_sql(self, statement: str, parameters: Any = None) -> Any:
+        return await (await self.sqlalchemy()).exec_driver_sql(statement, parameters)
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return await (await self.sqlalchemy()).run_sync(fn, *args, **kw)
+
+    def begin_nested(self) -> Savepoint:
+        self._savepoints += 1
+        return Savepoint(self._raw, f"amoeba_sp_{self._savepoints}")
+
+    async def sqlalchemy(self) -> AsyncConnection:
+        """An ``AsyncConnection`` inside this transaction (SQLAlchemy's pool
+        holds the same sqlite3 connection; its BEGIN is skipped: ours is open)."""
+        if self._sa is None:
+            conn = await self._owner.db.engine.connect()
+            self._owner.shared.owned = True
+            await conn.execution_options(amoeba_begin="")
+            await conn.begin()
+            self._sa = conn
+        return self._sa
+
+    async def close(self) -> None:
+        """Close the SQLAlchemy connection of this transaction, if one was
+        opened: its ROLLBACK is skipped (``Shared.owned``), the transaction
+        is ours to end."""
+        if self._sa is not None:
+            sa_conn, self._sa = self._sa, None
+            try:
+                await sa_conn.close()
+            finally:
+                self._owner.shared.owned = False
+
+
+class Savepoint:
+    """``begin_nested()`` of a :class:`LeanConnection`: ``async with`` (released
+    on success, rolled back to on an exception), or awaited and then
+    ``commit()`` / ``rollback()``, as SQLAlchemy's ``AsyncTransaction``."""
+
+    def __init__(self, raw: sqlite3.Connection, name: str):
+        self._raw = raw
+        self._name = name
+        self._open = False
+
+    async def start(self) -> Savepoint:
+        self._raw.execute(f"SAVEPOINT {self._name}")
+        self._open = True
+        return self
+
+    def __await__(self) -> Any:
+        return self.start().__await__()
+
+    async def commit(self) -> None:
+        if self._open:
+            self._open = False
+            self._raw.execute(f"RELEASE {self._name}")
+
+    async def rollback(self) -> None:
+        if self._open:
+            self._open = False
+            self._raw.execute(f"ROLLBACK TO {self._name}")
+            self._raw.execute(f"RELEASE {self._name}")
+
+    async def __aenter__(self) -> Savepoint:
+        return await self.start()
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        if kind is None:
+            await self.commit()
+        else:
+            await self.rollback()

@@ -126,7 +126,8 @@ async def _migrate(db: Database, direction: str, target: str) -> Revisions:
     loop = asyncio.get_running_loop()
     lock = _loop_locks.setdefault(loop, asyncio.Lock())
     async with lock, db.transaction() as conn:
-        return await conn.run_sync(run)
+        revisions: Revisions = await conn.run_sync(run)
+    return revisions
 
 
 # -- one migrator at a time --------------------------------------------------

@@ -33,23 +33,23 @@ from sqlalchemy.engine.interfaces import AdaptedConnection
 from sqlalchemy.engine.url import URL
 from sqlalchemy.util.concurrency import await_
 
-__all__ = ["SQLiteDialect_amoeba"]
+__all__ = ["SQLiteDialect_amoeba", "Shared"]
 
 # How long a statement waits for another process's write lock before failing
 # with "database is locked" (which the Database resource reports as 503).
 BUSY_WAIT_S = 5.0
 
 
-def _locked(exc: sqlite3.OperationalError) -> bool:
+def locked(exc: sqlite3.OperationalError) -> bool:
     text = str(exc)
     return "locked" in text or "busy" in text
 
 
-async def _patiently(fn: Callable[..., Any], *args: Any) -> Any:
+async def patiently(fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return fn(*args)
     except sqlite3.OperationalError as exc:
-        if not _locked(exc):
+        if not locked(exc):
             raise
     deadline = time.monotonic() + BUSY_WAIT_S
     delay = 0.001
@@ -58,7 +58,7 @@ async def _patiently(fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return fn(*args)
         except sqlite3.OperationalError as exc:
-            if not _locked(exc) or time.monotonic() > deadline:
+            if not locked(exc) or time.monotonic() > deadline:
                 raise
         delay = min(delay * 2, 0.05)
 
@@ -69,9 +69,9 @@ def _call(fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return fn(*args)
     except sqlite3.OperationalError as exc:
-        if not _locked(exc):
+        if not locked(exc):
             raise
-    return await_(_patiently(fn, *args))
+    return await_(patiently(fn, *args))
 
 
 async def _noop() -> None:
@@ -148,11 +148,32 @@ class _Cursor:
             yield self._rows.popleft()
 
 
-class _AdaptedConnection(AdaptedConnection):
-    __slots__ = ("dbapi",)
+class Shared:
+    """The one ``sqlite3`` connection of a ``Database`` (``connect_args``
+    ``amoeba_shared``): SQLAlchemy's pool and the ``Database``'s own statement
+    path (``lean.py``) use the same connection, so one transaction can mix
+    both.  The ``Database`` closes it; SQLAlchemy's close leaves it open."""
 
-    def __init__(self, dbapi: Any, conn: sqlite3.Connection):
+    __slots__ = ("conn", "owned")
+
+    def __init__(self) -> None:
+        self.conn: sqlite3.Connection | None = None
+        #: A transaction of the Database's own is open on ``conn``: SQLAlchemy's
+        #: COMMIT and ROLLBACK (a connection closed inside it) leave it alone.
+        self.owned = False
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class _AdaptedConnection(AdaptedConnection):
+    __slots__ = ("dbapi", "shared")
+
+    def __init__(self, dbapi: Any, conn: sqlite3.Connection, shared: Shared | None = None):
         self.dbapi = dbapi
+        self.shared = shared
         self._connection = conn  # type: ignore[assignment]  # a sync one: see module doc
 
     @property
@@ -177,13 +198,19 @@ class _AdaptedConnection(AdaptedConnection):
         return self.cursor().execute(operation, parameters)
 
     def commit(self) -> None:
-        _call(self._db.commit)
+        if not self._owned():
+            _call(self._db.commit)
 
     def rollback(self) -> None:
-        self._db.rollback()
+        if not self._owned():
+            self._db.rollback()
+
+    def _owned(self) -> bool:
+        return self.shared is not None and self.shared.owned
 
     def close(self) -> None:
-        self._db.close()
+        if self.shared is None:
+            self._db.close()
 
 
 class _DBAPI(AsyncAdapt_dbapi_module):
@@ -199,9 +226,14 @@ class _DBAPI(AsyncAdapt_dbapi_module):
 
     def connect(self, *args: Any, **kw: Any) -> _AdaptedConnection:
         kw.pop("async_creator_fn", None)
+        shared: Shared | None = kw.pop("amoeba_shared", None)
         kw["timeout"] = 0  # never block the loop in SQLite's busy handler
         kw["check_same_thread"] = False
-        return _AdaptedConnection(self, sqlite3.connect(*args, **kw))
+        if shared is None:
+            return _AdaptedConnection(self, sqlite3.connect(*args, **kw))
+        if shared.conn is None:
+            shared.conn = sqlite3.connect(*args, **kw)
+        return _AdaptedConnection(self, shared.conn, shared=shared)
 
 
 class SQLiteDialect_amoeba(SQLiteDialect_aiosqlite):
