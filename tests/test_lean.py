@@ -134,6 +134,18 @@ async def test_rows_are_sqlalchemys_rows(any_db: Database, stmt: Any, params: An
     assert [r._mapping for r in got] == [r._mapping for r in expected]
 
 
+async def test_a_statement_derived_from_a_used_one_is_its_own(any_db: Database):
+    """SQLAlchemy copies a statement's attributes into the statements derived
+    from it (``.where()``, ``.limit()``): what the first compiled to must not
+    answer for them."""
+    base = sa.select(things.c.id).order_by(things.c.id)
+    assert [i for (i,) in await any_db.fetchall(base)] == [1, 2, 3, 4, 5]
+    for above in (1, 3):
+        derived = base.where(things.c.id > above).limit(1)
+        assert [i for (i,) in await any_db.fetchall(derived)] == [above + 1]
+    assert [i for (i,) in await any_db.fetchall(base)] == [1, 2, 3, 4, 5]
+
+
 async def test_writes_and_their_results(any_db: Database):
     seen = _sqlalchemy_statements(any_db)
     async with any_db.transaction() as conn:

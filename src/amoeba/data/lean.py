@@ -166,7 +166,12 @@ def bind(stmt: Any, params: Any, dialect: Dialect, cache: Any) -> Bound | None:
     # A statement object is immutable: what it compiled to (and the literal
     # values it carries) is kept on it, so a statement built once (a module
     # constant) skips SQLAlchemy's cache key on every later call.
-    memo: dict[Any, Any] = stmt.__dict__.setdefault("_amoeba_compiled", {})
+    # (SQLAlchemy's generative methods copy a statement's __dict__ into the
+    # new statement: the memo names the statement it belongs to.)
+    owner, memo = stmt.__dict__.get("_amoeba_compiled", (None, None))
+    if owner != id(stmt) or memo is None:
+        memo = {}
+        stmt.__dict__["_amoeba_compiled"] = (id(stmt), memo)
     key = (dialect, tuple(sets[0]), many)
     try:
         compiled, extracted, collected = memo[key]
