@@ -346,17 +346,22 @@ class Events:
                 if not self.inflight:
                     self.idle.set()
 
-        def enter(msg: Message) -> Any:
-            """The delivery's context for the handler's logs, calls and events: its
-            service, request id and trace; and its span, if spans are exported."""
+        def carry(msg: Message) -> str:
+            """Set the delivery's service and request id in this task's context;
+            the publisher's traceparent ("" when the payload carries none)."""
             context.service.set(service)
             try:
                 carried = _trace_decoder.decode(msg.payload)
-                parent = carried.trace
-                context.request_id.set(carried.request)
             except msgspec.DecodeError:
-                parent = ""
                 context.request_id.set("")
+                return ""
+            context.request_id.set(carried.request)
+            return carried.trace
+
+        def enter(msg: Message) -> Any:
+            """The delivery's context for the handler's logs, calls and events: its
+            service, request id and trace; and its span, if spans are exported."""
+            parent = carry(msg)
             if self.tracer is None:
                 context.traceparent.set(context.new_traceparent(parent))
                 return None
@@ -396,6 +401,9 @@ class Events:
                 await alone(delivery)
                 return
             msg = delivery.message
+            # The handler runs in the inbox's task (call, with the same context
+            # set there); this task logs the retries and dead letters.
+            context.traceparent.set(context.new_traceparent(carry(msg)))
             try:
                 event = decoder.decode(msg.payload)
             except msgspec.DecodeError as exc:
