@@ -372,24 +372,9 @@ async def floor_nats(url: str, tag: str, args: argparse.Namespace, drain: bool) 
                 await m.ack()
                 tally.acked += 1
 
-    def done() -> bool:
-        return tally.acked >= tally.expect
-
-    consumer: asyncio.Task[None] | None = None
     try:
-        if drain:
-            await fill(send, args.events, args.concurrency)
-            tally.reset(args.events)
-            consumer = asyncio.create_task(consume())
-            return await drained(tally, done, args.within)
-        consumer = asyncio.create_task(consume())
-        await drive(send, tally, done, args.warmup, args.concurrency, args.within)
-        tally.acked = 0
-        return await drive(send, tally, done, args.events, args.concurrency, args.within)
+        return await run_floor(send, consume, tally, args, drain)
     finally:
-        if consumer is not None:
-            consumer.cancel()
-            await asyncio.gather(consumer, return_exceptions=True)
         await js.delete_stream(stream)
         await nc.close()
 
@@ -418,6 +403,18 @@ async def floor_redis(url: str, tag: str, args: argparse.Namespace, drain: bool)
                 await client.xack(key, "sink", *[e for e, _ in entries])
                 tally.acked += len(entries)
 
+    try:
+        return await run_floor(send, consume, tally, args, drain)
+    finally:
+        await client.delete(key)
+        await client.aclose()
+
+
+async def run_floor(send: Callable[[], Awaitable[None]], consume: Callable[[], Awaitable[None]],
+                    tally: Tally, args: argparse.Namespace, drain: bool) -> Result:
+    """A bare client's run: publishers then the consumer (drain), or both at
+    once after a warm-up; the consumer is cancelled afterwards."""
+
     def done() -> bool:
         return tally.acked >= tally.expect
 
@@ -436,8 +433,6 @@ async def floor_redis(url: str, tag: str, args: argparse.Namespace, drain: bool)
         if consumer is not None:
             consumer.cancel()
             await asyncio.gather(consumer, return_exceptions=True)
-        await client.delete(key)
-        await client.aclose()
 
 
 FLOORS = {"nats": floor_nats, "redis": floor_redis}
