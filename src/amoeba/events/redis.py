@@ -120,6 +120,9 @@ class _Subscription:
         self.held: set[tuple[str, str]] = set()
         self.timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.tasks: set[asyncio.Task[None]] = set()  # handlers and redeliveries
+        # Per stream, the acks gathering for the next XACK and its answer (see ``ack``).
+        self.acking: dict[str, tuple[list[str], asyncio.Future[None]]] = {}
+        self.ack_due = asyncio.Event()
         self.loops: list[asyncio.Task[None]] = []
         self.closed = False  # a late ack/nack then leaves the entry pending for others
 
@@ -135,7 +138,8 @@ class _Subscription:
                     raise
 
     def start(self) -> None:
-        self.loops = [asyncio.create_task(self._read()), asyncio.create_task(self._reclaim())]
+        self.loops = [asyncio.create_task(self._read()), asyncio.create_task(self._reclaim()),
+                      asyncio.create_task(self._acks())]
 
     async def stop(self) -> None:
         self.closed = True
@@ -200,16 +204,40 @@ class _Subscription:
                 self.held.discard((delivery._stream, delivery._entry))
 
     async def ack(self, stream: str, entry: str) -> None:
+        """XACK ``entry``, and return once Redis answered.  The acks are sent by
+        one task (``_acks``): those made while an XACK is under way (a batch of
+        deliveries settled together) leave in the next one."""
         self.held.discard((stream, entry))
         if self.closed:
             return
-        try:
-            await self.redis.xack(stream, self.group, entry)
-        except TRANSIENT as exc:
-            # Not raised: the entry stays pending, another consumer (or this one)
-            # reclaims it after claim_idle, and the consumer's inbox drops the repeat.
-            log.warning("events: XACK %s %s for group %r failed (%s); it will be redelivered",
-                        stream, entry, self.group, exc)
+        if not self.acking:
+            self.ack_due.set()
+        entries, sent = self.acking.setdefault(
+            stream, ([], asyncio.get_running_loop().create_future()))
+        entries.append(entry)
+        await asyncio.shield(sent)
+
+    async def _acks(self) -> None:
+        """Sends the acks gathered by ``ack``, one XACK per stream at a time."""
+        while True:
+            await self.ack_due.wait()
+            self.ack_due.clear()
+            acking, self.acking = self.acking, {}
+            try:
+                for stream, (entries, _sent) in acking.items():
+                    try:
+                        await self.redis.xack(stream, self.group, *entries)
+                    except TRANSIENT as exc:
+                        # Not raised: the entries stay pending, another consumer (or
+                        # this one) reclaims them after claim_idle, and the
+                        # consumer's inbox drops the repeat.
+                        log.warning("events: XACK of %d entries of %s (first %s) for group %r "
+                                    "failed (%s); they will be redelivered", len(entries),
+                                    stream, entries[0], self.group, exc)
+            finally:
+                for _entries, sent in acking.values():
+                    if not sent.done():
+                        sent.set_result(None)
 
     def retry_later(self, stream: str, entry: str, delay: float) -> None:
         if self.closed:
