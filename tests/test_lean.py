@@ -210,6 +210,42 @@ async def test_a_savepoint_undoes_only_its_own_work(any_db: Database):
     assert {"kept", "also kept"} <= names and "undone" not in names
 
 
+async def test_nested_savepoints_keep_their_order_whatever_runs_first_inside(any_db: Database):
+    async with any_db.transaction() as conn:
+        outer = await conn.begin_nested()
+        inner = await conn.begin_nested()
+        await conn.run_sync(lambda c: c.execute(things.insert().values(name="inner", price=1, at=AT)))
+        await inner.commit()
+        await conn.execute(things.insert().values(name="outer", price=1, at=AT))
+        await outer.rollback()  # undoes both: the inner one was released into it
+        async with conn.begin_nested():
+            pass  # nothing inside: nothing to release
+        with pytest.raises(RuntimeError):
+            async with conn.begin_nested():
+                raise RuntimeError("before any statement: nothing to roll back")
+        await conn.execute(things.insert().values(name="after", price=1, at=AT))
+    names = {n for (n,) in await any_db.fetchall(sa.select(things.c.name))}
+    assert "after" in names and not names & {"inner", "outer"}
+
+
+async def test_a_savepoint_with_nothing_inside_costs_no_statement(db: Database):
+    assert db._lean is not None
+    raw = db._lean.connection()
+    sent: list[str] = []
+    raw.set_trace_callback(sent.append)
+    try:
+        async with db.transaction() as conn:
+            for _ in range(3):
+                async with conn.begin_nested():
+                    pass
+            async with conn.begin_nested():
+                await conn.execute(things.insert().values(name="one", price=1, at=AT))
+    finally:
+        raw.set_trace_callback(None)
+    savepoints = [q for q in sent if q.startswith(("SAVEPOINT amoeba_sp", "RELEASE amoeba_sp"))]
+    assert savepoints == ["SAVEPOINT amoeba_sp_4", "RELEASE amoeba_sp_4"], sent
+
+
 async def test_a_busy_connection_is_unavailable_after_pool_timeout(tmp_path: Path):
     database = await Database.open(ResourceContext(
         "scratch", None, tmp_path, {"database": {"pool_timeout": 0.2}}, owner=Scratch))

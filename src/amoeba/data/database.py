@@ -855,9 +855,22 @@ class LeanConnection:
         self._raw = raw
         self._sa: AsyncConnection | None = None
         self._savepoints = 0
+        # Savepoints begun inside which nothing has run yet: sent just before the
+        # first statement, so a handler that writes nothing costs no SAVEPOINT
+        # and RELEASE (the inbox's savepoint per event of a batch).
+        self.pending: list[Savepoint] = []
+
+    def sync(self) -> None:
+        """Send the savepoints begun and not yet sent, outermost first."""
+        for savepoint in self.pending:
+            self._raw.execute(f"SAVEPOINT {savepoint.name}")
+            savepoint.sent = True
+        self.pending.clear()
 
     async def execute(self, statement: sa.Executable, parameters: Params = None, *,
                       execution_options: Mapping[str, Any] | None = None) -> Any:
+        if self.pending:
+            self.sync()
         if not execution_options:
             bound = self._owner.bind(statement, parameters)
             if bound is not None:
@@ -880,11 +893,13 @@ class LeanConnection:
 
     def begin_nested(self) -> Savepoint:
         self._savepoints += 1
-        return Savepoint(self._raw, f"amoeba_sp_{self._savepoints}")
+        return Savepoint(self, self._raw, f"amoeba_sp_{self._savepoints}")
 
     async def sqlalchemy(self) -> AsyncConnection:
         """An ``AsyncConnection`` inside this transaction (SQLAlchemy's pool
         holds the same sqlite3 connection; its BEGIN is skipped: ours is open)."""
+        if self.pending:
+            self.sync()
         if self._sa is None:
             conn = await self._owner.db.engine.connect()
             self._owner.shared.owned = True
@@ -908,31 +923,42 @@ class LeanConnection:
 class Savepoint:
     """``begin_nested()`` of a :class:`LeanConnection`: ``async with`` (released
     on success, rolled back to on an exception), or awaited and then
-    ``commit()`` / ``rollback()``, as SQLAlchemy's ``AsyncTransaction``."""
+    ``commit()`` / ``rollback()``, as SQLAlchemy's ``AsyncTransaction``.
+    SAVEPOINT is sent only when something first runs inside it
+    (``LeanConnection.sync``): with nothing inside, there is nothing to
+    release or to roll back."""
 
-    def __init__(self, raw: sqlite3.Connection, name: str):
+    def __init__(self, conn: LeanConnection, raw: sqlite3.Connection, name: str):
+        self._conn = conn
         self._raw = raw
-        self._name = name
+        self.name = name
         self._open = False
+        self.sent = False
 
     async def start(self) -> Savepoint:
-        self._raw.execute(f"SAVEPOINT {self._name}")
         self._open = True
+        self._conn.pending.append(self)
         return self
 
     def __await__(self) -> Any:
         return self.start().__await__()
 
+    def _close(self) -> bool:
+        """Closed now; was its SAVEPOINT sent?"""
+        self._open = False
+        if not self.sent:
+            with contextlib.suppress(ValueError):
+                self._conn.pending.remove(self)
+        return self.sent
+
     async def commit(self) -> None:
-        if self._open:
-            self._open = False
-            self._raw.execute(f"RELEASE {self._name}")
+        if self._open and self._close():
+            self._raw.execute(f"RELEASE {self.name}")
 
     async def rollback(self) -> None:
-        if self._open:
-            self._open = False
-            self._raw.execute(f"ROLLBACK TO {self._name}")
-            self._raw.execute(f"RELEASE {self._name}")
+        if self._open and self._close():
+            self._raw.execute(f"ROLLBACK TO {self.name}")
+            self._raw.execute(f"RELEASE {self.name}")
 
     async def __aenter__(self) -> Savepoint:
         return await self.start()
