@@ -105,6 +105,44 @@ async def test_every_group_gets_every_message_once(buses):
     assert await bus.pending("alpha") == 0
 
 
+async def test_a_batch_published_at_once_arrives_whole_and_in_order(buses):
+    bus = await buses()
+    got = Collect()
+    await bus.subscribe("alpha", ["test.happened", "test.other"], got)
+    sent = [msg("test.happened" if i % 3 else "test.other", key=f"k{i % 4}") for i in range(150)]
+    await bus.publish_many(sent)  # returns once the broker holds every one
+    await bus.publish_many(sent[:1])  # a repeat: NATS stores it once (Nats-Msg-Id)
+    kind = type(bus).__name__
+    await got.wait_for(150 if kind == "NatsBus" else 151)
+    await settled(bus, "alpha")
+    ids = [i for i, _ in got.seen]
+    assert sorted(set(ids)) == sorted(m.id for m in sent)
+    assert len(ids) == (150 if kind == "NatsBus" else 151)
+    if kind in ("NatsBus", "RedisBus"):  # one consumer: handlers start in publish order
+        for name in ("test.happened", "test.other"):
+            order = [m.id for m in sent if m.name == name]
+            assert [i for i in dict.fromkeys(ids) if i in set(order)] == order
+
+
+async def test_nats_publish_many_raises_when_no_stream_takes_it():
+    url = _url("nats")
+    assert url is not None
+    from amoeba.events.nats import delete_stream
+
+    app = f"t{uuid.uuid4().hex[:8]}"
+    bus = open_bus(url, app=app)
+    await bus.start()
+    try:
+        await bus.publish_many([msg(), msg()])
+        await delete_stream(url, app=app)
+        with pytest.raises(ConnectionError, match="no JetStream stream took"):
+            async with asyncio.timeout(10):
+                await bus.publish_many([msg(), msg()])
+    finally:
+        await bus.aclose()
+        await delete_stream(url, app=app)
+
+
 async def test_replicas_of_a_group_share_the_messages(buses):
     one, two = await buses(), await buses()
     a, b = Collect(work=0.02), Collect(work=0.02)  # each delivery takes a while: both get work

@@ -51,6 +51,7 @@ by exiting.  A pull request lost with the old connection is given up after
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -74,6 +75,7 @@ DUPLICATE_WINDOW = 120.0  # s: a publish retried within it is stored once
 # got until n arrive or the wait ends, so a long wait there would delay them.
 FETCH_WAIT = 5.0
 BATCH_WAIT = 0.05
+PUBLISH_WAIT = 5.0  # s: publish_many's wait for JetStream's acks, as nats-py's request
 BACKOFF = (0.1, 5.0)  # s: first and longest pause after a fetch error
 OPTIONS = {"ack_wait": 30.0, "max_age": 7 * 24 * 3600.0}  # URL query parameters, seconds
 
@@ -201,6 +203,60 @@ class _Slots:
             self._changed.notify_all()
 
 
+class _Acks:
+    """JetStream's answers to ``publish_many``'s messages, on one subscription
+    of a private inbox: ``<inbox>.<n>`` answers the message sent with that
+    reply subject."""
+
+    def __init__(self, nc: Client):
+        self.nc = nc
+        self.prefix = nc.new_inbox()
+        self.waiting: dict[str, asyncio.Future[None]] = {}
+        self.seq = 0
+
+    async def start(self) -> None:
+        await self.nc.subscribe(self.prefix + ".*", cb=self._answered)
+
+    def expect(self) -> tuple[str, asyncio.Future[None]]:
+        self.seq += 1
+        token = str(self.seq)
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting[token] = answered
+        return f"{self.prefix}.{token}", answered
+
+    def forget(self, futures: list[asyncio.Future[None]]) -> None:
+        """A batch is over: stop waiting for what did not answer."""
+        stale = False
+        for answered in futures:
+            if not answered.done():
+                answered.cancel()
+                stale = True
+            elif not answered.cancelled():
+                answered.exception()  # seen: the batch raised its first error
+        if stale:
+            self.waiting = {t: f for t, f in self.waiting.items() if not f.done()}
+
+    async def _answered(self, msg: Msg) -> None:
+        answered = self.waiting.pop(msg.subject.rpartition(".")[2], None)
+        if answered is None or answered.done():
+            return  # given up on (timed out), or a repeat
+        data = msg.data
+        if data.startswith(b'{"stream"') and b'"error"' not in data:
+            answered.set_result(None)
+            return
+        if not data:  # a status: 503, no stream takes the subject
+            status = (msg.headers or {}).get("Status", "no answer")
+            answered.set_exception(ConnectionError(
+                f"NATS: no JetStream stream took {msg.subject} (status {status}); is the "
+                f"stream there?"))
+            return
+        try:
+            error = json.loads(data).get("error", data)
+        except ValueError:
+            error = data
+        answered.set_exception(ConnectionError(f"NATS JetStream refused a publish: {error}"))
+
+
 class NatsBus(EventBus):
     durable = True
 
@@ -214,6 +270,7 @@ class NatsBus(EventBus):
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # fetch loops and handlers
+        self._acks: _Acks | None = None  # publish_many's answers, from the first one on
 
     def __repr__(self) -> str:
         return (f"<NatsBus {self._server} stream={self.stream} ack_wait={self.ack_wait:g}s "
@@ -269,9 +326,38 @@ class NatsBus(EventBus):
                                         stream=self.stream, headers=headers)
 
     async def publish_many(self, messages: list[Message]) -> None:
-        # All at once: the requests go out in order on the one connection, and
-        # their acks come back together.
-        await asyncio.gather(*(self.publish(m) for m in messages))
+        """All at once, in order on the one connection, each with a reply subject
+        of this bus's own acks subscription; return once JetStream acked every
+        one (raise if one was refused or none came within ``PUBLISH_WAIT``:
+        the relay publishes the batch again, ``Nats-Msg-Id`` drops repeats).
+        One subscription and a future per message, instead of nats-py's
+        request (a timer, a task and a JSON parse per message)."""
+        if len(messages) == 1:
+            await self.publish(messages[0])
+            return
+        nc = self._nc
+        if nc is None:
+            raise RuntimeError(f"{self!r}: call start() first (or it was closed)")
+        if self._acks is None:
+            self._acks = _Acks(nc)
+            await self._acks.start()
+        acks = self._acks
+        waiting = []
+        try:
+            for message in messages:
+                headers = {"Nats-Msg-Id": message.dedupe or message.id,
+                           "Amoeba-Id": message.id, "Nats-Expected-Stream": self.stream}
+                if message.key is not None:
+                    headers["Amoeba-Key"] = message.key
+                reply, answered = acks.expect()
+                waiting.append(answered)
+                await nc.publish(subject(self.app, message.name), message.payload,
+                                 reply=reply, headers=headers)
+            async with asyncio.timeout(PUBLISH_WAIT):
+                for answered in waiting:
+                    await answered
+        finally:
+            acks.forget(waiting)
 
     async def subscribe(self, group: str, names: list[str], handler: Handler) -> None:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -354,7 +440,7 @@ class NatsBus(EventBus):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        nc, self._nc, self._js = self._nc, None, None
+        nc, self._nc, self._js, self._acks = self._nc, None, None, None
         if nc is None:
             return
         # Not drain(): it waits for the pull subscriptions' queues, which nobody
