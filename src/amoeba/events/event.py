@@ -24,9 +24,9 @@
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from random import getrandbits as _bits
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
@@ -40,7 +40,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _new_id() -> str:
-    return uuid.uuid4().hex
+    # 128 bits from the PRNG (seeded from the OS, and again in a forked
+    # child), not a getrandom() syscall per event as uuid4(): ids need to be
+    # unique, not secret.  Formatted as uuid4().hex is: 32 hex digits, the
+    # version and variant bits set.
+    return f"{_bits(128) & _CLEAR | _UUID4:032x}"
+
+
+_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID4 = (0x4 << 76) | (0x2 << 62)
 
 
 def _now() -> datetime:

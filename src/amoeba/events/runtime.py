@@ -186,7 +186,7 @@ class _Relay:
                 self.handed = rows[-1].seq
                 continue
             await bus.publish_many(msgs)
-            await self.db.execute(outbox.delete().where(outbox.c.seq.in_([r.seq for r in rows])))
+            await self.db.execute(_delete_rows(), {"seqs": [r.seq for r in rows]})
 
     def _settler(self, seq: int) -> Callable[[asyncio.Future[None]], None]:
         def settle(_: asyncio.Future[None]) -> None:
@@ -196,12 +196,11 @@ class _Relay:
         return settle
 
     async def _forget_settled(self) -> None:
-        from amoeba.events.outbox import outbox
 
         if not self.settled:
             return
         done, self.settled = self.settled, []
-        await self.db.execute(outbox.delete().where(outbox.c.seq.in_(done)))
+        await self.db.execute(_delete_rows(), {"seqs": done})
 
 
 # Statements built once, on first use (SQLAlchemy is imported only by processes
@@ -217,6 +216,19 @@ def _next_rows(limit: int) -> Any:
         from amoeba.events.outbox import outbox
 
         query = _statements[limit] = outbox.select().order_by(outbox.c.seq).limit(limit)
+    return query
+
+
+def _delete_rows() -> Any:
+    """``DELETE FROM amoeba_outbox WHERE seq IN (:seqs)``, the list expanded."""
+    query = _statements.get("delete")
+    if query is None:
+        import sqlalchemy as sa
+
+        from amoeba.events.outbox import outbox
+
+        query = _statements["delete"] = outbox.delete().where(
+            outbox.c.seq.in_(sa.bindparam("seqs", expanding=True)))
     return query
 
 
