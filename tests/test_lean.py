@@ -246,6 +246,72 @@ async def test_a_savepoint_with_nothing_inside_costs_no_statement(db: Database):
     assert savepoints == ["SAVEPOINT amoeba_sp_4", "RELEASE amoeba_sp_4"], sent
 
 
+@pytest.fixture
+async def pg_db(tmp_path: Path) -> AsyncIterator[Database]:
+    name = f"amoeba_t_{uuid.uuid4().hex[:10]}"
+    await _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        async for database in _opened(tmp_path, f"{postgres_url()}/{name}"):
+            assert database._pg_lean, "asyncpg should take the lean path"
+            yield database
+    finally:
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_a_postgresql_transaction_takes_one_greenlet_and_gives_its_connection_back(
+        pg_db: Database, monkeypatch: pytest.MonkeyPatch):
+    from amoeba.data import database as module
+
+    spawned: list[Any] = []
+    real = module.greenlet_spawn
+
+    async def counting(fn: Any, *args: Any, **kw: Any) -> Any:
+        spawned.append(fn)
+        return await real(fn, *args, **kw)
+
+    monkeypatch.setattr(module, "greenlet_spawn", counting)
+    pool: Any = pg_db.engine.sync_engine.pool
+    async with pg_db.transaction() as conn:
+        await conn.execute(things.insert().values(name="a", price=1, at=AT))
+        await conn.execute(things.update().where(things.c.name == "a").values(price=2))
+        assert pool.checkedout() == 1
+    assert len(spawned) == 1, spawned  # the checkout; BEGIN, COMMIT and checkin without one
+    assert pool.checkedout() == 0
+    assert await pg_db.scalar(sa.select(things.c.price).where(things.c.name == "a")) == 2
+
+    with pytest.raises(RuntimeError):
+        async with pg_db.transaction() as conn:
+            await conn.execute(things.insert().values(name="b", price=1, at=AT))
+            raise RuntimeError("undo")
+    assert pool.checkedout() == 0
+    assert await pg_db.scalar(sa.select(sa.func.count()).where(things.c.name == "b")) == 0
+
+    async with pg_db.transaction() as conn:  # SQLAlchemy first, then lean: one transaction
+        await conn.run_sync(lambda c: c.execute(things.insert().values(name="c", price=1, at=AT)))
+        await conn.execute(things.insert().values(name="d", price=1, at=AT))
+        assert await conn.scalar(sa.select(sa.func.count()).where(
+            things.c.name.in_(["c", "d"]))) == 2
+    assert pool.checkedout() == 0
+    assert await pg_db.scalar(sa.select(sa.func.count()).where(
+        things.c.name.in_(["c", "d"]))) == 2
+
+
+async def test_a_failing_postgresql_commit_is_sqlalchemys_error(pg_db: Database):
+    async with pg_db.transaction() as conn:  # checked at COMMIT, not at the INSERT
+        await conn.exec_driver_sql("ALTER TABLE things ADD CONSTRAINT one_price UNIQUE (price) "
+                                   "DEFERRABLE INITIALLY DEFERRED")
+    pool: Any = pg_db.engine.sync_engine.pool
+    with pytest.raises(sa.exc.IntegrityError, match="one_price"):
+        async with pg_db.transaction() as conn:  # lean statements only: the COMMIT is ours
+            await conn.execute(things.insert().values(name="x", price=777, at=AT))
+            await conn.execute(things.insert().values(name="y", price=777, at=AT))
+    assert pool.checkedout() == 0
+    assert await pg_db.scalar(sa.select(sa.func.count()).where(things.c.price == 777)) == 0
+    async with pg_db.transaction() as conn:  # the connection went back clean
+        await conn.execute(things.insert().values(name="z", price=777, at=AT))
+    assert await pg_db.scalar(sa.select(sa.func.count()).where(things.c.price == 777)) == 1
+
+
 async def test_a_busy_connection_is_unavailable_after_pool_timeout(tmp_path: Path):
     database = await Database.open(ResourceContext(
         "scratch", None, tmp_path, {"database": {"pool_timeout": 0.2}}, owner=Scratch))

@@ -41,7 +41,9 @@ the event loop share one COMMIT (group commit, see ``_SQLiteLean``), and
 ``transaction()`` yields a :class:`LeanConnection` with the statement methods
 of ``AsyncConnection`` (``execute``, ``scalar``, ``scalars``,
 ``exec_driver_sql``, ``run_sync``, ``begin_nested``); on PostgreSQL a
-:class:`PGConnection` wrapping the ``AsyncConnection``.
+:class:`PGConnection`, a pooled connection whose BEGIN goes with its first
+statement and whose COMMIT and checkin need no greenlet (an
+``AsyncConnection`` over it is made only for what ``lean`` does not take).
 
 API::
 
@@ -359,9 +361,26 @@ class Database(Resource):
         if self._lean is not None:
             async with self._lean.transaction() as lean_conn:
                 yield lean_conn
+        elif self._pg_lean:
+            # One greenlet for the pool's checkout; BEGIN goes with the first
+            # statement, COMMIT and the checkin run here without one (as an
+            # AsyncConnection's begin, commit and close would take three more).
+            try:
+                fairy = await greenlet_spawn(self.engine.sync_engine.raw_connection)
+            except self.engine.dialect.loaded_dbapi.Error as exc:
+                raise sa_exc.DBAPIError.instance(None, None, exc,
+                                                 self.engine.dialect.loaded_dbapi.Error,
+                                                 dialect=self.engine.dialect) from exc
+            conn = PGConnection(self, fairy)
+            try:
+                yield conn
+            except BaseException:
+                await asyncio.shield(conn.finish(commit=False))
+                raise
+            await conn.finish(commit=True)
         else:
-            async with self._writer.begin() as conn:
-                yield PGConnection(self, conn) if self._pg_lean else conn
+            async with self._writer.begin() as sa_conn:
+                yield sa_conn
 
     async def execute(self, stmt: Statement, params: Params = None) -> sa.CursorResult[Any]:
         return await self._run(_RESULT, stmt, params)  # type: ignore[no-any-return]
@@ -527,18 +546,30 @@ def _dbapi_error(dialect: sa.Dialect, bound: lean.Bound, exc: Exception, *,
 
 
 class PGConnection:
-    """What ``Database.transaction()`` yields on PostgreSQL with asyncpg: the
-    transaction's ``AsyncConnection``, whose statements run on its asyncpg
-    adapter without SQLAlchemy's execution machinery or a greenlet when
-    ``lean`` takes them; everything else is the ``AsyncConnection``'s."""
+    """What ``Database.transaction()`` yields on PostgreSQL with asyncpg: a
+    pooled connection whose statements run on SQLAlchemy's asyncpg adapter
+    without its execution machinery or a greenlet when ``lean`` takes them.
+    Everything else (``run_sync``, ``begin_nested``, a statement ``lean`` does
+    not take, any other ``AsyncConnection`` attribute) goes to an
+    ``AsyncConnection`` made on first use over the same connection, inside
+    the same transaction: the adapter's one asyncpg transaction, begun by
+    whichever runs a statement first."""
 
-    def __init__(self, db: Database, conn: AsyncConnection):
+    def __init__(self, db: Database, fairy: Any):
         self._db = db
-        self._conn = conn
-        self._adapted: Any = None
+        self._fairy = fairy
+        self._adapted: Any = fairy.dbapi_connection
+        self._sa: AsyncConnection | None = None
+
+    def sqlalchemy(self) -> AsyncConnection:
+        """The ``AsyncConnection`` of this transaction (made without I/O)."""
+        if self._sa is None:
+            sync = sa.Connection(self._db.engine.sync_engine, connection=self._fairy)
+            self._sa = AsyncConnection(self._db.engine, sync)
+        return self._sa
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
+        return getattr(self.sqlalchemy(), name)
 
     async def execute(self, statement: sa.Executable, parameters: Params = None, *,
                       execution_options: Mapping[str, Any] | None = None) -> Any:
@@ -546,10 +577,6 @@ class PGConnection:
             db = self._db
             bound = lean.bind(statement, parameters, db.engine.dialect, db._cache)
             if bound is not None:
-                if self._adapted is None:
-                    sync = self._conn.sync_connection
-                    assert sync is not None
-                    self._adapted = sync.connection.dbapi_connection
                 try:
                     return await lean.asyncpg_execute(self._adapted, bound, begin=True)
                 except Exception as exc:
@@ -557,11 +584,11 @@ class PGConnection:
                         raise
                     dialect = db.engine.dialect
                     if dialect.is_disconnect(exc, self._adapted, None):  # type: ignore[arg-type]
-                        await self._conn.invalidate(exc)
+                        self._fairy.invalidate(exc)
                         raise _dbapi_error(dialect, bound, exc, invalidated=True) from exc
                     raise _dbapi_error(dialect, bound, exc) from exc
-        return await self._conn.execute(statement, parameters,
-                                        execution_options=execution_options or {})
+        return await self.sqlalchemy().execute(statement, parameters,
+                                               execution_options=execution_options or {})
 
     async def scalar(self, statement: sa.Executable, parameters: Params = None) -> Any:
         return (await self.execute(statement, parameters)).scalar()
@@ -570,13 +597,47 @@ class PGConnection:
         return (await self.execute(statement, parameters)).scalars()
 
     async def exec_driver_sql(self, statement: str, parameters: Any = None) -> Any:
-        return await self._conn.exec_driver_sql(statement, parameters)
+        return await self.sqlalchemy().exec_driver_sql(statement, parameters)
 
     async def run_sync(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        return await self._conn.run_sync(fn, *args, **kw)
+        return await self.sqlalchemy().run_sync(fn, *args, **kw)
 
     def begin_nested(self) -> Any:
-        return self._conn.begin_nested()
+        return self.sqlalchemy().begin_nested()
+
+    async def finish(self, *, commit: bool) -> None:
+        """COMMIT (or ROLLBACK) and give the connection back to the pool."""
+        adapted, sa_conn = self._adapted, self._sa
+        dialect = self._db.engine.dialect
+        try:
+            if sa_conn is not None:  # its transaction, if SQLAlchemy began one
+                await (sa_conn.commit() if commit else sa_conn.rollback())
+            transaction = adapted._transaction
+            if transaction is not None:  # begun by a lean statement
+                try:
+                    await adapted._call_and_discard(
+                        transaction.commit if commit else transaction.rollback)
+                except Exception as error:
+                    adapted._handle_exception(error)  # raises the adapter's error
+        except Exception as exc:
+            if isinstance(exc, sa_exc.SQLAlchemyError):
+                raise
+            invalidated = dialect.is_disconnect(exc, adapted, None)  # type: ignore[arg-type]
+            if invalidated:
+                self._fairy.invalidate(exc)
+            dbapi = dialect.loaded_dbapi
+            if not isinstance(exc, dbapi.Error):
+                raise
+            raise sa_exc.DBAPIError.instance(
+                "COMMIT" if commit else "ROLLBACK", None, exc, dbapi.Error, dialect=dialect,
+                connection_invalidated=invalidated) from exc
+        finally:
+            if sa_conn is not None:
+                await sa_conn.close()  # gives the connection back
+            elif adapted._transaction is None:
+                self._fairy.close()  # nothing left to roll back: no I/O
+            else:  # the COMMIT or ROLLBACK failed: the pool's reset talks to the server
+                await greenlet_spawn(self._fairy.close)
 
 
 class _SQLiteLean:
