@@ -147,6 +147,12 @@ HOLD_LINES = sa.select(hold_lines.c.product_id, hold_lines.c.qty).where(hold_lin
 END_HOLD = (holds.update().where(holds.c.hold_id == _hold, holds.c.state == "held")
             .values(state=sa.bindparam("state")))
 DROP_LINES = hold_lines.delete().where(hold_lines.c.hold_id == _hold)
+OPEN_HOLD = holds.insert()
+ADD_LINES = hold_lines.insert()
+_holds = sa.bindparam("holds", expanding=True)
+CONFIRM = (holds.update().where(holds.c.hold_id.in_(_holds), holds.c.state == "held")
+           .values(state="confirmed"))
+DROP_CONFIRMED = hold_lines.delete().where(hold_lines.c.hold_id.in_(_holds))
 
 
 def _merge(lines: list[Line]) -> list[tuple[int, int]]:
@@ -277,9 +283,9 @@ class Catalog(Service):
         async with self.db.transaction() as conn:
             # First, so that a concurrent release of the same hold (its tombstone)
             # and this reservation exclude each other on the primary key.
-            await conn.execute(holds.insert().values(hold_id=hold, state="held",
-                                                     created_at=datetime.now(UTC)))
-            await conn.execute(hold_lines.insert(), [
+            await conn.execute(OPEN_HOLD, {"hold_id": hold, "state": "held",
+                                           "created_at": datetime.now(UTC)})
+            await conn.execute(ADD_LINES, [
                 {"hold_id": hold, "product_id": pid, "qty": qty} for pid, qty in wanted])
             for pid, qty in wanted:
                 args = {"pid": pid, "qty": qty}
@@ -330,10 +336,8 @@ class Catalog(Service):
         if not hold_ids:
             return 0
         async with self.db.transaction() as conn:
-            done = (await conn.execute(holds.update().where(
-                holds.c.hold_id.in_(hold_ids), holds.c.state == "held",
-            ).values(state="confirmed"))).rowcount
-            await conn.execute(hold_lines.delete().where(hold_lines.c.hold_id.in_(hold_ids)))
+            done = (await conn.execute(CONFIRM, {"holds": hold_ids})).rowcount
+            await conn.execute(DROP_CONFIRMED, {"holds": hold_ids})
         return int(done)
 
 
