@@ -163,19 +163,19 @@ class _Relay:
 
     async def drain(self) -> None:
         from amoeba.events.memory import MemoryBus
-        from amoeba.events.outbox import outbox
 
         bus = self.events.bus
         limit = self.events.settings.batch
         while True:
             await self._forget_settled()
-            query = _next_rows(limit)
             if isinstance(bus, MemoryBus):
                 # Rows handed over and not yet settled stay in the table; read past
                 # them.  (Safe only here: one process, one connection, so rows are
                 # committed in seq order.)
-                query = query.where(outbox.c.seq > self.handed)
-            rows = await self.db.fetchall(query)
+                rows = await self.db.fetchall(_next_rows(limit, after=True),
+                                              {"after": self.handed})
+            else:
+                rows = await self.db.fetchall(_next_rows(limit))
             if not rows:
                 return
             msgs = [Message(name=r.name, id=r.id, payload=r.payload.encode(), key=r.event_key,
@@ -209,13 +209,18 @@ class _Relay:
 _statements: dict[Any, Any] = {}
 
 
-def _next_rows(limit: int) -> Any:
-    """``SELECT * FROM amoeba_outbox ORDER BY seq LIMIT <limit>``."""
-    query = _statements.get(limit)
+def _next_rows(limit: int, *, after: bool = False) -> Any:
+    """``SELECT * FROM amoeba_outbox [WHERE seq > :after] ORDER BY seq LIMIT <limit>``."""
+    query = _statements.get((limit, after))
     if query is None:
+        import sqlalchemy as sa
+
         from amoeba.events.outbox import outbox
 
-        query = _statements[limit] = outbox.select().order_by(outbox.c.seq).limit(limit)
+        query = outbox.select().order_by(outbox.c.seq).limit(limit)
+        if after:
+            query = query.where(outbox.c.seq > sa.bindparam("after"))
+        _statements[(limit, after)] = query
     return query
 
 
