@@ -312,6 +312,28 @@ async def test_a_failing_postgresql_commit_is_sqlalchemys_error(pg_db: Database)
     assert await pg_db.scalar(sa.select(sa.func.count()).where(things.c.price == 777)) == 1
 
 
+async def test_bound_values_come_from_the_caller_and_the_statement_alike(any_db: Database):
+    """The driver's parameters, mixed from the caller's values, the statement's
+    own literals, bind defaults and callables, each call anew."""
+    calls = iter(range(100, 200))
+    stmt = things.insert().values(name=sa.bindparam("n"), price=sa.bindparam("p", value=7),
+                                  at=AT)
+    for i in range(3):  # the first call finds where each value comes from; the others reuse it
+        await any_db.execute(stmt, {"n": f"lit{i}", "p": i})
+    await any_db.execute(stmt, {"n": "default"})  # another key set: p's default
+    await any_db.execute(stmt, [{"n": "many1", "p": 1}, {"n": "many2", "p": 2}])
+    with pytest.raises(sa.exc.InvalidRequestError, match="bind parameter .n., in parameter group 1"):
+        await any_db.execute(stmt, [{"n": "ok", "p": 1}, {"p": 2}])  # the second lacks n
+    later = things.update().where(things.c.name == sa.bindparam("who")).values(
+        price=sa.bindparam("p", callable_=lambda: next(calls)))
+    await any_db.execute(later, {"who": "lit0"})
+    await any_db.execute(later, {"who": "lit1"})
+    rows = {r.name: r.price for r in await any_db.fetchall(
+        sa.select(things.c.name, things.c.price).where(things.c.id > 5))}
+    assert rows == {"lit0": 100, "lit1": 101, "lit2": 2, "default": 7, "many1": 1, "many2": 2}
+    assert all(type(v) is Decimal for v in rows.values())
+
+
 async def test_a_busy_connection_is_unavailable_after_pool_timeout(tmp_path: Path):
     database = await Database.open(ResourceContext(
         "scratch", None, tmp_path, {"database": {"pool_timeout": 0.2}}, owner=Scratch))

@@ -174,13 +174,14 @@ def bind(stmt: Any, params: Any, dialect: Dialect, cache: Any) -> Bound | None:
         stmt.__dict__["_amoeba_compiled"] = (id(stmt), memo)
     key = (dialect, tuple(sets[0]), many)
     try:
-        compiled, extracted, collected = memo[key]
+        compiled, extracted, collected, fast = memo[key]
     except KeyError:
         compiled, extracted, collected, _hit = stmt._compile_w_cache(
             dialect=dialect, compiled_cache=cache, column_keys=sorted(sets[0]),
             for_executemany=many, schema_translate_map=None, linting=_LINTING)
+        fast = None
         if len(memo) < 16:
-            memo[key] = compiled, extracted, collected
+            memo[key] = compiled, extracted, collected, fast
     if (compiled.insert_prefetch or compiled.update_prefetch or not compiled.positional
             or compiled.schema_translate_map or (many and compiled.effective_returning)
             or (many and compiled._insertmanyvalues is not None)):
@@ -188,6 +189,19 @@ def bind(stmt: Any, params: Any, dialect: Dialect, cache: Any) -> Bound | None:
     plan: Plan | None = compiled.__dict__.get("_amoeba_plan")
     if plan is None:
         plan = compiled.__dict__["_amoeba_plan"] = Plan(compiled, dialect)
+    if fast is None and key in memo and not plan.expanding:
+        fast = _fast(compiled, plan, sets[0], extracted, collected)
+        memo[key] = compiled, extracted, collected, fast
+    if fast:
+        slots, consts = fast
+        try:
+            args = [[(p[v] if proc is None else proc(p[v])) if named else v
+                     for named, v, proc in slots] for p in sets]
+        except KeyError:
+            pass  # a parameter set without a key the first had: SQLAlchemy's way says why
+        else:
+            return Bound(plan, plan.sql, args, many,
+                         [{**consts, **p} for p in sets] if plan.pk is not None else [])
     values = [compiled.construct_params(p, escape_names=False, _group_number=i,
                                         extracted_parameters=extracted,
                                         _collected_params=collected)
@@ -201,6 +215,51 @@ def bind(stmt: Any, params: Any, dialect: Dialect, cache: Any) -> Bound | None:
         procs = {**procs, **state.processors}
     args = [[procs[k](v[k]) if k in procs else v[k] for k in positions] for v in values]
     return Bound(plan, sql, args, many, values)
+
+
+class _Given:
+    """Stands for a caller's parameter in :func:`_fast`'s one trial binding."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+Slots = list[tuple[bool, Any, Callable[[Any], Any] | None]]
+
+
+def _fast(compiled: Any, plan: Plan, given: Mapping[str, Any], extracted: Any,
+          collected: Any) -> tuple[Slots, dict[str, Any]] | bool:
+    """Where each of the driver's parameters of ``compiled`` comes from, for
+    parameter sets with the keys of ``given``: (True, the caller's key, its
+    bind processor) or (False, the statement's own value, processed), and
+    those own values by name.  Found once by letting SQLAlchemy bind stand-ins
+    for the caller's values; later calls then skip ``construct_params``.
+    False when a value would be computed per call (a bind with a callable)."""
+    if any(b.callable is not None for b in compiled.binds.values()):
+        return False
+    try:
+        trial = compiled.construct_params({k: _Given(k) for k in given}, escape_names=False,
+                                          extracted_parameters=extracted,
+                                          _collected_params=collected)
+    except Exception:  # a required parameter missing: the real call says which
+        return False
+    procs = plan.processors
+    slots: Slots = []
+    consts: dict[str, Any] = {}
+    for name in plan.positions:
+        value = trial[name]
+        proc = procs.get(name)
+        if isinstance(value, _Given):
+            slots.append((True, value.name, proc))
+        else:
+            consts[name] = value
+            slots.append((False, value if proc is None else proc(value), None))
+    for name, value in trial.items():  # not a driver's parameter, still a value of the row
+        if not isinstance(value, _Given):
+            consts.setdefault(name, value)
+    return slots, consts
 
 
 async def asyncpg_execute(adapted: Any, bound: Bound, *, begin: bool) -> LeanResult:
