@@ -273,7 +273,13 @@ async def test_a_postgresql_transaction_takes_one_greenlet_and_gives_its_connect
     pool: Any = pg_db.engine.sync_engine.pool
     async with pg_db.transaction() as conn:
         await conn.execute(things.insert().values(name="a", price=1, at=AT))
-        await conn.execute(things.update().where(things.c.name == "a").values(price=2))
+        async with conn.begin_nested():  # savepoints too, sent or not
+            await conn.execute(things.update().where(things.c.name == "a").values(price=2))
+        async with conn.begin_nested():
+            pass
+        with pytest.raises(sa.exc.IntegrityError):
+            async with conn.begin_nested():
+                await conn.execute(things.insert().values(name="a", price=3, at=AT))
         assert pool.checkedout() == 1
     assert len(spawned) == 1, spawned  # the checkout; BEGIN, COMMIT and checkin without one
     assert pool.checkedout() == 0

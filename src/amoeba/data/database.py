@@ -560,6 +560,45 @@ class PGConnection:
         self._fairy = fairy
         self._adapted: Any = fairy.dbapi_connection
         self._sa: AsyncConnection | None = None
+        self._savepoints = 0
+        # Savepoints begun inside which nothing has run yet (as LeanConnection's).
+        self.pending: list[PGSavepoint] = []
+
+    async def sync(self) -> None:
+        """Send the savepoints begun and not yet sent, outermost first."""
+        for savepoint in self.pending:
+            await self.sql(f"SAVEPOINT {savepoint.name}")
+            savepoint.sent = True
+        self.pending.clear()
+
+    async def sql(self, text: str) -> None:
+        """``text`` (no parameters, no rows) on the connection, inside the
+        transaction (begun here if nothing began it yet)."""
+        adapted = self._adapted
+        try:
+            async with adapted._execute_mutex:
+                if adapted._transaction is None:
+                    await adapted._start_transaction()
+                try:
+                    await adapted._connection.execute(text)
+                except Exception as error:
+                    adapted._handle_exception(error)  # raises the adapter's error
+        except Exception as exc:
+            raise self._error(text, exc) from exc
+
+    def _error(self, text: str, exc: Exception) -> Exception:
+        """A driver's error as SQLAlchemy raises it; a disconnect invalidates."""
+        if isinstance(exc, sa_exc.SQLAlchemyError):
+            return exc
+        dialect = self._db.engine.dialect
+        invalidated = dialect.is_disconnect(exc, self._adapted, None)  # type: ignore[arg-type]
+        if invalidated:
+            self._fairy.invalidate(exc)
+        dbapi = dialect.loaded_dbapi
+        if not isinstance(exc, dbapi.Error):
+            return exc
+        return sa_exc.DBAPIError.instance(text, None, exc, dbapi.Error, dialect=dialect,
+                                          connection_invalidated=invalidated)
 
     def sqlalchemy(self) -> AsyncConnection:
         """The ``AsyncConnection`` of this transaction (made without I/O)."""
@@ -573,6 +612,8 @@ class PGConnection:
 
     async def execute(self, statement: sa.Executable, parameters: Params = None, *,
                       execution_options: Mapping[str, Any] | None = None) -> Any:
+        if self.pending:
+            await self.sync()
         if not execution_options:
             db = self._db
             bound = lean.bind(statement, parameters, db.engine.dialect, db._cache)
@@ -597,18 +638,22 @@ class PGConnection:
         return (await self.execute(statement, parameters)).scalars()
 
     async def exec_driver_sql(self, statement: str, parameters: Any = None) -> Any:
+        if self.pending:
+            await self.sync()
         return await self.sqlalchemy().exec_driver_sql(statement, parameters)
 
     async def run_sync(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        if self.pending:
+            await self.sync()
         return await self.sqlalchemy().run_sync(fn, *args, **kw)
 
-    def begin_nested(self) -> Any:
-        return self.sqlalchemy().begin_nested()
+    def begin_nested(self) -> PGSavepoint:
+        self._savepoints += 1
+        return PGSavepoint(self, f"amoeba_sp_{self._savepoints}")
 
     async def finish(self, *, commit: bool) -> None:
         """COMMIT (or ROLLBACK) and give the connection back to the pool."""
         adapted, sa_conn = self._adapted, self._sa
-        dialect = self._db.engine.dialect
         try:
             if sa_conn is not None:  # its transaction, if SQLAlchemy began one
                 await (sa_conn.commit() if commit else sa_conn.rollback())
@@ -620,17 +665,10 @@ class PGConnection:
                 except Exception as error:
                     adapted._handle_exception(error)  # raises the adapter's error
         except Exception as exc:
-            if isinstance(exc, sa_exc.SQLAlchemyError):
+            wrapped = self._error("COMMIT" if commit else "ROLLBACK", exc)
+            if wrapped is exc:
                 raise
-            invalidated = dialect.is_disconnect(exc, adapted, None)  # type: ignore[arg-type]
-            if invalidated:
-                self._fairy.invalidate(exc)
-            dbapi = dialect.loaded_dbapi
-            if not isinstance(exc, dbapi.Error):
-                raise
-            raise sa_exc.DBAPIError.instance(
-                "COMMIT" if commit else "ROLLBACK", None, exc, dbapi.Error, dialect=dialect,
-                connection_invalidated=invalidated) from exc
+            raise wrapped from exc
         finally:
             if sa_conn is not None:
                 await sa_conn.close()  # gives the connection back
@@ -638,6 +676,53 @@ class PGConnection:
                 self._fairy.close()  # nothing left to roll back: no I/O
             else:  # the COMMIT or ROLLBACK failed: the pool's reset talks to the server
                 await greenlet_spawn(self._fairy.close)
+
+
+class PGSavepoint:
+    """``begin_nested()`` of a :class:`PGConnection`, used as SQLAlchemy's
+    (``async with``, or awaited and then ``commit()`` / ``rollback()``).
+    SAVEPOINT is sent only when something first runs inside it; its SQL goes
+    straight to asyncpg, without SQLAlchemy's nested transaction and greenlet."""
+
+    def __init__(self, conn: PGConnection, name: str):
+        self._conn = conn
+        self.name = name
+        self._open = False
+        self.sent = False
+
+    async def start(self) -> PGSavepoint:
+        self._open = True
+        self._conn.pending.append(self)
+        return self
+
+    def __await__(self) -> Any:
+        return self.start().__await__()
+
+    def _close(self) -> bool:
+        """Closed now; was its SAVEPOINT sent?"""
+        self._open = False
+        if not self.sent:
+            with contextlib.suppress(ValueError):
+                self._conn.pending.remove(self)
+        return self.sent
+
+    async def commit(self) -> None:
+        if self._open and self._close():
+            await self._conn.sql(f"RELEASE SAVEPOINT {self.name}")
+
+    async def rollback(self) -> None:
+        if self._open and self._close():
+            await self._conn.sql(f"ROLLBACK TO SAVEPOINT {self.name}")
+            await self._conn.sql(f"RELEASE SAVEPOINT {self.name}")
+
+    async def __aenter__(self) -> PGSavepoint:
+        return await self.start()
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        if kind is None:
+            await self.commit()
+        else:
+            await self.rollback()
 
 
 class _SQLiteLean:
