@@ -242,8 +242,8 @@ async def test_a_savepoint_with_nothing_inside_costs_no_statement(db: Database):
                 await conn.execute(things.insert().values(name="one", price=1, at=AT))
     finally:
         raw.set_trace_callback(None)
-    savepoints = [q for q in sent if q.startswith(("SAVEPOINT amoeba_sp", "RELEASE amoeba_sp"))]
-    assert savepoints == ["SAVEPOINT amoeba_sp_4", "RELEASE amoeba_sp_4"], sent
+    savepoints = [q for q in sent if "amoeba_sp" in q]
+    assert savepoints == ["SAVEPOINT amoeba_sp_4", "RELEASE SAVEPOINT amoeba_sp_4"], sent
 
 
 @pytest.fixture

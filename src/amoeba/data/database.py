@@ -678,53 +678,6 @@ class PGConnection:
                 await greenlet_spawn(self._fairy.close)
 
 
-class PGSavepoint:
-    """``begin_nested()`` of a :class:`PGConnection`, used as SQLAlchemy's
-    (``async with``, or awaited and then ``commit()`` / ``rollback()``).
-    SAVEPOINT is sent only when something first runs inside it; its SQL goes
-    straight to asyncpg, without SQLAlchemy's nested transaction and greenlet."""
-
-    def __init__(self, conn: PGConnection, name: str):
-        self._conn = conn
-        self.name = name
-        self._open = False
-        self.sent = False
-
-    async def start(self) -> PGSavepoint:
-        self._open = True
-        self._conn.pending.append(self)
-        return self
-
-    def __await__(self) -> Any:
-        return self.start().__await__()
-
-    def _close(self) -> bool:
-        """Closed now; was its SAVEPOINT sent?"""
-        self._open = False
-        if not self.sent:
-            with contextlib.suppress(ValueError):
-                self._conn.pending.remove(self)
-        return self.sent
-
-    async def commit(self) -> None:
-        if self._open and self._close():
-            await self._conn.sql(f"RELEASE SAVEPOINT {self.name}")
-
-    async def rollback(self) -> None:
-        if self._open and self._close():
-            await self._conn.sql(f"ROLLBACK TO SAVEPOINT {self.name}")
-            await self._conn.sql(f"RELEASE SAVEPOINT {self.name}")
-
-    async def __aenter__(self) -> PGSavepoint:
-        return await self.start()
-
-    async def __aexit__(self, kind: type[BaseException] | None, *_: Any) -> None:
-        if kind is None:
-            await self.commit()
-        else:
-            await self.rollback()
-
-
 class _SQLiteLean:
     """Statements of a ``sqlite+amoeba`` database on its one sqlite3
     connection, without SQLAlchemy's execution machinery (``lean.py``) and
@@ -1039,7 +992,7 @@ class LeanConnection:
 
     def begin_nested(self) -> Savepoint:
         self._savepoints += 1
-        return Savepoint(self, self._raw, f"amoeba_sp_{self._savepoints}")
+        return Savepoint(self.pending, f"amoeba_sp_{self._savepoints}", self._raw)
 
     async def sqlalchemy(self) -> AsyncConnection:
         """An ``AsyncConnection`` inside this transaction (SQLAlchemy's pool
@@ -1067,23 +1020,28 @@ class LeanConnection:
 
 
 class Savepoint:
-    """``begin_nested()`` of a :class:`LeanConnection`: ``async with`` (released
-    on success, rolled back to on an exception), or awaited and then
-    ``commit()`` / ``rollback()``, as SQLAlchemy's ``AsyncTransaction``.
-    SAVEPOINT is sent only when something first runs inside it
-    (``LeanConnection.sync``): with nothing inside, there is nothing to
-    release or to roll back."""
+    """``begin_nested()`` of a :class:`LeanConnection` (and, through
+    :class:`PGSavepoint`, of a :class:`PGConnection`): ``async with``
+    (released on success, rolled back to on an exception), or awaited and
+    then ``commit()`` / ``rollback()``, as SQLAlchemy's ``AsyncTransaction``.
+    SAVEPOINT is sent only when something first runs inside it (the
+    connection's ``sync``): with nothing inside, there is nothing to release
+    or to roll back."""
 
-    def __init__(self, conn: LeanConnection, raw: sqlite3.Connection, name: str):
-        self._conn = conn
+    def __init__(self, pending: list[Any], name: str, raw: sqlite3.Connection | None = None):
+        self._pending = pending  # the connection's savepoints not yet sent
         self._raw = raw
         self.name = name
         self._open = False
         self.sent = False
 
+    async def _send(self, sql: str) -> None:
+        assert self._raw is not None
+        self._raw.execute(sql)
+
     async def start(self) -> Savepoint:
         self._open = True
-        self._conn.pending.append(self)
+        self._pending.append(self)
         return self
 
     def __await__(self) -> Any:
@@ -1094,17 +1052,17 @@ class Savepoint:
         self._open = False
         if not self.sent:
             with contextlib.suppress(ValueError):
-                self._conn.pending.remove(self)
+                self._pending.remove(self)
         return self.sent
 
     async def commit(self) -> None:
         if self._open and self._close():
-            self._raw.execute(f"RELEASE {self.name}")
+            await self._send(f"RELEASE SAVEPOINT {self.name}")
 
     async def rollback(self) -> None:
         if self._open and self._close():
-            self._raw.execute(f"ROLLBACK TO {self.name}")
-            self._raw.execute(f"RELEASE {self.name}")
+            await self._send(f"ROLLBACK TO SAVEPOINT {self.name}")
+            await self._send(f"RELEASE SAVEPOINT {self.name}")
 
     async def __aenter__(self) -> Savepoint:
         return await self.start()
@@ -1114,3 +1072,16 @@ class Savepoint:
             await self.commit()
         else:
             await self.rollback()
+
+
+class PGSavepoint(Savepoint):
+    """``begin_nested()`` of a :class:`PGConnection`: as :class:`Savepoint`,
+    its SQL straight to asyncpg, without SQLAlchemy's nested transaction and
+    greenlet."""
+
+    def __init__(self, conn: PGConnection, name: str):
+        super().__init__(conn.pending, name)
+        self._conn = conn
+
+    async def _send(self, sql: str) -> None:
+        await self._conn.sql(sql)
