@@ -120,6 +120,64 @@ async def test_redis_buckets_are_shared_between_limiters():
         await two.aclose()
 
 
+async def test_redis_leases_never_let_more_through_than_the_shared_bucket():
+    """Each replica takes a tenth of the burst from Redis at once and spends it
+    locally: across replicas never more than the bucket, and refused early by
+    at most (lease - 1) tokens per other replica; one round trip per lease."""
+    url = redis_url()
+    prefix = f"amoeba:test-{secrets.token_hex(6)}:rl:"
+    bucket = Bucket(50, 0.001)  # no refill to speak of during the test
+    replicas = [RateLimiter({"ip": bucket}, RedisBuckets(url, prefix)) for _ in range(3)]
+    trips = [0, 0, 0]
+    for i, lim in enumerate(replicas):
+        store = lim.store
+        assert isinstance(store, RedisBuckets)
+        script = store.script
+
+        async def counted(*args: Any, _script: Any = script, _i: int = i, **kw: Any) -> Any:
+            trips[_i] += 1
+            return await _script(*args, **kw)
+
+        store.script = counted
+    try:
+        allowed = 0
+        for n in range(200):
+            if await replicas[n % 3].check(None, "10.0.0.9") == 0.0:
+                allowed += 1
+        assert 50 - 2 * (5 - 1) <= allowed <= 50, allowed
+        assert sum(trips) <= allowed / 5 + 200 - allowed + 3, trips  # a lease per 5, or a refusal
+        assert min(trips) >= 1
+    finally:
+        await replicas[0].store.client.delete(prefix + "ip:10.0.0.9")  # type: ignore[attr-defined]
+        for lim in replicas:
+            await lim.aclose()
+
+
+async def test_a_redis_lease_lapses_once_redis_would_have_refilled_it():
+    url = redis_url()
+    prefix = f"amoeba:test-{secrets.token_hex(6)}:rl:"
+    store = RedisBuckets(url, prefix)
+    trips: list[float] = []
+    script = store.script
+
+    async def counted(*args: Any, **kw: Any) -> Any:
+        trips.append(time.monotonic())
+        return await script(*args, **kw)
+
+    store.script = counted
+    bucket = Bucket(20, 10.0)  # a lease of 2 tokens, held at most 2 / 10 = 0.2 s
+    try:
+        for _ in range(3):  # a lease, its second token spent here, a new lease
+            assert await store.take("k", bucket) == 0.0
+        assert len(trips) == 2 and store.leases["k"][0] == 1.0
+        await asyncio.sleep(0.3)
+        assert await store.take("k", bucket) == 0.0  # its token lapsed: Redis again
+        assert len(trips) == 3
+    finally:
+        await store.client.delete(prefix + "k")  # type: ignore[attr-defined]
+        await store.aclose()
+
+
 async def test_redis_down_fails_open_and_warns_once(caplog):
     import socket
 

@@ -10,6 +10,16 @@ The buckets live in Redis when the topology's ``resources.cache`` is a
 ``redis://`` URL (so every gateway replica shares them: one atomic Lua
 script per check, keys expire once full again), otherwise in this process.
 
+With Redis, a gateway takes a *lease* of up to a tenth of a bucket's burst
+at once (``LEASE_SHARE``) and spends it locally: one round trip per that
+many requests of a client instead of one each.  The tolerance this buys:
+no client is ever let through more than its bucket allows across all
+replicas (every token spent was taken from Redis first), but it may be
+refused early by the tokens other replicas hold unspent, at most
+``lease - 1`` per replica, each lease dropped ``lease / rate`` seconds after
+it was taken.  A bucket whose burst is under 20 gets no lease: every request
+asks Redis, as before.
+
 If Redis cannot be reached the request is **let through** (fail open), with
 a warning logged at most once a minute: a rate limit protects capacity, and
 refusing every request because the limiter's store is down would turn a
@@ -124,6 +134,7 @@ class MemoryBuckets(BucketStore):
 _TAKE = """
 local burst = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
@@ -132,11 +143,16 @@ local ts = tonumber(state[2])
 if tokens == nil then tokens = burst; ts = now end
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
 local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+local granted = math.min(want, math.floor(tokens))
+if granted >= 1 then tokens = tokens - granted else granted = 0; wait = (1 - tokens) / rate end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return tostring(wait)
+return tostring(granted) .. ' ' .. tostring(wait)
 """
+
+#: Of a bucket's burst, what a gateway takes from Redis at once (see the module's doc).
+LEASE_SHARE = 0.1
+MAX_LEASES = 100_000
 
 
 class RedisBuckets(BucketStore):
@@ -153,24 +169,48 @@ class RedisBuckets(BucketStore):
         self.prefix = prefix
         self.script = client.register_script(_TAKE)
         self._warned = -math.inf
+        # key -> (tokens taken from Redis and not yet spent, monotonic time they lapse)
+        self.leases: dict[str, tuple[float, float]] = {}
 
     def __repr__(self) -> str:
         return f"<RedisBuckets prefix={self.prefix!r}>"
 
     async def take(self, key: str, bucket: Bucket) -> float:
+        now = time.monotonic()
+        lease = self.leases.get(key)
+        if lease is not None:
+            left, lapses = lease
+            if left >= 1.0 and now < lapses:
+                self.leases[key] = (left - 1.0, lapses)
+                return 0.0
+            del self.leases[key]
+        want = max(1, int(bucket.burst * LEASE_SHARE))
         try:
-            wait = await self.script(keys=[self.prefix + key], args=[bucket.burst, bucket.rate])
+            reply = await self.script(keys=[self.prefix + key],
+                                      args=[bucket.burst, bucket.rate, want])
         except Exception as exc:  # redis.RedisError, OSError, timeouts: the store is down
-            now = time.monotonic()
             if now - self._warned >= self.WARN_EVERY:
                 self._warned = now
                 log.warning("rate limits not enforced: Redis unreachable (%s); letting requests "
                             "through (logged at most once a minute)", exc)
             return 0.0
-        return float(wait)
+        granted, wait = (float(v) for v in _text(reply).split())
+        if granted < 1.0:
+            return wait
+        if granted > 1.0:
+            if len(self.leases) >= MAX_LEASES:
+                self.leases = {k: v for k, v in self.leases.items() if v[1] > now}
+                if len(self.leases) >= MAX_LEASES:
+                    self.leases.clear()
+            self.leases[key] = (granted - 1.0, now + granted / bucket.rate)
+        return 0.0
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class RateLimiter:
