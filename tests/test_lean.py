@@ -328,7 +328,7 @@ async def test_bound_values_come_from_the_caller_and_the_statement_alike(any_db:
         await any_db.execute(stmt, {"n": f"lit{i}", "p": i})
     await any_db.execute(stmt, {"n": "default"})  # another key set: p's default
     await any_db.execute(stmt, [{"n": "many1", "p": 1}, {"n": "many2", "p": 2}])
-    with pytest.raises(sa.exc.InvalidRequestError, match="bind parameter .n., in parameter group 1"):
+    with pytest.raises(sa.exc.InvalidRequestError, match=r"parameter .n., in parameter group 1"):
         await any_db.execute(stmt, [{"n": "ok", "p": 1}, {"p": 2}])  # the second lacks n
     later = things.update().where(things.c.name == sa.bindparam("who")).values(
         price=sa.bindparam("p", callable_=lambda: next(calls)))

@@ -28,6 +28,7 @@ cache outage into a full outage.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -171,19 +172,42 @@ class RedisBuckets(BucketStore):
         self._warned = -math.inf
         # key -> (tokens taken from Redis and not yet spent, monotonic time they lapse)
         self.leases: dict[str, tuple[float, float]] = {}
+        self.asking: dict[str, asyncio.Future[None]] = {}  # a lease under way, by key
 
     def __repr__(self) -> str:
         return f"<RedisBuckets prefix={self.prefix!r}>"
 
+    def _spend(self, key: str, now: float) -> bool:
+        """A token of this gateway's lease of ``key``, if it holds one."""
+        lease = self.leases.get(key)
+        if lease is None:
+            return False
+        left, lapses = lease
+        if left >= 1.0 and now < lapses:
+            self.leases[key] = (left - 1.0, lapses)
+            return True
+        del self.leases[key]
+        return False
+
     async def take(self, key: str, bucket: Bucket) -> float:
         now = time.monotonic()
-        lease = self.leases.get(key)
-        if lease is not None:
-            left, lapses = lease
-            if left >= 1.0 and now < lapses:
-                self.leases[key] = (left - 1.0, lapses)
+        if self._spend(key, now):
+            return 0.0
+        # One lease of a key asked for at a time: concurrent requests wait for it
+        # rather than each taking a lease of their own from the shared bucket.
+        while (asking := self.asking.get(key)) is not None:
+            await asyncio.shield(asking)
+            now = time.monotonic()
+            if self._spend(key, now):
                 return 0.0
-            del self.leases[key]
+        asking = self.asking[key] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._lease(key, bucket, now)
+        finally:
+            del self.asking[key]
+            asking.set_result(None)
+
+    async def _lease(self, key: str, bucket: Bucket, now: float) -> float:
         want = max(1, int(bucket.burst * LEASE_SHARE))
         try:
             reply = await self.script(keys=[self.prefix + key],
