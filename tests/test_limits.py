@@ -184,6 +184,28 @@ async def test_a_redis_lease_lapses_once_redis_would_have_refilled_it():
         await store.aclose()
 
 
+async def test_redis_leases_cost_the_bucket_only_what_was_spent():
+    """Steady traffic far under the rate through two replicas is never refused:
+    a lapsed lease's unspent tokens go back with the next one (else each
+    replica would burn a lease per lapse, faster than the bucket refills)."""
+    url = redis_url()
+    prefix = f"amoeba:test-{secrets.token_hex(6)}:rl:"
+    bucket = Bucket(1000, 1000.0)  # leases of 100, lapsing after 0.1 s
+    replicas = [RateLimiter({"ip": bucket}, RedisBuckets(url, prefix)) for _ in range(2)]
+    try:
+        refused = 0
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:  # about 200 requests a second in all
+            for lim in replicas:
+                refused += await lim.check(None, "10.0.0.11") != 0.0
+            await asyncio.sleep(0.01)
+        assert refused == 0
+    finally:
+        await replicas[0].store.client.delete(prefix + "ip:10.0.0.11")  # type: ignore[attr-defined]
+        for lim in replicas:
+            await lim.aclose()
+
+
 async def test_redis_down_fails_open_and_warns_once(caplog):
     import socket
 

@@ -16,9 +16,11 @@ many requests of a client instead of one each.  The tolerance this buys:
 no client is ever let through more than its bucket allows across all
 replicas (every token spent was taken from Redis first), but it may be
 refused early by the tokens other replicas hold unspent, at most
-``lease - 1`` per replica, each lease dropped ``lease / rate`` seconds after
-it was taken.  A bucket whose burst is under 20 gets no lease: every request
-asks Redis, as before.
+``lease - 1`` per replica, each lease lapsing ``lease / rate`` seconds after
+it was taken; its unspent tokens go back to the bucket with the gateway's
+next lease of that key (those of a gateway that stops are lost until the
+bucket refills).  A bucket whose burst is under 20 gets no lease: every
+request asks Redis, as before.
 
 If Redis cannot be reached the request is **let through** (fail open), with
 a warning logged at most once a minute: a rate limit protects capacity, and
@@ -136,13 +138,14 @@ _TAKE = """
 local burst = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
+local refund = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(state[1])
 local ts = tonumber(state[2])
 if tokens == nil then tokens = burst; ts = now end
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate + refund)
 local wait = 0
 local granted = math.min(want, math.floor(tokens))
 if granted >= 1 then tokens = tokens - granted else granted = 0; wait = (1 - tokens) / rate end
@@ -178,7 +181,8 @@ class RedisBuckets(BucketStore):
         return f"<RedisBuckets prefix={self.prefix!r}>"
 
     def _spend(self, key: str, now: float) -> bool:
-        """A token of this gateway's lease of ``key``, if it holds one."""
+        """A token of this gateway's lease of ``key``, if it holds one (a lapsed
+        lease's unspent tokens are then given back with the next lease)."""
         lease = self.leases.get(key)
         if lease is None:
             return False
@@ -186,7 +190,6 @@ class RedisBuckets(BucketStore):
         if left >= 1.0 and now < lapses:
             self.leases[key] = (left - 1.0, lapses)
             return True
-        del self.leases[key]
         return False
 
     async def take(self, key: str, bucket: Bucket) -> float:
@@ -209,9 +212,13 @@ class RedisBuckets(BucketStore):
 
     async def _lease(self, key: str, bucket: Bucket, now: float) -> float:
         want = max(1, int(bucket.burst * LEASE_SHARE))
+        # What is left of the lapsed lease goes back to the shared bucket with
+        # this call: leases cost the bucket only the tokens spent.
+        old = self.leases.pop(key, None)
+        refund = int(old[0]) if old is not None else 0
         try:
             reply = await self.script(keys=[self.prefix + key],
-                                      args=[bucket.burst, bucket.rate, want])
+                                      args=[bucket.burst, bucket.rate, want, refund])
         except Exception as exc:  # redis.RedisError, OSError, timeouts: the store is down
             if now - self._warned >= self.WARN_EVERY:
                 self._warned = now
