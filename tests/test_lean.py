@@ -72,6 +72,12 @@ async def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
             assert database._lean is not None, "sqlite+amoeba should take the lean path"
             yield database
         return
+    async for database in _pg_opened(tmp_path):
+        yield database
+
+
+async def _pg_opened(tmp_path: Path) -> AsyncIterator[Database]:
+    """A database of its own on the shared PostgreSQL, dropped afterwards."""
     name = f"amoeba_t_{uuid.uuid4().hex[:10]}"
     await _pg_admin(f'CREATE DATABASE "{name}"')
     try:
@@ -248,14 +254,8 @@ async def test_a_savepoint_with_nothing_inside_costs_no_statement(db: Database):
 
 @pytest.fixture
 async def pg_db(tmp_path: Path) -> AsyncIterator[Database]:
-    name = f"amoeba_t_{uuid.uuid4().hex[:10]}"
-    await _pg_admin(f'CREATE DATABASE "{name}"')
-    try:
-        async for database in _opened(tmp_path, f"{postgres_url()}/{name}"):
-            assert database._pg_lean, "asyncpg should take the lean path"
-            yield database
-    finally:
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async for database in _pg_opened(tmp_path):
+        yield database
 
 
 async def test_a_postgresql_transaction_takes_one_greenlet_and_gives_its_connection_back(
