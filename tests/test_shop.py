@@ -583,23 +583,44 @@ async def notifications_of(h: Harness, user: dict[str, str], n: int) -> list[dic
     raise AssertionError(f"{h.mode}: fewer than {n} notifications after 10 s: {r.json()}")
 
 
+class _Unsettled:
+    """Not settled yet (falsy), and what is still on its way, for the failure message."""
+
+    def __init__(self, left: dict[str, Any]):
+        self.left = left
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in self.left.items())
+
+
 async def events_settled(h: Harness, within: float = 30.0) -> None:
     """Wait until no event is on its way anywhere (every outbox empty, every
     consumer group's lag 0): nothing can arrive, or arrive again, after this."""
-    async def quiet() -> bool:
+    async def quiet() -> bool | _Unsettled:
         if isinstance(h, InProcessHarness):
             events = h.host.events
             assert events is not None
             lag, waiting = await events.lag(), await events.outbox_waiting()
-            return not any(lag.values()) and not any(waiting.values())
+            left = {f"lag of {k}": n for k, n in lag.items() if n}
+            left |= {f"outbox of {k}": n for k, n in waiting.items() if n}
+            return _Unsettled(left) if left else True
         cluster = (await h.get("/_amoeba/api/cluster")).json()
         snaps = [i for p in cluster["processes"] for i in p["instances"]]
-        if any("error" in s for s in snaps):
-            return False
-        stats = [s["events"] for s in snaps if s.get("events")]
-        backlog = [c["lag"] for e in stats for c in e["consumers"]]
-        backlog += [n for e in stats for n in e["outbox"].values()]
-        return bool(stats) and all(n == 0 for n in backlog)  # -1: unknown, not settled
+        errors = {f"error of {s.get('process')}": s["error"] for s in snaps if "error" in s}
+        if errors:
+            return _Unsettled(errors)
+        stats = [(s.get("process"), s["events"]) for s in snaps if s.get("events")]
+        if not stats:
+            return _Unsettled({"events": "no process reports events"})
+        # -1: unknown, not settled
+        left = {f"lag of {c['service']} on {c['event']} in {p}": c["lag"]
+                for p, e in stats for c in e["consumers"] if c["lag"] != 0}
+        left |= {f"outbox of {svc} in {p}": n for p, e in stats for svc, n in e["outbox"].items()
+                 if n != 0}
+        return _Unsettled(left) if left else True
 
     await eventually(quiet, within, "events settled (no lag, outboxes empty)")
 
