@@ -340,6 +340,22 @@ async def test_bound_values_come_from_the_caller_and_the_statement_alike(any_db:
     assert all(type(v) is Decimal for v in rows.values())
 
 
+async def test_statements_built_per_call_bind_their_own_values(any_db: Database):
+    """A statement built anew for each call finds the plan of an equal one, made
+    by an earlier call; one carrying literals of its own binds those, never the
+    literals of an earlier statement that compiled the same."""
+    for i in range(3):  # no values of its own: the plan is shared through the compiled form
+        await any_db.execute(things.insert(), {"name": f"call{i}", "price": 10 + i, "at": AT})
+    for i in range(3):  # its own literal each time: same compiled form, other values
+        await any_db.execute(things.insert().values(name=f"lit{i}", price=20 + i), {"at": AT})
+    for i in range(3):
+        await any_db.execute(things.update().where(things.c.name == f"lit{i}")
+                             .values(price=sa.bindparam("p")), {"p": 30 + i})
+    rows = {r.name: r.price for r in await any_db.fetchall(
+        sa.select(things.c.name, things.c.price).where(things.c.id > 5))}
+    assert rows == {"call0": 10, "call1": 11, "call2": 12, "lit0": 30, "lit1": 31, "lit2": 32}
+
+
 async def test_a_busy_connection_is_unavailable_after_pool_timeout(tmp_path: Path):
     database = await Database.open(ResourceContext(
         "scratch", None, tmp_path, {"database": {"pool_timeout": 0.2}}, owner=Scratch))

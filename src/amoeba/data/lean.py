@@ -189,9 +189,20 @@ def bind(stmt: Any, params: Any, dialect: Dialect, cache: Any) -> Bound | None:
     plan: Plan | None = compiled.__dict__.get("_amoeba_plan")
     if plan is None:
         plan = compiled.__dict__["_amoeba_plan"] = Plan(compiled, dialect)
-    if fast is None and key in memo and not plan.expanding:
-        fast = _fast(compiled, plan, sets[0], extracted, collected)
-        memo[key] = compiled, extracted, collected, fast
+    if fast is None and not plan.expanding:
+        if not extracted:
+            # The statement carries no values of its own (``table.insert()``, a
+            # select of bindparams only): what _fast finds holds for every
+            # statement that compiles to this, so a statement built per call
+            # finds it on the compiled form SQLAlchemy's cache hands back.
+            shared = compiled.__dict__.setdefault("_amoeba_fast", {})
+            fast = shared.get(key)
+            if fast is None and len(shared) < 16:
+                fast = shared[key] = _fast(compiled, plan, sets[0], extracted, collected)
+        elif key in memo:
+            fast = _fast(compiled, plan, sets[0], extracted, collected)
+        if key in memo:
+            memo[key] = compiled, extracted, collected, fast
     if fast:
         slots, consts = fast
         try:
