@@ -29,6 +29,7 @@ notifications = sa.Table(
     sa.Column("event_id", sa.String(64), nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
 )
+STORE = notifications.insert()  # built once: it runs for every event
 
 
 class Notification(msgspec.Struct):
@@ -50,7 +51,7 @@ class Notifications(Service):
     migrations = "migrations/notifications"
 
     async def _store(self, user_id: str, kind: str, message: str, event_id: str) -> None:
-        await self.db.execute(notifications.insert(), {
+        await self.db.execute(STORE, {
             "user_id": user_id, "kind": kind, "message": message, "event_id": event_id,
             "created_at": datetime.now(UTC)})
 
