@@ -192,6 +192,10 @@ async def test_an_exhausted_pool_is_unavailable(backend: Backend):
         await held.wait()
         with pytest.raises(Unavailable, match="scratch"):
             await db.scalar("SELECT 1")
+        with pytest.raises(Unavailable, match="scratch"):  # a transaction waits the same
+            async with db.transaction():
+                pass
+        assert db.pool_stats().waiting == 0
         release.set()
         await holder
         assert await db.scalar("SELECT 1") == 1

@@ -228,6 +228,9 @@ class Database(Resource):
         return f"<Database {self.dialect} {self.service} {self.safe_url}>"
 
     def pool_stats(self) -> PoolUse:
+        if self._lean is not None:  # one connection, taken in turns (not SQLAlchemy's pool)
+            in_use = int(self._lean.turn.locked())
+            return PoolUse(1, in_use, 1 - in_use, self._lean.queued, self.timeouts)
         pool: Any = self.engine.sync_engine.pool
         try:
             in_use, idle = int(pool.checkedout()), int(pool.checkedin())
@@ -325,43 +328,31 @@ class Database(Resource):
         try:
             yield
         except Exception as exc:
-            if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection within pool_timeout
-                self.timeouts += 1
-            if is_unavailable(exc):
-                reason = getattr(exc, "orig", None) or exc
-                raise Unavailable(f"database of service {self.service!r} unavailable "
-                                  f"({self.safe_url}): {type(reason).__name__}: {reason}") from exc
-            raise
+            guarded = self._guarded(exc)
+            if guarded is exc:
+                raise
+            raise guarded from exc
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Connection]:
+    def _guarded(self, exc: Exception) -> Exception:
+        """What ``guard`` raises for ``exc``: :class:`Unavailable` when the
+        database cannot serve now, else ``exc`` itself."""
+        if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection within pool_timeout
+            self.timeouts += 1
+        if is_unavailable(exc):
+            reason = getattr(exc, "orig", None) or exc
+            return Unavailable(f"database of service {self.service!r} unavailable "
+                               f"({self.safe_url}): {type(reason).__name__}: {reason}")
+        return exc
+
+    def transaction(self) -> _Transaction:
         """A transaction: commit on exit, rollback on an exception.  Inside one,
         ``transaction()``, ``execute()`` and ``fetch*()`` of the same database join
         it (one connection, one commit), and ``publish()`` writes to its outbox."""
-        outer = _ambient.get()
-        if outer is not None and outer.db is self:
-            yield outer.conn
-            return
-        self._active += 1
-        try:
-            async with self.guard(), self._begin() as conn:
-                tx = _Tx(self, conn)
-                token = _ambient.set(tx)
-                try:
-                    yield conn
-                finally:
-                    _ambient.reset(token)
-        finally:
-            self._active -= 1
-        for hook in tx.after_commit:
-            hook()
+        return _Transaction(self)
 
     @asynccontextmanager
     async def _begin(self) -> AsyncIterator[Connection]:
-        if self._lean is not None:
-            async with self._lean.transaction() as lean_conn:
-                yield lean_conn
-        elif self._pg_lean:
+        if self._pg_lean:
             # One greenlet for the pool's checkout; BEGIN goes with the first
             # statement, COMMIT and the checkin run here without one (as an
             # AsyncConnection's begin, commit and close would take three more).
@@ -404,14 +395,17 @@ class Database(Resource):
         # is the common case, and every async step costs greenlet switches.
         self._active += 1
         try:
-            async with self.guard():
-                if self._lean is not None:
-                    return await self._lean.run(kind, _statement(stmt), params)
-                if self._pg_lean:
-                    bound = lean.bind(_statement(stmt), params, self.engine.dialect, self._cache)
-                    if bound is not None:
-                        return await greenlet_spawn(self._run_asyncpg, kind, bound)
-                return await greenlet_spawn(self._run_sync, kind, _statement(stmt), params)
+            if self._lean is not None:
+                return await self._lean.run(kind, _statement(stmt), params)
+            if self._pg_lean:
+                bound = lean.bind(_statement(stmt), params, self.engine.dialect, self._cache)
+                if bound is not None:
+                    return await greenlet_spawn(self._run_asyncpg, kind, bound)
+            return await greenlet_spawn(self._run_sync, kind, _statement(stmt), params)
+        except Exception as exc:  # as guard(), without a context manager per statement
+            if (guarded := self._guarded(exc)) is not exc:
+                raise guarded from exc
+            raise
         finally:
             self._active -= 1
 
@@ -474,6 +468,69 @@ def _take(kind: int, result: Any) -> Any:
         return result.scalar()
     # Rows are read before the connection goes back to the pool.
     return result.freeze()() if result.returns_rows else result
+
+
+class _Transaction:
+    """``Database.transaction()``: one object instead of a generator-based
+    context manager per layer (joining, guarding, beginning): a transaction
+    is entered for every unit of work, so its own cost counts."""
+
+    __slots__ = ("begun", "conn", "db", "token", "tx")
+
+    def __init__(self, db: Database):
+        self.db = db
+        self.tx: _Tx | None = None
+        self.conn: Any = None
+        self.begun: contextlib.AbstractAsyncContextManager[Any] | None = None
+
+    async def __aenter__(self) -> Connection:
+        db = self.db
+        outer = _ambient.get()
+        if outer is not None and outer.db is db:  # join it
+            joined: Connection = outer.conn
+            return joined
+        db._active += 1
+        try:
+            if db._lean is not None:
+                conn: Connection = await db._lean.open()
+            else:
+                self.begun = db._begin()
+                conn = await self.begun.__aenter__()
+        except BaseException as exc:
+            db._active -= 1
+            if isinstance(exc, Exception) and (guarded := db._guarded(exc)) is not exc:
+                raise guarded from exc
+            raise
+        self.conn = conn
+        self.tx = _Tx(db, conn)
+        self.token = _ambient.set(self.tx)
+        return conn
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: Any) -> None:
+        tx = self.tx
+        if tx is None:  # joined: the outer transaction ends it
+            return
+        db = self.db
+        _ambient.reset(self.token)
+        try:
+            if self.begun is None:
+                assert db._lean is not None
+                await db._lean.close(self.conn, ok=exc is None)
+            else:  # (it re-raises ``exc``, never swallows it)
+                await self.begun.__aexit__(kind, exc, tb)
+        except Exception as raised:
+            if (guarded := db._guarded(raised)) is not raised:
+                raise guarded from raised
+            raise
+        finally:
+            db._active -= 1
+        if exc is not None:
+            if isinstance(exc, Exception) and (guarded := db._guarded(exc)) is not exc:
+                raise guarded from exc
+            return
+        for hook in tx.after_commit:
+            hook()
 
 
 class _Tx:
@@ -918,8 +975,9 @@ class _SQLiteLean:
                                           dialect=self.dialect,
                                           ismulti=bound.many if bound else None)
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[LeanConnection]:
+    async def open(self) -> LeanConnection:
+        """A unit of work of ``Database.transaction()``: the connection's turn,
+        inside the open group (begun if none), in a savepoint of its own."""
         await self.acquire()
         raw = self.connection()
         try:
@@ -928,17 +986,26 @@ class _SQLiteLean:
             self.turn.release()
             raise
         raw.execute("SAVEPOINT amoeba_unit")
-        conn = LeanConnection(self, raw)
-        try:
-            yield conn
-        except BaseException:
+        return LeanConnection(self, raw)
+
+    async def close(self, conn: LeanConnection, *, ok: bool) -> None:
+        """End the unit ``open`` began: its work kept (``ok``, returning once
+        its group committed) or undone."""
+        raw = conn._raw
+        if not ok:
             await conn.close()
             raw.execute("ROLLBACK TO amoeba_unit")
             raw.execute("RELEASE amoeba_unit")
             await self._done(raw, ok=False)
+            return
+        try:
+            await conn.close()
+            raw.execute("RELEASE amoeba_unit")
+        except BaseException:
+            raw.execute("ROLLBACK TO amoeba_unit")
+            raw.execute("RELEASE amoeba_unit")
+            await self._done(raw, ok=False)
             raise
-        await conn.close()
-        raw.execute("RELEASE amoeba_unit")
         await self._done(raw, ok=True)
 
 
