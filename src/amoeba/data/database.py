@@ -350,28 +350,18 @@ class Database(Resource):
         it (one connection, one commit), and ``publish()`` writes to its outbox."""
         return _Transaction(self)
 
-    @asynccontextmanager
-    async def _begin(self) -> AsyncIterator[Connection]:
-        if self._pg_lean:
-            # One greenlet for the pool's checkout; BEGIN goes with the first
-            # statement, COMMIT and the checkin run here without one (as an
-            # AsyncConnection's begin, commit and close would take three more).
-            try:
-                fairy = await greenlet_spawn(self.engine.sync_engine.raw_connection)
-            except self.engine.dialect.loaded_dbapi.Error as exc:
-                raise sa_exc.DBAPIError.instance(None, None, exc,
-                                                 self.engine.dialect.loaded_dbapi.Error,
-                                                 dialect=self.engine.dialect) from exc
-            conn = PGConnection(self, fairy)
-            try:
-                yield conn
-            except BaseException:
-                await asyncio.shield(conn.finish(commit=False))
-                raise
-            await conn.finish(commit=True)
-        else:
-            async with self._writer.begin() as sa_conn:
-                yield sa_conn
+    async def _pg_open(self) -> PGConnection:
+        """A transaction on PostgreSQL with asyncpg: one greenlet for the pool's
+        checkout; BEGIN goes with the first statement, COMMIT and the checkin
+        run without one (an AsyncConnection's begin, commit and close would
+        take three more)."""
+        try:
+            fairy = await greenlet_spawn(self.engine.sync_engine.raw_connection)
+        except self.engine.dialect.loaded_dbapi.Error as exc:
+            raise sa_exc.DBAPIError.instance(None, None, exc,
+                                             self.engine.dialect.loaded_dbapi.Error,
+                                             dialect=self.engine.dialect) from exc
+        return PGConnection(self, fairy)
 
     async def execute(self, stmt: Statement, params: Params = None) -> sa.CursorResult[Any]:
         return await self._run(_RESULT, stmt, params)  # type: ignore[no-any-return]
@@ -473,7 +463,10 @@ def _take(kind: int, result: Any) -> Any:
 class _Transaction:
     """``Database.transaction()``: one object instead of a generator-based
     context manager per layer (joining, guarding, beginning): a transaction
-    is entered for every unit of work, so its own cost counts."""
+    is entered for every unit of work, so its own cost counts.  On
+    ``sqlite+amoeba`` it is a unit of the connection's group commit, on
+    PostgreSQL with asyncpg a :class:`PGConnection`, elsewhere SQLAlchemy's
+    ``AsyncConnection.begin()``."""
 
     __slots__ = ("begun", "conn", "db", "token", "tx")
 
@@ -493,8 +486,10 @@ class _Transaction:
         try:
             if db._lean is not None:
                 conn: Connection = await db._lean.open()
+            elif db._pg_lean:
+                conn = await db._pg_open()
             else:
-                self.begun = db._begin()
+                self.begun = db._writer.begin()
                 conn = await self.begun.__aenter__()
         except BaseException as exc:
             db._active -= 1
@@ -514,11 +509,14 @@ class _Transaction:
         db = self.db
         _ambient.reset(self.token)
         try:
-            if self.begun is None:
-                assert db._lean is not None
-                await db._lean.close(self.conn, ok=exc is None)
-            else:  # (it re-raises ``exc``, never swallows it)
+            if self.begun is not None:  # (it re-raises ``exc``, never swallows it)
                 await self.begun.__aexit__(kind, exc, tb)
+            elif db._lean is not None:
+                await db._lean.close(self.conn, ok=exc is None)
+            elif exc is None:
+                await self.conn.finish(commit=True)
+            else:
+                await asyncio.shield(self.conn.finish(commit=False))
         except Exception as raised:
             if (guarded := db._guarded(raised)) is not raised:
                 raise guarded from raised
