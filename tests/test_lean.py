@@ -356,6 +356,37 @@ async def test_statements_built_per_call_bind_their_own_values(any_db: Database)
     assert rows == {"call0": 10, "call1": 11, "call2": 12, "lit0": 30, "lit1": 31, "lit2": 32}
 
 
+async def test_in_lists_of_any_length_bind_their_own_values(any_db: Database):
+    """An IN list's expansion is found once per length and reused: each call
+    binds its own list, the caller's other values, through the column type's
+    bind processor, and the statement's own literals; none of it goes
+    SQLAlchemy's way."""
+    seen = _sqlalchemy_statements(any_db)
+    in_names = sa.bindparam("names", expanding=True)
+    by_name = sa.select(things.c.name).where(things.c.name.in_(in_names)).order_by(things.c.name)
+    for names in (["t1"], ["t2", "t3"], ["t1"], ["t5", "t4", "nope"], [], ["t3", "t2"]):
+        got = [r.name for r in await any_db.fetchall(by_name, {"names": names})]
+        assert got == sorted(n for n in names if n != "nope"), names
+    by_at = sa.select(things.c.name).where(  # Stamp's processor turns each element to text
+        things.c.at.in_(sa.bindparam("ats", expanding=True)),
+        things.c.price > sa.bindparam("p")).order_by(things.c.name)
+    other = AT.replace(hour=1)
+    for p, ats, want in ((2, [AT], ["t2", "t3", "t4", "t5"]), (4, [other, AT], ["t4", "t5"]),
+                         (0, [other], []), (3, [AT], ["t3", "t4", "t5"])):
+        got = [r.name for r in await any_db.fetchall(by_at, {"ats": ats, "p": Decimal(p)})]
+        assert got == want, (p, ats)
+    for ids in ([1, 2], [3, 4], [5], [2, 1]):  # lists of its own, built per call
+        stmt = sa.select(things.c.id).where(things.c.id.in_(ids), things.c.name != "x")
+        for _ in range(2):  # the second call of the same statement reuses its expansion
+            assert sorted(r.id for r in await any_db.fetchall(stmt)) == sorted(ids)
+    async with any_db.transaction() as conn:  # a DELETE as the outbox relay's
+        gone = await conn.execute(things.delete().where(things.c.id.in_(
+            sa.bindparam("ids", expanding=True))), {"ids": [4, 5, 99]})
+        assert gone.rowcount == 2
+    assert await any_db.scalar(sa.select(sa.func.count()).select_from(things)) == 3
+    assert seen == []
+
+
 async def test_a_busy_connection_is_unavailable_after_pool_timeout(tmp_path: Path):
     database = await Database.open(ResourceContext(
         "scratch", None, tmp_path, {"database": {"pool_timeout": 0.2}}, owner=Scratch))

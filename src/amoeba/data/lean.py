@@ -47,14 +47,23 @@ class Plan:
     """What a compiled statement needs to run without SQLAlchemy: kept on the
     compiled object, which SQLAlchemy's statement cache keeps alive."""
 
-    __slots__ = ("dialect", "expanding", "implicit", "keys", "pk", "positions", "processors",
-                 "read", "results", "sql", "types")
+    __slots__ = ("dialect", "expand_keys", "expanding", "implicit", "keys", "pk", "positions",
+                 "processors", "read", "results", "sql", "types")
 
     def __init__(self, compiled: Any, dialect: Dialect):
         self.sql: str = compiled.string
         self.positions: list[str] = list(compiled.positiontup or ())
         self.processors: Mapping[str, Callable[[Any], Any]] = compiled._bind_processors
         self.expanding = bool(compiled.literal_execute_params or compiled.post_compile_params)
+        #: The keys of its expanding parameters (``IN`` lists), whose SQL and
+        #: parameter order depend on the lists' lengths: found per length by
+        #: :func:`_fast_expanding`.  None: not that way (literal-rendered
+        #: parameters, tuples), SQLAlchemy expands them on every call.
+        self.expand_keys: tuple[str, ...] | None = None
+        if (self.expanding and not compiled.literal_execute_params
+                and not any(b.literal_execute or b.type._is_tuple_type
+                            for b in compiled.post_compile_params)):
+            self.expand_keys = tuple(sorted(b.key for b in compiled.post_compile_params))
         #: A SELECT: it writes nothing (a text() statement is taken for a write).
         self.read = isinstance(compiled.statement, sa.Select)
         columns = compiled._result_columns
@@ -173,9 +182,11 @@ def bind(stmt: Any, params: Any, dialect: Dialect, cache: Any) -> Bound | None:
         memo = {}
         stmt.__dict__["_amoeba_compiled"] = (id(stmt), memo)
     key = (dialect, tuple(sets[0]), many)
+    reused = True
     try:
         compiled, extracted, collected, fast = memo[key]
     except KeyError:
+        reused = False
         compiled, extracted, collected, _hit = stmt._compile_w_cache(
             dialect=dialect, compiled_cache=cache, column_keys=sorted(sets[0]),
             for_executemany=many, schema_translate_map=None, linting=_LINTING)
@@ -189,12 +200,14 @@ def bind(stmt: Any, params: Any, dialect: Dialect, cache: Any) -> Bound | None:
     plan: Plan | None = compiled.__dict__.get("_amoeba_plan")
     if plan is None:
         plan = compiled.__dict__["_amoeba_plan"] = Plan(compiled, dialect)
+    if plan.expand_keys is not None and not many:
+        own = _own(extracted)
+        if reused or not own:  # (one built per call with lists of its own: not worth it)
+            expanded = _expand(compiled, plan, key, memo, own, sets[0], extracted, collected)
+            if expanded is not None:
+                return expanded
     if fast is None and not plan.expanding:
-        if not extracted:
-            # The statement carries no values of its own (``table.insert()``, a
-            # select of bindparams only): what _fast finds holds for every
-            # statement that compiles to this, so a statement built per call
-            # finds it on the compiled form SQLAlchemy's cache hands back.
+        if not _own(extracted):
             shared = compiled.__dict__.setdefault("_amoeba_fast", {})
             fast = shared.get(key)
             if fast is None and len(shared) < 16:
@@ -226,6 +239,14 @@ def bind(stmt: Any, params: Any, dialect: Dialect, cache: Any) -> Bound | None:
         procs = {**procs, **state.processors}
     args = [[procs[k](v[k]) if k in procs else v[k] for k in positions] for v in values]
     return Bound(plan, sql, args, many, values)
+
+
+def _own(extracted: Any) -> bool:
+    """Does the statement carry values of its own?  When not (``table.insert()``,
+    a select of bare bindparams), what :func:`_fast` finds holds for every
+    statement that compiles to the same form, so a statement built per call
+    finds it on the compiled form SQLAlchemy's cache hands back."""
+    return any(b.value is not None or b.callable is not None for b in extracted or ())
 
 
 class _Given:
@@ -271,6 +292,85 @@ def _fast(compiled: Any, plan: Plan, given: Mapping[str, Any], extracted: Any,
         if not isinstance(value, _Given):
             consts.setdefault(name, value)
     return slots, consts
+
+
+class _Item:
+    """Stands for element ``index`` of a caller's list in :func:`_fast_expanding`'s trial."""
+
+    __slots__ = ("index", "name")
+
+    def __init__(self, name: str, index: int):
+        self.name = name
+        self.index = index
+
+
+# (kind, a, b, processor): kind 0, the value a; 1, the caller's value a;
+# 2, element b of the caller's list a.
+Expanded = tuple[str, list[tuple[int, Any, int, Callable[[Any], Any] | None]], dict[str, Any]]
+MAX_LENGTHS = 256  # expansions kept per statement (or compiled form): one per list length
+
+
+def _expand(compiled: Any, plan: Plan, key: Any, memo: dict[Any, Any], own: bool,
+            given: Mapping[str, Any], extracted: Any, collected: Any) -> Bound | None:
+    """``given`` bound for a statement with ``IN`` lists from the expansion
+    found for these lists' lengths; None to go SQLAlchemy's way."""
+    try:
+        lengths = tuple(len(given[k]) if k in given else -1 for k in plan.expand_keys or ())
+    except TypeError:  # not a list: SQLAlchemy's way says what is wrong
+        return None
+    store: dict[Any, Expanded | None] = (
+        memo.setdefault("expanded", {}) if own
+        else compiled.__dict__.setdefault("_amoeba_expanded", {}))
+    try:
+        entry = store[(key, lengths)]
+    except KeyError:
+        entry = _fast_expanding(compiled, plan, given, extracted, collected)
+        if len(store) < MAX_LENGTHS:
+            store[(key, lengths)] = entry
+    if entry is None:
+        return None
+    sql, slots, consts = entry
+    try:
+        args = [a if kind == 0 else (given[a] if kind == 1 else given[a][b]) if proc is None
+                else proc(given[a] if kind == 1 else given[a][b])
+                for kind, a, b, proc in slots]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return Bound(plan, sql, [args], False,
+                 [{**consts, **given}] if plan.pk is not None else [])
+
+
+def _fast_expanding(compiled: Any, plan: Plan, given: Mapping[str, Any], extracted: Any,
+                    collected: Any) -> Expanded | None:
+    """As :func:`_fast`, for a statement with ``IN`` lists of the lengths of
+    those in ``given``: the expanded SQL, where each driver parameter comes
+    from (a list's element included) and the statement's own values."""
+    if any(b.callable is not None for b in compiled.binds.values()):
+        return None
+    keys = set(plan.expand_keys or ())
+    stand: dict[str, Any] = {k: [_Item(k, i) for i in range(len(v))] if k in keys else _Given(k)
+                             for k, v in given.items()}
+    try:
+        trial = compiled.construct_params(stand, escape_names=False,
+                                          extracted_parameters=extracted,
+                                          _collected_params=collected)
+        state = compiled._process_parameters_for_postcompile(trial)
+    except Exception:  # a required parameter missing: the real call says which
+        return None
+    procs = {**plan.processors, **state.processors}
+    slots: list[tuple[int, Any, int, Callable[[Any], Any] | None]] = []
+    for name in state.positiontup or ():
+        value, proc = trial[name], procs.get(name)
+        if isinstance(value, _Given):
+            slots.append((1, value.name, 0, proc))
+        elif isinstance(value, _Item):
+            slots.append((2, value.name, value.index, proc))
+        elif isinstance(value, list):  # a stand-in list left whole: not expanded as expected
+            return None
+        else:
+            slots.append((0, value if proc is None else proc(value), 0, None))
+    consts = {k: v for k, v in trial.items() if not isinstance(v, _Given | _Item | list)}
+    return state.statement, slots, consts
 
 
 async def asyncpg_execute(adapted: Any, bound: Bound, *, begin: bool) -> LeanResult:
