@@ -40,6 +40,7 @@ from sqlalchemy.sql import compiler
 __all__ = ["Bound", "LeanResult", "Plan", "bind", "supported"]
 
 _KINDS = (sa.Select, sa.Insert, sa.Update, sa.Delete, sa.TextClause)
+_NO_COLUMNS = SimpleResultMetaData([])
 _LINTING = compiler.WARN_LINTING
 
 
@@ -47,8 +48,8 @@ class Plan:
     """What a compiled statement needs to run without SQLAlchemy: kept on the
     compiled object, which SQLAlchemy's statement cache keeps alive."""
 
-    __slots__ = ("dialect", "expand_keys", "expanding", "implicit", "keys", "pk", "positions",
-                 "processors", "read", "results", "sql", "types")
+    __slots__ = ("dialect", "expand_keys", "expanding", "implicit", "keys", "meta", "pk",
+                 "positions", "processors", "read", "results", "sql", "types")
 
     def __init__(self, compiled: Any, dialect: Dialect):
         self.sql: str = compiled.string
@@ -69,6 +70,9 @@ class Plan:
         columns = compiled._result_columns
         #: Result keys; None: take them from the cursor (a text() statement).
         self.keys: list[str] | None = [c.keyname for c in columns] if columns else None
+        # The results' metadata, shared by every result of the statement (as
+        # SQLAlchemy shares a compiled statement's CursorResultMetaData).
+        self.meta = SimpleResultMetaData(self.keys) if self.keys else _NO_COLUMNS
         self.dialect = dialect
         self.types = [c.type for c in columns]
         # Result processors by the driver's column types (some depend on them:
@@ -128,12 +132,13 @@ class Bound:
                 returned = dict(zip(plan.implicit, raw[0], strict=False)) if raw else {}
                 raw, keys = [], None
                 pk = tuple(returned.get(key, values.get(key)) for key, _auto in plan.pk)
-                return LeanResult(SimpleResultMetaData([]), iter(raw), rowcount=rowcount,
+                return LeanResult(_NO_COLUMNS, iter(raw), rowcount=rowcount,
                                   returns_rows=False, inserted_primary_key=pk,
                                   lastrowid=lastrowid)
             pk = tuple(lastrowid if auto and values.get(key) is None else values.get(key)
                        for key, auto in plan.pk)
-        return LeanResult(SimpleResultMetaData(plan.keys or keys or []), iter(raw),
+        meta = plan.meta if plan.keys or not keys else SimpleResultMetaData(keys)
+        return LeanResult(meta, iter(raw),
                           rowcount=rowcount, returns_rows=bool(plan.keys or keys),
                           inserted_primary_key=pk, lastrowid=lastrowid)
 
