@@ -387,6 +387,35 @@ async def test_in_lists_of_any_length_bind_their_own_values(any_db: Database):
     assert seen == []
 
 
+async def test_a_unit_that_cannot_open_its_savepoint_gives_the_connection_back(db: Database):
+    assert db._lean is not None
+    real = db._lean.shared.conn
+
+    class Failing:  # the connection, but its unit's SAVEPOINT fails once (a full disk, say)
+        failed = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql == "SAVEPOINT amoeba_unit" and not self.failed:
+                self.failed = True
+                raise sqlite3.OperationalError("database or disk is full")
+            return real.execute(sql, *args)
+
+    db._lean.shared.conn = Failing()  # type: ignore[assignment]
+    try:
+        with pytest.raises(Exception, match="full"):
+            async with db.transaction():
+                pass
+        async with asyncio.timeout(5):  # the turn came back: not a pool_timeout
+            async with db.transaction() as conn:
+                await conn.execute(things.update().values(price=1))
+    finally:
+        db._lean.shared.conn = real
+    assert await db.scalar(sa.select(sa.func.sum(things.c.price))) == 5
+
+
 async def test_a_busy_connection_is_unavailable_after_pool_timeout(tmp_path: Path):
     database = await Database.open(ResourceContext(
         "scratch", None, tmp_path, {"database": {"pool_timeout": 0.2}}, owner=Scratch))

@@ -983,7 +983,11 @@ class _SQLiteLean:
         except BaseException:
             self.turn.release()
             raise
-        raw.execute("SAVEPOINT amoeba_unit")
+        try:
+            raw.execute("SAVEPOINT amoeba_unit")
+        except BaseException:  # (the group's other units keep their work)
+            await self._done(raw, ok=False)
+            raise
         return LeanConnection(self, raw)
 
     async def close(self, conn: LeanConnection, *, ok: bool) -> None:
