@@ -72,6 +72,8 @@ class MemoryBus(EventBus):
             done: asyncio.Future[None] = loop.create_future()
             done.set_result(None)
             return done
+        if len(futures) == 1:  # one group: its ack settles it
+            return futures[0]
         settled: asyncio.Future[None] = loop.create_future()
         remaining = [len(futures)]
 
