@@ -217,7 +217,7 @@ def bind(stmt: Any, params: Any, dialect: Dialect, cache: Any) -> Bound | None:
             fast = shared.get(key)
             if fast is None and len(shared) < 16:
                 fast = shared[key] = _fast(compiled, plan, sets[0], extracted, collected)
-        elif key in memo:
+        elif reused:  # its own values: worth finding once it is used again
             fast = _fast(compiled, plan, sets[0], extracted, collected)
         if key in memo:
             memo[key] = compiled, extracted, collected, fast
