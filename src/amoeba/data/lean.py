@@ -410,9 +410,13 @@ def supported(dialect: Dialect) -> bool:
     try:
         bound = bind(sa.select(t.c.a).where(t.c.b == sa.bindparam("x"), t.c.a.in_([1, 2])),
                      {"x": 3}, dialect, None)
+        listed = bind(sa.select(t.c.a).where(t.c.b.in_(sa.bindparam("ids", expanding=True))),
+                      {"ids": [4, 5]}, dialect, None)  # the expansion found per length
     except (AttributeError, TypeError, KeyError):
         return False
     if bound is None or not bound.args or bound.args[0][:1] != [3] or len(bound.args[0]) != 3:
+        return False
+    if listed is None or listed.args != [[4, 5]]:
         return False
     if dialect.driver == "asyncpg":  # the adapter's internals asyncpg_execute uses
         from sqlalchemy.dialects.postgresql import asyncpg as adapter
