@@ -328,21 +328,18 @@ class Database(Resource):
         try:
             yield
         except Exception as exc:
-            guarded = self._guarded(exc)
-            if guarded is exc:
-                raise
-            raise guarded from exc
+            self._unavailable(exc)
+            raise
 
-    def _guarded(self, exc: Exception) -> Exception:
-        """What ``guard`` raises for ``exc``: :class:`Unavailable` when the
-        database cannot serve now, else ``exc`` itself."""
+    def _unavailable(self, exc: Exception) -> None:
+        """Raise :class:`Unavailable` (from ``exc``) when ``exc`` says the
+        database cannot serve now; else return, and the caller re-raises ``exc``."""
         if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection within pool_timeout
             self.timeouts += 1
         if is_unavailable(exc):
             reason = getattr(exc, "orig", None) or exc
-            return Unavailable(f"database of service {self.service!r} unavailable "
-                               f"({self.safe_url}): {type(reason).__name__}: {reason}")
-        return exc
+            raise Unavailable(f"database of service {self.service!r} unavailable "
+                              f"({self.safe_url}): {type(reason).__name__}: {reason}") from exc
 
     def transaction(self) -> _Transaction:
         """A transaction: commit on exit, rollback on an exception.  Inside one,
@@ -393,8 +390,7 @@ class Database(Resource):
                     return await greenlet_spawn(self._run_asyncpg, kind, bound)
             return await greenlet_spawn(self._run_sync, kind, _statement(stmt), params)
         except Exception as exc:  # as guard(), without a context manager per statement
-            if (guarded := self._guarded(exc)) is not exc:
-                raise guarded from exc
+            self._unavailable(exc)
             raise
         finally:
             self._active -= 1
@@ -493,8 +489,8 @@ class _Transaction:
                 conn = await self.begun.__aenter__()
         except BaseException as exc:
             db._active -= 1
-            if isinstance(exc, Exception) and (guarded := db._guarded(exc)) is not exc:
-                raise guarded from exc
+            if isinstance(exc, Exception):
+                db._unavailable(exc)
             raise
         self.conn = conn
         self.tx = _Tx(db, conn)
@@ -518,14 +514,13 @@ class _Transaction:
             else:
                 await asyncio.shield(self.conn.finish(commit=False))
         except Exception as raised:
-            if (guarded := db._guarded(raised)) is not raised:
-                raise guarded from raised
+            db._unavailable(raised)
             raise
         finally:
             db._active -= 1
         if exc is not None:
-            if isinstance(exc, Exception) and (guarded := db._guarded(exc)) is not exc:
-                raise guarded from exc
+            if isinstance(exc, Exception):
+                db._unavailable(exc)
             return
         for hook in tx.after_commit:
             hook()
@@ -994,21 +989,23 @@ class _SQLiteLean:
         """End the unit ``open`` began: its work kept (``ok``, returning once
         its group committed) or undone."""
         raw = conn._raw
-        if not ok:
-            await conn.close()
-            raw.execute("ROLLBACK TO amoeba_unit")
-            raw.execute("RELEASE amoeba_unit")
-            await self._done(raw, ok=False)
-            return
         try:
             await conn.close()
-            raw.execute("RELEASE amoeba_unit")
+            if ok:
+                raw.execute("RELEASE amoeba_unit")
         except BaseException:
-            raw.execute("ROLLBACK TO amoeba_unit")
-            raw.execute("RELEASE amoeba_unit")
-            await self._done(raw, ok=False)
+            await self._undo(raw)
             raise
-        await self._done(raw, ok=True)
+        if ok:
+            await self._done(raw, ok=True)
+        else:
+            await self._undo(raw)
+
+    async def _undo(self, raw: sqlite3.Connection) -> None:
+        """Roll the unit back to its savepoint; the group's other units keep their work."""
+        raw.execute("ROLLBACK TO amoeba_unit")
+        raw.execute("RELEASE amoeba_unit")
+        await self._done(raw, ok=False)
 
 
 class LeanConnection:
